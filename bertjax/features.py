@@ -1,0 +1,135 @@
+"""Feature extraction: BERT's hidden states as fixed contextual features.
+
+The feature-based use of BERT (google-research/bert's extract_features.py): each input
+line is a sentence, or a pair written `text_a ||| text_b`; the output has one JSON object
+per line with the tokens (including [CLS] and [SEP]) and, for each requested layer, one
+vector per token. Layer -1 is the last transformer layer, -2 the one before, and so on
+(the embedding output is not a layer); non-negative indexes count from the first layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from bertjax import checkpoint as ckpt
+from bertjax.model import BertModel
+
+PAIR_SEPARATOR = " ||| "
+
+
+def read_examples(path: str) -> Iterator[tuple[int, str, str | None]]:
+    """(line index, text_a, text_b or None) for each line of a UTF-8 file."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{i + 1}: not valid UTF-8 ({e})") from e
+            if PAIR_SEPARATOR in line:
+                a, b = line.split(PAIR_SEPARATOR, 1)
+                yield i, a, b
+            else:
+                yield i, line, None
+
+
+def _layer_indexes(layers: Sequence[int], num_layers: int) -> list[int]:
+    out = []
+    for layer in layers:
+        if not -num_layers <= layer < num_layers:
+            raise ValueError(
+                f"--layers: layer {layer} is out of range for a {num_layers}-layer model "
+                f"(valid: {-num_layers}..{num_layers - 1})"
+            )
+        out.append(layer)
+    return out
+
+
+def extract_features(
+    checkpoint: str,
+    input_path: str,
+    output_path: str,
+    *,
+    layers: Sequence[int] = (-1, -2, -3, -4),
+    max_seq_length: int = 128,
+    batch_size: int = 32,
+    overwrite: bool = False,
+) -> int:
+    """Writes features.jsonl for every line of input_path; returns the number of lines."""
+    from data_pipelines.tokenizers import encode_pair
+
+    if os.path.exists(output_path) and not overwrite:
+        raise FileExistsError(f"{output_path}: already exists; pass --overwrite to replace it")
+    if not os.path.isfile(input_path):
+        raise FileNotFoundError(f"{input_path}: input file not found")
+    config, params, _ = ckpt.load_model_dir(checkpoint)
+    if max_seq_length > config.max_position_embeddings:
+        raise ValueError(
+            f"--max_seq_length={max_seq_length} exceeds the model's max_position_embeddings="
+            f"{config.max_position_embeddings}"
+        )
+    if max_seq_length < 3:
+        raise ValueError(f"--max_seq_length={max_seq_length}: must leave room for [CLS], [SEP]")
+    tokenizer = ckpt.load_tokenizer_from(checkpoint)
+    layer_ids = _layer_indexes(layers, config.num_layers)
+    model = BertModel(config, add_pooler=False)
+    encoder_params = {"params": {k: v for k, v in params["bert"].items() if k != "pooler"}}
+
+    @jax.jit
+    def hidden(batch):
+        out = model.apply(encoder_params, batch, train=False, output_hidden_states=True)
+        stacked = jax.numpy.stack(out["hidden_states"][1:])  # [layers, B, T, D]
+        return stacked[np.array(layer_ids)].astype(jax.numpy.float32)
+
+    tmp = output_path + ".tmp"
+    count = 0
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            pending: list[tuple[int, object]] = []
+
+            def flush():
+                rows = [enc for _, enc in pending]
+                pad = batch_size - len(rows)
+                ids = np.stack([r.input_ids for r in rows] + [rows[0].input_ids] * pad)
+                batch = {
+                    "input_ids": ids,
+                    "input_mask": np.stack(
+                        [r.input_mask for r in rows] + [rows[0].input_mask] * pad
+                    ),
+                    "segment_ids": np.stack(
+                        [r.segment_ids for r in rows] + [rows[0].segment_ids] * pad
+                    ),
+                }
+                values = np.asarray(hidden(batch))  # [layers, B, T, D]
+                for j, (line, enc) in enumerate(pending):
+                    n = len(enc.tokens)
+                    record = {
+                        "line": line,
+                        "tokens": list(enc.tokens),
+                        "layers": {
+                            str(layer): np.round(values[li, j, :n], 6).tolist()
+                            for li, layer in enumerate(layer_ids)
+                        },
+                    }
+                    out.write(json.dumps(record) + "\n")
+                pending.clear()
+
+            for line, a, b in tqdm(read_examples(input_path), desc="features", unit=" lines"):
+                pending.append((line, encode_pair(tokenizer, a, b, max_seq_length)))
+                count += 1
+                if len(pending) == batch_size:
+                    flush()
+            if pending:
+                flush()
+        os.replace(tmp, output_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count

