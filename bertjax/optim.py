@@ -1,0 +1,109 @@
+"""Optimizers and learning-rate schedules (optax).
+
+- AdamW as BERT trains: linear warmup then linear decay to zero, decoupled weight decay
+  0.01 that skips LayerNorm parameters and biases, global-norm clipping at 1.0.
+  (google-research/bert's AdamWeightDecayOptimizer has no bias correction; optax's adamw
+  has it. With 10k warmup steps the two agree after the first few hundred steps.)
+- LAMB (You et al., 2019) for large batches, with the same mask and schedule.
+Gradient accumulation happens inside the jitted train step (pretrain.py), so the
+optimizer sees one exact gradient per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # adamw | lamb
+    learning_rate: float = 1e-4  # peak learning rate
+    warmup_steps: int = 10_000  # linear warmup from 0
+    decay: str = "linear"  # linear | cosine | constant (after warmup)
+    end_learning_rate: float = 0.0  # value reached at the last step
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-6  # BERT's epsilon
+    weight_decay: float = 0.01  # decoupled; not applied to LayerNorm and biases
+    clip_grad_norm: float = 1.0  # global-norm clipping; 0 disables
+    grad_accum_steps: int = 1  # micro-batches per step (inside the jitted step)
+
+    def __post_init__(self):
+        if self.name not in ("adamw", "lamb"):
+            raise ValueError(f"config.optim.name={self.name!r}: use 'adamw' or 'lamb'")
+        if self.decay not in ("linear", "cosine", "constant"):
+            raise ValueError(f"config.optim.decay={self.decay!r}: use linear, cosine or constant")
+        if self.learning_rate <= 0:
+            raise ValueError(f"config.optim.learning_rate={self.learning_rate}: must be > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"config.optim.warmup_steps={self.warmup_steps}: must be >= 0")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"config.optim.grad_accum_steps={self.grad_accum_steps}: must be >= 1")
+
+    @classmethod
+    def from_config_dict(cls, optim: Any) -> OptimConfig:
+        values = dict(optim.to_dict() if hasattr(optim, "to_dict") else optim)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config.optim: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak, then the configured decay until num_steps."""
+    warmup = min(config.warmup_steps, num_steps)
+    rest = max(num_steps - warmup, 1)
+    if config.decay == "linear":
+        after = optax.linear_schedule(config.learning_rate, config.end_learning_rate, rest)
+    elif config.decay == "cosine":
+        alpha = config.end_learning_rate / config.learning_rate
+        after = optax.cosine_decay_schedule(config.learning_rate, rest, alpha=alpha)
+    else:
+        after = optax.constant_schedule(config.learning_rate)
+    if warmup == 0:
+        return after
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, warmup), after], [warmup]
+    )
+
+
+def decay_mask(params: Any) -> Any:
+    """True where weight decay applies: kernels and embeddings, not LayerNorm or biases."""
+
+    def keep(path, _):
+        names = [getattr(p, "key", str(p)) for p in path]
+        if any(n == "LayerNorm" for n in names):
+            return False
+        return not names[-1].endswith("bias")
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(config, num_steps)
+    if config.name == "adamw":
+        core = optax.adamw(
+            schedule,
+            b1=config.beta1,
+            b2=config.beta2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            mask=decay_mask,
+        )
+    else:
+        core = optax.lamb(
+            schedule,
+            b1=config.beta1,
+            b2=config.beta2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            mask=decay_mask,
+        )
+    if config.clip_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), core)
+    return core

@@ -1,0 +1,85 @@
+"""Mesh construction, logical-axis rules and the shardings they give (8 fake CPU devices)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from bertjax import sharding
+from bertjax.config import model_config_for_size
+from bertjax.model import BertForPreTraining, dummy_batch
+from bertjax.sharding import DEFAULT_RULES, MeshConfig
+
+
+def test_eight_fake_devices():
+    assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize(
+    "cfg, shape",
+    [
+        (MeshConfig(), (8, 1, 1)),
+        (MeshConfig(data=2, fsdp=2, tensor=2), (2, 2, 2)),
+        (MeshConfig(data=-1, fsdp=4), (2, 4, 1)),
+        (MeshConfig(data=1, fsdp=-1, tensor=2), (1, 4, 2)),
+    ],
+)
+def test_mesh_shape(cfg, shape):
+    assert sharding.mesh_shape(cfg, 8) == shape
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        (MeshConfig(data=3), "data\\*fsdp\\*tensor = 3 but there are 8 devices"),
+        (MeshConfig(data=-1, fsdp=3), "does not divide 8 devices"),
+        (MeshConfig(data=-1, fsdp=-1), "at most one axis may be -1"),
+        (MeshConfig(data=0), "config.mesh.data=0"),
+    ],
+)
+def test_bad_meshes_are_named(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        sharding.mesh_shape(cfg, 8)
+
+
+def test_parameter_and_activation_specs():
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    cfg = model_config_for_size(
+        "tiny",
+        vocab_size=64,
+        hidden_size=32,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    abstract = jax.eval_shape(
+        lambda: BertForPreTraining(cfg).init(jax.random.key(0), dummy_batch(cfg), train=False)
+    )
+    shard = sharding.logical_shardings(mesh, DEFAULT_RULES, abstract)["params"]
+    layer = shard["bert"]["encoder"]["layer_0"]
+    assert layer["attention"]["self"]["query"]["kernel"].spec == P("fsdp", "tensor", None)
+    assert layer["attention"]["output"]["dense"]["kernel"].spec == P("tensor", None, "fsdp")
+    assert layer["intermediate"]["dense"]["kernel"].spec == P("fsdp", "tensor")
+    assert layer["output"]["dense"]["kernel"].spec == P("tensor", "fsdp")
+    assert shard["bert"]["embeddings"]["word_embeddings"]["embedding"].spec == P("tensor", "fsdp")
+    # Activations: batch over (data, fsdp); embed then finds fsdp taken and stays whole.
+    assert nn.logical_to_mesh_axes(("batch", "length", "embed"), DEFAULT_RULES) == P(
+        ("data", "fsdp"), None, None
+    )
+    assert sharding.data_parallel_size(mesh, DEFAULT_RULES) == 4
+
+
+def test_global_batch_assembly_and_divisibility():
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    local = {"input_ids": np.arange(8 * 3).reshape(8, 3).astype(np.int32)}
+    batch = sharding.global_batch(mesh, DEFAULT_RULES, local)
+    assert batch["input_ids"].shape == (8, 3)
+    np.testing.assert_array_equal(np.asarray(batch["input_ids"]), local["input_ids"])
+    assert batch["input_ids"].sharding.spec == P(("data", "fsdp"), None)
+    with pytest.raises(
+        ValueError, match="batch_size=6 is not divisible by the data-parallel size 4"
+    ):
+        sharding.check_divisible(6, mesh, DEFAULT_RULES, what="batch_size")
