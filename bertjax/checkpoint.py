@@ -16,6 +16,7 @@ replaced when the caller asks to overwrite it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -183,9 +184,16 @@ def load_model_config(path: str) -> tuple[ModelConfig, dict[str, Any]]:
 
 
 def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
-    """(config, params as numpy, metadata) of a model directory."""
+    """(config, params as numpy, metadata) of a model directory or a pre-training workdir
+    (its newest checkpoint)."""
     config, meta = load_model_config(path)
-    params = restore_params(os.path.join(path, PARAMS_DIR))
+    if os.path.isdir(os.path.join(path, PARAMS_DIR)):
+        params = restore_params(os.path.join(path, PARAMS_DIR))
+    elif os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+        step, params = restore_workdir_params(path)
+        meta = {**meta, "step": step}
+    else:
+        raise CheckpointError(f"{path}: neither {PARAMS_DIR}/ nor {CHECKPOINTS_DIR}/ found")
     return config, params, meta
 
 
@@ -245,3 +253,165 @@ def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[leaf] = v
     return tree
+
+
+# --- Training checkpoints (a pre-training workdir) ----------------------------------------------
+#
+#   WORKDIR/bertjax_config.json   as in a model directory (model config), plus the run config
+#   WORKDIR/vocab.txt ...         the tokenizer the data was made with
+#   WORKDIR/checkpoints/<step>/{state, data, config}   Orbax CheckpointManager steps
+
+CHECKPOINTS_DIR = "checkpoints"
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def is_workdir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)) and os.path.isfile(
+        os.path.join(path, CONFIG_FILE)
+    )
+
+
+class TrainCheckpointer:
+    """Orbax CheckpointManager for the train state and the data iterator.
+
+    Saves asynchronously every call (the caller decides the period), keeps the newest
+    `keep`, and on restore falls back to older steps when the newest cannot be read
+    (Orbax only ever exposes finished steps; a step whose files were damaged later fails
+    to restore and is reported).
+    """
+
+    def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        )
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data")
+        )
+
+    def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> None:
+        import grain
+
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+        )
+        self.manager.save(step, args=args, force=force)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, target: Any, make_iterator: Any) -> tuple[Any | None, Any]:
+        """(newest readable state or None, data iterator positioned to match it).
+
+        The state is restored first and the iterator second, so a damaged step never leaves
+        a half-restored pair; when nothing is readable, the iterator is a fresh one.
+        """
+        import grain
+
+        log = logging.getLogger(__name__)
+        for step in reversed(self.steps()):
+            iterator = make_iterator()
+            try:
+                state = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+                )["state"]
+                self.manager.restore(
+                    step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator))
+                )
+            except Exception as e:  # damaged files surface as many exception types
+                log.error(
+                    "%s/%d: checkpoint cannot be restored (%s: %s); trying an older one",
+                    self.directory,
+                    step,
+                    type(e).__name__,
+                    e,
+                )
+                continue
+            return state, iterator
+        return None, make_iterator()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def check_workdir_model(workdir: str, config: ModelConfig) -> None:
+    """Refuses a workdir whose checkpoints hold a model of another shape."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    existing, _ = load_model_config(workdir)
+    shape = (
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    )
+    diff = {
+        f: (getattr(existing, f), getattr(config, f))
+        for f in shape
+        if getattr(existing, f) != getattr(config, f)
+    }
+    if diff:
+        raise CheckpointError(
+            f"{workdir}: holds checkpoints of a different model (workdir, config): {diff}; "
+            "use another --workdir"
+        )
+
+
+def write_workdir_files(workdir: str, cfg: Any, config_dict: Any, tokenizer_path: str) -> None:
+    """Model config, resolved run config and tokenizer beside the checkpoints (process 0)."""
+    if jax.process_index() != 0:
+        return
+    meta = {
+        "format": "bertjax",
+        "version": FORMAT_VERSION,
+        "model": cfg.model.to_dict(),
+        "heads": list(HEAD_GROUPS),
+        "source": "pretrain",
+    }
+    _write_json_atomic(os.path.join(workdir, CONFIG_FILE), meta)
+    _write_json_atomic(os.path.join(workdir, RUN_CONFIG_FILE), json.loads(config_dict.to_json()))
+    if tokenizer_path and not os.path.isfile(os.path.join(workdir, "tokenizer_config.json")):
+        from data_pipelines.tokenizers import load_tokenizer
+
+        load_tokenizer(tokenizer_path).save(workdir)
+
+
+def _write_json_atomic(path: str, value: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def restore_workdir_params(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
+    """(step, params as numpy) of a pre-training workdir's newest (or given) checkpoint."""
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+    manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise CheckpointError(f"{directory}: no finished checkpoints")
+    step = steps[-1] if step is None else step
+    path = os.path.join(directory, str(step), "state")
+    meta = ocp.StandardCheckpointer().metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    restored = ocp.StandardCheckpointer().restore(path, _zeros_like_meta(tree))
+    manager.close()
+    return step, jax.tree_util.tree_map(np.asarray, restored["params"])
+
+
+def _zeros_like_meta(tree: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda m: np.zeros(m.shape, m.dtype),
+        tree,
+        is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
+    )

@@ -227,3 +227,113 @@ def read_json(path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+# --- Pre-training run configuration ----------------------------------------------------------
+
+
+def _from_group(cls, group: Any, where: str):
+    values = dict(group.to_dict() if hasattr(group, "to_dict") else group)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where pre-training examples come from (see experiments/pretrain/common.py)."""
+
+    train_dir: str = ""
+    eval_dir: str = ""
+    corpus: str = ""
+    vocab: str = ""
+    vocab_size: int = 8192
+    do_lower_case: bool = True
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    dupe_factor: int = 5
+    short_seq_prob: float = 0.1
+    do_whole_word_mask: bool = False
+    dynamic_masking: bool = False
+    eval_fraction: float = 0.02
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if not self.train_dir and not self.corpus:
+            raise ValueError(
+                "config.data: set train_dir (prepared shards) or corpus (text to prepare)"
+            )
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"config.data.eval_fraction={self.eval_fraction}: must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop lengths and periods (in optimizer steps)."""
+
+    num_steps: int = 1000
+    batch_size: int = 256
+    log_every: int = 100
+    eval_every: int = 1000
+    eval_steps: int = 10
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    nan_policy: str = "skip"
+    max_nonfinite_steps: int = 100
+
+    def __post_init__(self):
+        for name in (
+            "num_steps",
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"config.train.{name}={getattr(self, name)}: must be > 0")
+        if self.nan_policy not in ("skip", "stop"):
+            raise ValueError(f"config.train.nan_policy={self.nan_policy!r}: use 'skip' or 'stop'")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """The resolved pre-training experiment: what library code receives."""
+
+    model: ModelConfig
+    model_size: str
+    data: DataConfig
+    optim: Any  # bertjax.optim.OptimConfig
+    train: TrainConfig
+    mesh: Any  # bertjax.sharding.MeshConfig
+    seed: int = 0
+    init_checkpoint: str = ""
+
+    @classmethod
+    def from_config_dict(cls, config: Any, *, vocab_size: int | None = None) -> PretrainConfig:
+        """Validates a ConfigDict; unknown or misspelt keys are errors naming them."""
+        from bertjax.optim import OptimConfig
+        from bertjax.sharding import MeshConfig
+
+        top = {"model", "data", "optim", "train", "mesh", "seed", "init_checkpoint"}
+        unknown = sorted(set(config.keys()) - top)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}; known: {sorted(top)}")
+        model = dict(config.model.to_dict())
+        size = model.get("size", "custom")
+        if vocab_size is not None and model.get("vocab_size") is None:
+            model["vocab_size"] = vocab_size
+        return cls(
+            model=model_config_from_config_dict(model),
+            model_size=size,
+            data=_from_group(DataConfig, config.data, "config.data"),
+            optim=OptimConfig.from_config_dict(config.optim),
+            train=_from_group(TrainConfig, config.train, "config.train"),
+            mesh=MeshConfig.from_config_dict(config.mesh),
+            seed=int(config.seed),
+            init_checkpoint=str(config.init_checkpoint or ""),
+        )

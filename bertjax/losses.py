@@ -118,23 +118,32 @@ def pretraining_loss(
     mlm_logits: jax.Array,
     nsp_logits: jax.Array,
     batch: dict[str, jax.Array],
+    *,
+    mlm_denominator: jax.Array | None = None,
+    nsp_denominator: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total pre-training loss = MLM loss + NSP loss (as google-research/bert), and metrics.
 
     The NSP term is dropped for examples whose `next_sentence_labels` is negative, so
     corpora without sentence pairs (or packed rows that carry no pair) still train MLM.
+    The denominators default to this batch's weight sums; a caller accumulating
+    micro-batches passes the whole batch's sums so the total equals the full-batch loss.
     """
     mlm = masked_lm_loss(mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
     labels = batch["next_sentence_labels"].reshape(-1)
     nsp_w = (labels >= 0).astype(jnp.float32)
     nsp = next_sentence_loss(nsp_logits, jnp.maximum(labels, 0), nsp_w)
-    loss = mlm["loss"] + nsp["loss"]
+    mlm_den = mlm["weight_sum"] if mlm_denominator is None else mlm_denominator
+    nsp_den = nsp["weight_sum"] if nsp_denominator is None else nsp_denominator
+    mlm_loss = mlm["loss_sum"] / jnp.maximum(mlm_den, 1e-5)
+    nsp_loss = nsp["loss_sum"] / jnp.maximum(nsp_den, 1e-5)
+    loss = mlm_loss + nsp_loss
     metrics = {
         "loss": loss,
-        "mlm_loss": mlm["loss"],
-        "mlm_accuracy": mlm["accuracy"],
-        "nsp_loss": nsp["loss"],
-        "nsp_accuracy": nsp["accuracy"],
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": mlm["correct_sum"] / jnp.maximum(mlm_den, 1e-5),
+        "nsp_loss": nsp_loss,
+        "nsp_accuracy": nsp["correct_sum"] / jnp.maximum(nsp_den, 1e-5),
         "mlm_weight_sum": mlm["weight_sum"],
         "nsp_weight_sum": nsp["weight_sum"],
     }

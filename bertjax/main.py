@@ -18,6 +18,7 @@ USAGE = """usage: bertjax <command> [flags]
 commands:
   convert    import a Hugging Face / Google TF1 BERT checkpoint, or export one
   features   write contextual token features (hidden states) of a checkpoint as JSON lines
+  train      pre-train BERT (MLM + NSP) from an experiment config; resumes from --workdir
   smoke      build a tiny model, run one forward/backward step and print the loss
 
 `bertjax <command> --help` lists a command's flags.
@@ -144,11 +145,59 @@ def _run_smoke(fv: flags.FlagValues) -> None:
     )
 
 
+def _define_train(fv: flags.FlagValues) -> None:
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Experiment config file, e.g. experiments/pretrain/bert_base.py:phase1; "
+        "override fields with --config.train.batch_size=64.",
+        flag_values=fv,
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Checkpoints, metrics and prepared data go here; a run "
+        "started on a workdir with checkpoints resumes.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "Multi-host: host:port of process 0 (TPU pods and SLURM are detected without it).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.", flag_values=fv)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+
+
+def _run_train(fv: flags.FlagValues) -> None:
+    from bertjax import sharding
+
+    sharding.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+    from bertjax import pretrain
+
+    try:
+        last = pretrain.train(fv.config, fv.workdir)
+    except pretrain.Preempted as e:
+        print(str(e))
+        sys.exit(143)
+    except pretrain.NonFiniteError as e:
+        print(f"bertjax train: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if last:
+        print("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+
+
 COMMANDS: dict[
     str, tuple[Callable[[flags.FlagValues], None], Callable[[flags.FlagValues], None], str]
 ] = {
     "convert": (_define_convert, _run_convert, "import/export checkpoints"),
     "features": (_define_features, _run_features, "extract contextual features"),
+    "train": (_define_train, _run_train, "pre-train BERT"),
     "smoke": (_define_smoke, _run_smoke, "one forward/backward step on a tiny model"),
 }
 
@@ -185,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bertjax {command}: {e}\n(see `bertjax {command} --help`)", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
     try:
         run(fv)
     except _user_errors() as e:

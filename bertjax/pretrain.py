@@ -1,0 +1,697 @@
+"""BERT pre-training (masked LM + next-sentence prediction) on a device mesh.
+
+Reads top to bottom: config -> data -> mesh -> model and optimizer -> sharded state ->
+restore -> loop. The same code runs on one CPU, a GPU, or every host of a TPU pod slice.
+
+Determinism: the dropout key of step s is fold_in(seed key, s) and the data iterator's
+state is saved with every checkpoint, so a run killed at any point and restarted ends
+with the same parameters as one that never stopped (same config, same devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from tqdm import tqdm
+
+from bertjax import checkpoint as ckpt
+from bertjax import flops, losses, sharding
+from bertjax.config import PretrainConfig
+from bertjax.model import BertForPreTraining
+from bertjax.optim import learning_rate_schedule, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient and the policy says stop."""
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array  # int32 scalar: optimizer steps taken (skipped updates included)
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2]: the run's base key; step keys are folded from it
+    nonfinite_steps: jax.Array  # int32 scalar: updates skipped for non-finite values
+
+
+# --- Data -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    train_dir: str
+    eval_dir: str
+    tokenizer_path: str
+    info: dict[str, Any]
+
+
+def prepare_data(config: Any, workdir: str) -> PreparedData:
+    """Shards to train on: config.data.train_dir, or data.corpus prepared into WORKDIR/data.
+
+    Preparation (vocab training + example creation) runs once, on process 0; later runs
+    and the other processes reuse it.
+    """
+    from data_pipelines.pretraining_data import load_dataset_info
+
+    data = config.data
+    if data.train_dir:
+        info = load_dataset_info(data.train_dir)
+        vocab = data.vocab or data.train_dir
+        return PreparedData(data.train_dir, data.eval_dir, vocab, info)
+    out = os.path.join(workdir, "data")
+    train_dir, eval_dir = os.path.join(out, "train"), os.path.join(out, "eval")
+    if jax.process_index() == 0 and not os.path.isfile(
+        os.path.join(train_dir, "dataset_info.json")
+    ):
+        _prepare_corpus(config, out, train_dir, eval_dir)
+    _sync("prepare_data")
+    vocab = data.vocab or os.path.join(out, "vocab")
+    has_eval = os.path.isfile(os.path.join(eval_dir, "dataset_info.json"))
+    return PreparedData(
+        train_dir, eval_dir if has_eval else data.eval_dir, vocab, load_dataset_info(train_dir)
+    )
+
+
+def _prepare_corpus(config: Any, out: str, train_dir: str, eval_dir: str) -> None:
+    from data_pipelines import corpus
+    from data_pipelines.pretraining_data import create_pretraining_data
+    from data_pipelines.tokenizers import load_tokenizer, train_vocab
+
+    data = config.data
+    os.makedirs(out, exist_ok=True)
+    if data.corpus == "embedded":
+        files = [os.path.join(out, "embedded_corpus.txt")]
+        if not os.path.isfile(files[0]):
+            log.info("writing the embedded corpus (Python's documentation) to %s", files[0])
+            corpus.write_embedded_corpus(files[0])
+    else:
+        files = corpus.expand_input_files(data.corpus)
+    # Hold out every n-th document for evaluation.
+    split_train, split_eval = (
+        os.path.join(out, "split_train.txt"),
+        os.path.join(out, "split_eval.txt"),
+    )
+    every = round(1 / data.eval_fraction) if data.eval_fraction > 0 else 0
+    docs = list(enumerate(corpus.iter_documents(files)))
+    corpus.write_documents((d for i, d in docs if not every or i % every), split_train)
+    if every:
+        corpus.write_documents((d for i, d in docs if i % every == 0), split_eval)
+    if data.vocab:
+        tokenizer = load_tokenizer(data.vocab, do_lower_case=data.do_lower_case)
+    else:
+        vocab_dir = os.path.join(out, "vocab")
+        if os.path.isdir(vocab_dir):
+            tokenizer = load_tokenizer(vocab_dir)
+        else:
+            log.info("training a %d-token WordPiece vocab on %s", data.vocab_size, split_train)
+            tokenizer = train_vocab(
+                [split_train],
+                kind="wordpiece",
+                vocab_size=data.vocab_size,
+                out_dir=vocab_dir,
+                do_lower_case=data.do_lower_case,
+            )
+    common = dict(
+        max_seq_length=data.max_seq_length,
+        max_predictions_per_seq=data.max_predictions_per_seq,
+        masked_lm_prob=data.masked_lm_prob,
+        short_seq_prob=data.short_seq_prob,
+        do_whole_word_mask=data.do_whole_word_mask,
+        dynamic_masking=data.dynamic_masking,
+        overwrite=True,
+    )
+    create_pretraining_data(
+        [split_train],
+        tokenizer,
+        train_dir,
+        dupe_factor=data.dupe_factor,
+        random_seed=config.seed + 12345,
+        **common,
+    )
+    if every:
+        create_pretraining_data(
+            [split_eval],
+            tokenizer,
+            eval_dir,
+            dupe_factor=1,
+            random_seed=config.seed + 54321,
+            **common,
+        )
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def make_train_iterator(data: PreparedData, cfg: PretrainConfig):
+    from data_pipelines.pretrain_input import make_pretrain_iterator
+
+    return make_pretrain_iterator(
+        data.train_dir,
+        global_batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        shuffle=True,
+        num_epochs=None,
+        worker_count=cfg.data.num_workers,
+    )
+
+
+def make_eval_iterator(data: PreparedData, cfg: PretrainConfig):
+    from data_pipelines.pretrain_input import make_pretrain_iterator
+
+    return make_pretrain_iterator(
+        data.eval_dir,
+        global_batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        shuffle=False,
+        num_epochs=None,
+        worker_count=0,
+    )
+
+
+# --- Train and eval steps -----------------------------------------------------------------------
+
+
+def init_state(
+    seed_key: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seq_len: int,
+    num_predictions: int,
+) -> TrainState:
+    """Fresh state from raw key data (uint32[2]); parameters keep their logical boxes."""
+    init_key, dropout_key = jax.random.split(jax.random.wrap_key_data(seed_key))
+    batch = {
+        "input_ids": jnp.zeros((1, seq_len), jnp.int32),
+        "input_mask": jnp.ones((1, seq_len), jnp.int32),
+        "segment_ids": jnp.zeros((1, seq_len), jnp.int32),
+        "masked_lm_positions": jnp.zeros((1, num_predictions), jnp.int32),
+    }
+    params = model.init(init_key, batch, train=False)["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(dropout_key),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
+    )
+
+
+def _split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [k, B/k, ...]; micro-batch i takes rows i, i+k, ... so that every
+    micro-batch stays spread over all data-parallel devices."""
+
+    def split(x):
+        x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_accum_steps: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step over the global batch, accumulating `grad_accum_steps`
+    micro-batches; a non-finite loss or gradient leaves params and optimizer untouched."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    mlm_den = jnp.sum(batch["masked_lm_weights"].astype(jnp.float32))
+    nsp_den = jnp.sum((batch["next_sentence_labels"] >= 0).astype(jnp.float32))
+
+    def loss_fn(params, micro, key):
+        out = model.apply({"params": params}, micro, train=True, rngs={"dropout": key})
+        return losses.pretraining_loss(
+            out["mlm_logits"],
+            out["nsp_logits"],
+            micro,
+            mlm_denominator=mlm_den,
+            nsp_denominator=nsp_den,
+        )
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        (_, metrics), grads = grad_fn(state.params, batch, step_key)
+    else:
+        micro_batches = _split_micro_batches(batch, grad_accum_steps)
+
+        def accumulate(carry, xs):
+            i, micro = xs
+            (_, m), g = grad_fn(state.params, micro, jax.random.fold_in(step_key, i))
+            grads, sums = carry
+            return (
+                jax.tree_util.tree_map(jnp.add, grads, g),
+                jax.tree_util.tree_map(jnp.add, sums, m),
+            ), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        metric_shapes = jax.eval_shape(
+            lambda: grad_fn(
+                state.params, jax.tree_util.tree_map(lambda x: x[0], micro_batches), step_key
+            )[0][1]
+        )
+        zero_metrics = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+        (grads, metrics), _ = jax.lax.scan(
+            accumulate, (zeros, zero_metrics), (jnp.arange(grad_accum_steps), micro_batches)
+        )
+
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
+    )
+    metrics = dict(
+        metrics,
+        grad_norm=grad_norm,
+        learning_rate=schedule(state.step),
+        finite=finite.astype(jnp.float32),
+    )
+    return new_state, metrics
+
+
+def eval_step(
+    params: Any, batch: dict[str, jax.Array], *, model: nn.Module
+) -> dict[str, jax.Array]:
+    out = model.apply({"params": params}, batch, train=False)
+    mlm = losses.masked_lm_loss(
+        out["mlm_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
+    )
+    labels = batch["next_sentence_labels"].reshape(-1)
+    nsp = losses.next_sentence_loss(
+        out["nsp_logits"], jnp.maximum(labels, 0), (labels >= 0).astype(jnp.float32)
+    )
+    return {
+        "mlm_loss_sum": mlm["loss_sum"],
+        "mlm_correct_sum": mlm["correct_sum"],
+        "mlm_weight_sum": mlm["weight_sum"],
+        "nsp_loss_sum": nsp["loss_sum"],
+        "nsp_correct_sum": nsp["correct_sum"],
+        "nsp_weight_sum": nsp["weight_sum"],
+    }
+
+
+def params_are_finite(params: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(params)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+# --- Metrics output -----------------------------------------------------------------------------
+
+
+class MetricWriter:
+    """metrics.jsonl (append-only across restarts, never a step twice) and TensorBoard.
+
+    Only process 0 writes.
+    """
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):
+            kept = []
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= resume_step:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except (json.JSONDecodeError, KeyError):
+                        continue  # a torn last line from a killed run
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            self.tb = None
+
+    def write(self, step: int, values: dict[str, float], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **({"split": split} if split != "train" else {}), **values}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{split}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --- The run ------------------------------------------------------------------------------------
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            del signum, frame
+            self.requested = True
+
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def check(self) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.array([self.requested]))
+            self.requested = bool(np.any(flags))
+        return self.requested
+
+
+class Preempted(Exception):
+    """Raised after the preemption checkpoint is written."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted (SIGTERM): checkpoint saved at step {step}")
+        self.step = step
+
+
+def train(config_dict: Any, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) pre-training in `workdir`; returns the last logged metrics."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+
+    # Config and data.
+    data = prepare_data(config_dict, workdir)
+    vocab_size = int(data.info["vocab_size"])
+    cfg = PretrainConfig.from_config_dict(config_dict, vocab_size=vocab_size)
+    _validate(cfg, data)
+    ckpt.check_workdir_model(workdir, cfg.model)
+
+    # Mesh, model, optimizer.
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = cfg.mesh.rules
+    sharding.check_divisible(cfg.train.batch_size, mesh, rules, what="config.train.batch_size")
+    if cfg.train.batch_size % (
+        cfg.optim.grad_accum_steps * sharding.data_parallel_size(mesh, rules)
+    ):
+        raise ValueError(
+            f"config.train.batch_size={cfg.train.batch_size} must split into "
+            f"grad_accum_steps={cfg.optim.grad_accum_steps} micro-batches, each divisible by the "
+            f"data-parallel size {sharding.data_parallel_size(mesh, rules)}"
+        )
+    model = BertForPreTraining(cfg.model)
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    seq_len = int(data.info["max_seq_length"])
+    num_pred = int(data.info["max_predictions_per_seq"])
+
+    # Sharded state: eval_shape -> partition specs -> jit(init, out_shardings).
+    with mesh, nn.logical_axis_rules(rules):
+        init_fn = functools.partial(
+            init_state, model=model, tx=tx, seq_len=seq_len, num_predictions=num_pred
+        )
+        abstract = jax.eval_shape(init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        state_sharding = sharding.logical_shardings(mesh, rules, abstract)
+        state_sharding = state_sharding.replace(
+            rng=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        )
+        abstract = nn.meta.unbox(abstract)
+        init_jit = jax.jit(lambda rng: nn.meta.unbox(init_fn(rng)), out_shardings=state_sharding)
+
+        checkpointer = ckpt.TrainCheckpointer(
+            os.path.join(workdir, "checkpoints"),
+            keep=cfg.train.keep_checkpoints,
+            async_save=cfg.train.async_checkpointing,
+        )
+        target = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            state_sharding,
+        )
+        restored, train_iter = checkpointer.restore_latest(
+            target, lambda: make_train_iterator(data, cfg)
+        )
+        if restored is not None:
+            state = restored
+            log.info("resumed from step %d in %s", int(state.step), workdir)
+        else:
+            state = init_jit(jax.random.key_data(jax.random.key(cfg.seed)))
+            if cfg.init_checkpoint:
+                state = _load_init_checkpoint(cfg, state, state_sharding)
+        ckpt.write_workdir_files(workdir, cfg, config_dict, data.tokenizer_path)
+
+        p_train = jax.jit(
+            functools.partial(
+                train_step,
+                model=model,
+                tx=tx,
+                schedule=schedule,
+                grad_accum_steps=cfg.optim.grad_accum_steps,
+            ),
+            in_shardings=(state_sharding, None),
+            out_shardings=(state_sharding, None),
+            donate_argnums=(0,),
+        )
+        p_eval = jax.jit(functools.partial(eval_step, model=model))
+        return _loop(
+            cfg,
+            workdir,
+            mesh,
+            rules,
+            state,
+            p_train,
+            p_eval,
+            checkpointer,
+            train_iter,
+            data,
+            seq_len,
+            num_pred,
+        )
+
+
+def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
+    info = data.info
+    if cfg.model.vocab_size != int(info["vocab_size"]):
+        raise ValueError(
+            f"config.model.vocab_size={cfg.model.vocab_size} but the data in "
+            f"{data.train_dir} was made with a {info['vocab_size']}-token vocab"
+        )
+    if int(info["max_seq_length"]) > cfg.model.max_position_embeddings:
+        raise ValueError(
+            f"examples of length {info['max_seq_length']} in {data.train_dir} exceed "
+            f"config.model.max_position_embeddings={cfg.model.max_position_embeddings}"
+        )
+
+
+def _load_init_checkpoint(cfg: PretrainConfig, state: TrainState, state_sharding) -> TrainState:
+    """Starts from an imported/converted checkpoint: its params, fresh optimizer state."""
+    config, params, _ = ckpt.load_model_dir(cfg.init_checkpoint)
+    shape_fields = (
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    )
+    diff = {
+        f: (getattr(config, f), getattr(cfg.model, f))
+        for f in shape_fields
+        if getattr(config, f) != getattr(cfg.model, f)
+    }
+    if diff:
+        raise ValueError(
+            f"config.init_checkpoint={cfg.init_checkpoint}: model shape differs "
+            f"from the config (checkpoint, config): {diff}"
+        )
+    host = jax.tree_util.tree_map(np.asarray, state.params)
+    merged, fresh = ckpt.merge_params(host, params, source=cfg.init_checkpoint)
+    if fresh:
+        log.info("initialised fresh (not in %s): %s", cfg.init_checkpoint, fresh)
+    merged = jax.tree_util.tree_map(lambda x, ref: x.astype(ref.dtype), merged, host)
+    params = jax.device_put(merged, state_sharding.params)
+    return state.replace(params=params)
+
+
+def _loop(
+    cfg,
+    workdir,
+    mesh,
+    rules,
+    state,
+    p_train,
+    p_eval,
+    checkpointer,
+    train_iter,
+    data,
+    seq_len,
+    num_pred,
+) -> dict[str, float]:
+    start = int(state.step)
+    writer = MetricWriter(workdir, start)
+    n_devices = jax.device_count()
+    peak, peak_source = flops.peak_flops_per_device()
+    total_peak = peak if jax.devices()[0].platform == "cpu" else peak * n_devices
+    flops_per_step = cfg.train.batch_size * flops.training_flops_per_sequence(
+        cfg.model, seq_len, num_pred
+    )
+    tokens_per_step = cfg.train.batch_size * seq_len
+    if jax.process_index() == 0:
+        log.info(
+            "model %s: %s parameters; mesh %s; peak %.3g FLOP/s (%s)",
+            cfg.model_size,
+            f"{cfg.model.num_params():,}",
+            dict(mesh.shape),
+            total_peak,
+            peak_source,
+        )
+    bar = tqdm(
+        total=cfg.train.num_steps,
+        initial=start,
+        desc="pretrain",
+        unit="step",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
+    last: dict[str, float] = {}
+    window: list[dict[str, jax.Array]] = []
+    window_start = time.perf_counter()
+    seen_nonfinite = int(state.nonfinite_steps)
+    with _Preemption() as preemption:
+        for step in range(start, cfg.train.num_steps):
+            batch = sharding.global_batch(mesh, rules, next(train_iter))
+            state, metrics = p_train(state, batch)
+            window.append(metrics)
+            done = step + 1
+            bar.update(1)
+            if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
+                fetched = jax.device_get(window)
+                elapsed = time.perf_counter() - window_start
+                last = _summarise(fetched, elapsed, tokens_per_step, flops_per_step, total_peak)
+                seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
+                last["nonfinite_steps"] = float(seen_nonfinite)
+                writer.write(done, last)
+                bar.set_postfix(
+                    loss=f"{last['loss']:.3f}",
+                    mlm_acc=f"{last['mlm_accuracy']:.3f}",
+                    tok_s=f"{last['tokens_per_sec']:.0f}",
+                    mfu=f"{last['mfu']:.1%}",
+                )
+                window, window_start = [], time.perf_counter()
+            if data.eval_dir and (done % cfg.train.eval_every == 0 or done == cfg.train.num_steps):
+                ev = evaluate(cfg, mesh, rules, state.params, p_eval, data)
+                writer.write(done, ev, split="eval")
+                last.update({f"eval_{k}": v for k, v in ev.items()})
+                if jax.process_index() == 0:
+                    tqdm.write(
+                        f"step {done}: eval " + " ".join(f"{k}={v:.4f}" for k, v in ev.items())
+                    )
+            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
+                seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
+                _save(checkpointer, done, state, train_iter)
+            elif preemption.check():
+                seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
+                _save(checkpointer, done, state, train_iter, force=True)
+                checkpointer.wait()
+                bar.close()
+                writer.close()
+                raise Preempted(done)
+    checkpointer.wait()
+    bar.close()
+    writer.close()
+    return last
+
+
+def _save(checkpointer, step: int, state: TrainState, train_iter, force: bool = False) -> None:
+    if not bool(jax.jit(params_are_finite)(state.params)):
+        raise NonFiniteError(f"step {step}: parameters hold non-finite values; not checkpointing")
+    checkpointer.save(step, state, train_iter, force=force)
+
+
+def _check_nonfinite(cfg: PretrainConfig, state: TrainState, step: int, seen: int) -> int:
+    count = int(state.nonfinite_steps)
+    if count > seen:
+        msg = (
+            f"non-finite loss or gradient: {count - seen} update(s) skipped up to step {step} "
+            f"({count} in total)"
+        )
+        if cfg.train.nan_policy == "stop":
+            raise NonFiniteError(
+                msg + "; nan_policy='stop' (the last checkpoint holds the last good state)"
+            )
+        log.warning(msg)
+        if count > cfg.train.max_nonfinite_steps:
+            raise NonFiniteError(
+                msg + f"; more than max_nonfinite_steps={cfg.train.max_nonfinite_steps}"
+            )
+    return count
+
+
+def _summarise(window, elapsed, tokens_per_step, flops_per_step, peak) -> dict[str, float]:
+    finite = [m for m in window if m["finite"] > 0] or window
+    keys = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm")
+    out = {k: float(np.mean([m[k] for m in finite])) for k in keys}
+    out["learning_rate"] = float(window[-1]["learning_rate"])
+    steps_per_sec = len(window) / max(elapsed, 1e-9)
+    out["tokens_per_sec"] = tokens_per_step * steps_per_sec
+    out["mfu"] = flops_per_step * steps_per_sec / peak if peak == peak else float("nan")
+    return out
+
+
+def evaluate(cfg, mesh, rules, params, p_eval, data) -> dict[str, float]:
+    """MLM and NSP loss/accuracy over the first eval_steps batches of the held-out shards."""
+    it = make_eval_iterator(data, cfg)
+    sums: dict[str, float] = {}
+    for _ in range(cfg.train.eval_steps):
+        out = jax.device_get(p_eval(params, sharding.global_batch(mesh, rules, next(it))))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    mlm_w, nsp_w = max(sums["mlm_weight_sum"], 1e-5), max(sums["nsp_weight_sum"], 1e-5)
+    return {
+        "loss": sums["mlm_loss_sum"] / mlm_w + sums["nsp_loss_sum"] / nsp_w,
+        "mlm_loss": sums["mlm_loss_sum"] / mlm_w,
+        "mlm_accuracy": sums["mlm_correct_sum"] / mlm_w,
+        "nsp_loss": sums["nsp_loss_sum"] / nsp_w,
+        "nsp_accuracy": sums["nsp_correct_sum"] / nsp_w,
+    }
