@@ -1,5 +1,5 @@
 # bertjax: every target creates .venv itself when it is missing.
-#   make run    the default job (tiny model smoke run on CPU)
+#   make run    the default job: tiny BERT pre-trained on the embedded corpus, on CPU
 #   make test   lint + the whole test suite on CPU (8 fake devices for the sharding tests)
 #   make lint   ruff check + ruff format --check
 #   make bench  side-by-side benchmarks
@@ -28,7 +28,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
-	$(BIN)/bertjax smoke
+	$(BIN)/bertjax train --config experiments/pretrain/tiny_demo.py --workdir runs/demo
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -39,9 +39,11 @@ test: lint
 	  TF_CPP_MIN_LOG_LEVEL=2 HF_HUB_OFFLINE=1 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider $(TEST_ARGS)
 
+# Side-by-side benchmarks (not tests). BENCH_ARGS adds flags to the train-step benchmark.
+BENCH_ARGS ?= --size base --seq_len 128 --batch_size 8 --steps 3 --peer
 bench: $(VENV)/.installed-dev
-	@ls benchmarks/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
+	@if [ -f benchmarks/prepare_data.py ]; then $(BIN)/python benchmarks/prepare_data.py; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -8,6 +8,7 @@ values) are reported as one line naming the problem, with a non-zero exit status
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -18,14 +19,19 @@ USAGE = """usage: bertjax <command> [flags]
 commands:
   convert    import a Hugging Face / Google TF1 BERT checkpoint, or export one
   features   write contextual token features (hidden states) of a checkpoint as JSON lines
+  corpus     write a corpus in BERT's text format: the embedded one or a TFDS text dataset
+  vocab      train a WordPiece or SentencePiece vocab on text files
+  prepare    create pre-training examples (MLM + NSP) as sharded ArrayRecord files
   train      pre-train BERT (MLM + NSP) from an experiment config; resumes from --workdir
+  finetune   fine-tune a checkpoint on one GLUE task from an experiment config
+  glue       fine-tune and evaluate a checkpoint on the GLUE suite; results + submission files
   smoke      build a tiny model, run one forward/backward step and print the loss
 
 `bertjax <command> --help` lists a command's flags.
 """
 
 
-def _define_convert(fv: flags.FlagValues) -> None:
+def _define_convert(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_enum(
         "from", None, ["hf", "tf"], "Import from this format into bertjax.", flag_values=fv
     )
@@ -60,7 +66,7 @@ def _run_convert(fv: flags.FlagValues) -> None:
     print(f"wrote {out}")
 
 
-def _define_features(fv: flags.FlagValues) -> None:
+def _define_features(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("checkpoint", None, "bertjax checkpoint directory.", flag_values=fv)
     flags.DEFINE_string(
         "input", None, "Text file: one sentence, or `text_a ||| text_b`, a line.", flag_values=fv
@@ -96,7 +102,94 @@ def _run_features(fv: flags.FlagValues) -> None:
     print(f"wrote features of {n} lines to {fv.output}")
 
 
-def _define_smoke(fv: flags.FlagValues) -> None:
+def _define_finetune(fv: flags.FlagValues, argv: list[str]) -> None:
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "GLUE experiment config, e.g. experiments/glue/mrpc.py; override fields with "
+        "--config.init_checkpoint=CKPT --config.task.data_dir=glue_data.",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=argv,
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Run directory (best checkpoint, metrics, submission).", flag_values=fv
+    )
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+
+
+def _run_finetune(fv: flags.FlagValues) -> None:
+    from bertjax.finetune import finetune
+
+    out = finetune(fv.config, fv.workdir)
+    metrics = " ".join(f"{k}={v:.2f}" for k, v in sorted(out["metrics"].items()))
+    print(
+        f"{out['task']}: best dev (epoch {out['best_epoch']}): {metrics}; "
+        f"checkpoint {out['best_dir']}"
+    )
+
+
+def _define_glue(fv: flags.FlagValues, argv: list[str]) -> None:
+    del argv
+    flags.DEFINE_string(
+        "checkpoint", None, "bertjax checkpoint dir or pre-training workdir.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "tasks",
+        "all",
+        "'all' or a comma-separated list (cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli,ax).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "data_dir", None, "GLUE directory in the standard layout, or 'tfds'.", flag_values=fv
+    )
+    flags.DEFINE_string("workdir", None, "Output directory.", flag_values=fv)
+    flags.DEFINE_integer("seeds", 1, "Seeds per task; the median is reported.", flag_values=fv)
+    flags.DEFINE_bool(
+        "sweep",
+        False,
+        "BERT paper grid: lr in {5e-5,4e-5,3e-5,2e-5}, batch 32, 3 epochs, best lr on dev.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "max_train_examples", 0, "Cap on training examples (0 = all).", flag_values=fv
+    )
+    flags.DEFINE_float("num_epochs", None, "Epochs (default: the task config's).", flag_values=fv)
+    flags.DEFINE_integer("max_seq_length", 128, "Tokens per example.", flag_values=fv)
+    flags.DEFINE_float(
+        "learning_rate", None, "Learning rate (default: the task config's).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "batch_size", None, "Batch size (default: the task config's).", flag_values=fv
+    )
+    flags.DEFINE_bool("overwrite", False, "Re-run tasks whose results exist.", flag_values=fv)
+    flags.mark_flags_as_required(["checkpoint", "data_dir", "workdir"], flag_values=fv)
+
+
+def _run_glue(fv: flags.FlagValues) -> None:
+    from bertjax.glue import run_glue
+
+    tasks = "all" if fv.tasks == "all" else [t.strip() for t in fv.tasks.split(",") if t.strip()]
+    out = run_glue(
+        fv.checkpoint,
+        tasks=tasks,
+        data_dir=fv.data_dir,
+        workdir=fv.workdir,
+        seeds=fv.seeds,
+        sweep=fv.sweep,
+        max_train_examples=fv.max_train_examples,
+        num_epochs=fv.num_epochs,
+        max_seq_length=fv.max_seq_length,
+        learning_rate=fv.learning_rate,
+        batch_size=fv.batch_size,
+        overwrite=fv.overwrite,
+    )
+    print(f"GLUE average: {out.get('average')}; results in {fv.workdir}/glue_results.json")
+
+
+def _define_smoke(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("size", "tiny", "Model size from the size table.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "Sequences in the batch.", flag_values=fv)
     flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.", flag_values=fv)
@@ -145,7 +238,152 @@ def _run_smoke(fv: flags.FlagValues) -> None:
     )
 
 
-def _define_train(fv: flags.FlagValues) -> None:
+def _define_corpus(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string(
+        "source",
+        "embedded",
+        "'embedded' (Python's own documentation, offline) "
+        "or tfds:NAME, e.g. tfds:wikipedia/20230601.en.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("out", None, "Output file (embedded) or directory (tfds).", flag_values=fv)
+    flags.DEFINE_string("split", "train", "TFDS split.", flag_values=fv)
+    flags.DEFINE_string("text_field", "text", "TFDS feature holding the text.", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory.", flag_values=fv)
+    flags.DEFINE_integer("num_shards", 1, "TFDS: output files.", flag_values=fv)
+    flags.DEFINE_bool(
+        "download", False, "TFDS: download and prepare the dataset if missing.", flag_values=fv
+    )
+    flags.mark_flags_as_required(["out"], flag_values=fv)
+
+
+def _run_corpus(fv: flags.FlagValues) -> None:
+    from data_pipelines import corpus
+
+    if fv.source == "embedded":
+        if os.path.exists(fv.out):
+            raise FileExistsError(f"{fv.out}: already exists")
+        stats = corpus.write_embedded_corpus(fv.out)
+        print(f"wrote {fv.out}: {stats}")
+    elif fv.source.startswith("tfds:"):
+        files = corpus.write_tfds_corpus(
+            fv.source[len("tfds:") :],
+            fv.out,
+            split=fv.split,
+            text_field=fv.text_field,
+            data_dir=fv.data_dir,
+            num_shards=fv.num_shards,
+            download=fv.download,
+        )
+        print(f"wrote {len(files)} files to {fv.out}")
+    else:
+        raise UsageError(f"--source={fv.source!r}: use 'embedded' or tfds:NAME")
+
+
+def _define_vocab(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("input", None, "Text files (glob, comma-separated globs).", flag_values=fv)
+    flags.DEFINE_enum(
+        "kind", "wordpiece", ["wordpiece", "sentencepiece"], "Vocab type.", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "vocab_size", 30522, "Vocab size, special and unused tokens included.", flag_values=fv
+    )
+    flags.DEFINE_string("out", None, "Output directory.", flag_values=fv)
+    flags.DEFINE_bool(
+        "do_lower_case", True, "Uncased vocab (lowercase, strip accents).", flag_values=fv
+    )
+    flags.DEFINE_integer("num_unused", 100, "[unusedN] slots reserved.", flag_values=fv)
+    flags.DEFINE_integer(
+        "pad_to_multiple_of", None, "Pad the size up to a multiple (e.g. 128).", flag_values=fv
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace an existing vocab in --out.", flag_values=fv)
+    flags.mark_flags_as_required(["input", "out"], flag_values=fv)
+
+
+def _run_vocab(fv: flags.FlagValues) -> None:
+    from data_pipelines.corpus import expand_input_files
+    from data_pipelines.tokenizers import train_vocab
+
+    files = expand_input_files(fv.input.split(","))
+    tok = train_vocab(
+        files,
+        kind=fv.kind,
+        vocab_size=fv.vocab_size,
+        out_dir=fv.out,
+        do_lower_case=fv.do_lower_case,
+        num_unused=fv.num_unused,
+        pad_to_multiple_of=fv.pad_to_multiple_of,
+        overwrite=fv.overwrite,
+    )
+    print(f"wrote a {tok.vocab_size}-token {fv.kind} vocab to {fv.out}")
+
+
+def _define_prepare(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string(
+        "input", None, "Text files in BERT's format (glob, comma-separated).", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "vocab", None, "vocab.txt, SentencePiece model, or checkpoint directory.", flag_values=fv
+    )
+    flags.DEFINE_string("output", None, "Output directory of shards.", flag_values=fv)
+    flags.DEFINE_bool(
+        "do_lower_case", None, "Lowercase input (default: from the vocab).", flag_values=fv
+    )
+    flags.DEFINE_integer("max_seq_length", 128, "Tokens per example.", flag_values=fv)
+    flags.DEFINE_integer(
+        "max_predictions_per_seq", 20, "Masked positions per example.", flag_values=fv
+    )
+    flags.DEFINE_float("masked_lm_prob", 0.15, "Share of tokens masked.", flag_values=fv)
+    flags.DEFINE_integer(
+        "dupe_factor", 10, "Passes over the input with different masks.", flag_values=fv
+    )
+    flags.DEFINE_float("short_seq_prob", 0.1, "Share of shorter examples.", flag_values=fv)
+    flags.DEFINE_integer("random_seed", 12345, "Seed.", flag_values=fv)
+    flags.DEFINE_bool("do_whole_word_mask", False, "Mask whole words.", flag_values=fv)
+    flags.DEFINE_bool(
+        "dynamic_masking", False, "Store unmasked pairs; mask per epoch.", flag_values=fv
+    )
+    flags.DEFINE_integer("num_shards", 8, "Output shards.", flag_values=fv)
+    flags.DEFINE_integer(
+        "num_workers", None, "Worker processes (default: all cores).", flag_values=fv
+    )
+    flags.DEFINE_enum(
+        "output_format",
+        "arrayrecord",
+        ["arrayrecord", "tfrecord"],
+        "ArrayRecord (for training) or TFRecord (google-research/bert's format).",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.", flag_values=fv)
+    flags.mark_flags_as_required(["input", "vocab", "output"], flag_values=fv)
+
+
+def _run_prepare(fv: flags.FlagValues) -> None:
+    from data_pipelines.pretraining_data import create_pretraining_data
+    from data_pipelines.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(fv.vocab, do_lower_case=fv.do_lower_case)
+    info = create_pretraining_data(
+        fv.input.split(","),
+        tokenizer,
+        fv.output,
+        max_seq_length=fv.max_seq_length,
+        max_predictions_per_seq=fv.max_predictions_per_seq,
+        masked_lm_prob=fv.masked_lm_prob,
+        dupe_factor=fv.dupe_factor,
+        short_seq_prob=fv.short_seq_prob,
+        random_seed=fv.random_seed,
+        do_whole_word_mask=fv.do_whole_word_mask,
+        dynamic_masking=fv.dynamic_masking,
+        num_output_shards=fv.num_shards,
+        num_workers=fv.num_workers,
+        output_format=fv.output_format,
+        overwrite=fv.overwrite,
+    )
+    print(f"wrote {info.get('num_examples', '?')} examples to {fv.output}")
+
+
+def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(
@@ -155,6 +393,7 @@ def _define_train(fv: flags.FlagValues) -> None:
         "override fields with --config.train.batch_size=64.",
         flag_values=fv,
         lock_config=True,
+        sys_argv=argv,
     )
     flags.DEFINE_string(
         "workdir",
@@ -197,7 +436,12 @@ COMMANDS: dict[
 ] = {
     "convert": (_define_convert, _run_convert, "import/export checkpoints"),
     "features": (_define_features, _run_features, "extract contextual features"),
+    "corpus": (_define_corpus, _run_corpus, "write a corpus"),
+    "vocab": (_define_vocab, _run_vocab, "train a vocab"),
+    "prepare": (_define_prepare, _run_prepare, "create pre-training examples"),
     "train": (_define_train, _run_train, "pre-train BERT"),
+    "finetune": (_define_finetune, _run_finetune, "fine-tune on one GLUE task"),
+    "glue": (_define_glue, _run_glue, "GLUE suite"),
     "smoke": (_define_smoke, _run_smoke, "one forward/backward step on a tiny model"),
 }
 
@@ -224,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     define, run, _ = COMMANDS[command]
     fv = flags.FlagValues()
-    define(fv)
+    define(fv, argv)
     if any(a in ("-h", "--help", "-help") for a in argv[2:]):
         print(f"usage: bertjax {command} [flags]\n\n{fv.get_help()}")
         sys.exit(0)

@@ -415,8 +415,13 @@ class Preempted(Exception):
         self.step = step
 
 
-def train(config_dict: Any, workdir: str) -> dict[str, float]:
-    """Runs (or resumes) pre-training in `workdir`; returns the last logged metrics."""
+def train(
+    config_dict: Any, workdir: str, *, devices: list[jax.Device] | None = None
+) -> dict[str, float]:
+    """Runs (or resumes) pre-training in `workdir`; returns the last logged metrics.
+
+    `devices` restricts the mesh to a subset of devices (default: all of them).
+    """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
 
@@ -428,7 +433,7 @@ def train(config_dict: Any, workdir: str) -> dict[str, float]:
     ckpt.check_workdir_model(workdir, cfg.model)
 
     # Mesh, model, optimizer.
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, devices)
     rules = cfg.mesh.rules
     sharding.check_divisible(cfg.train.batch_size, mesh, rules, what="config.train.batch_size")
     if cfg.train.batch_size % (
@@ -570,7 +575,7 @@ def _loop(
 ) -> dict[str, float]:
     start = int(state.step)
     writer = MetricWriter(workdir, start)
-    n_devices = jax.device_count()
+    n_devices = mesh.devices.size
     peak, peak_source = flops.peak_flops_per_device()
     total_peak = peak if jax.devices()[0].platform == "cpu" else peak * n_devices
     flops_per_step = cfg.train.batch_size * flops.training_flops_per_sequence(
@@ -680,11 +685,20 @@ def _summarise(window, elapsed, tokens_per_step, flops_per_step, peak) -> dict[s
 
 
 def evaluate(cfg, mesh, rules, params, p_eval, data) -> dict[str, float]:
-    """MLM and NSP loss/accuracy over the first eval_steps batches of the held-out shards."""
+    """MLM and NSP loss/accuracy over the first eval_steps batches of the held-out shards.
+
+    Also reports `mlm_majority_baseline`: the accuracy of always predicting the most
+    frequent masked token of these batches (this process's rows), the bar a model that
+    learned nothing about context would reach.
+    """
     it = make_eval_iterator(data, cfg)
     sums: dict[str, float] = {}
+    token_counts = np.zeros(cfg.model.vocab_size, np.float64)
     for _ in range(cfg.train.eval_steps):
-        out = jax.device_get(p_eval(params, sharding.global_batch(mesh, rules, next(it))))
+        local = next(it)
+        np.add.at(token_counts, local["masked_lm_ids"].reshape(-1),
+                  local["masked_lm_weights"].reshape(-1))
+        out = jax.device_get(p_eval(params, sharding.global_batch(mesh, rules, local)))
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     mlm_w, nsp_w = max(sums["mlm_weight_sum"], 1e-5), max(sums["nsp_weight_sum"], 1e-5)
@@ -694,4 +708,5 @@ def evaluate(cfg, mesh, rules, params, p_eval, data) -> dict[str, float]:
         "mlm_accuracy": sums["mlm_correct_sum"] / mlm_w,
         "nsp_loss": sums["nsp_loss_sum"] / nsp_w,
         "nsp_accuracy": sums["nsp_correct_sum"] / nsp_w,
+        "mlm_majority_baseline": float(token_counts.max() / max(token_counts.sum(), 1e-5)),
     }

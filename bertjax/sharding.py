@@ -111,11 +111,25 @@ def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
 
 
 def logical_shardings(mesh: Mesh, rules: Rules, abstract_tree: Any) -> Any:
-    """NamedShardings for a tree whose leaves may be flax LogicallyPartitioned boxes."""
-    specs = nn.get_partition_spec(abstract_tree)
-    specs = nn.logical_to_mesh(specs, rules)
+    """NamedShardings for a tree whose leaves may be flax LogicallyPartitioned boxes.
+
+    A dimension whose size the mesh axes do not divide (BERT's 30,522-token vocab over a
+    tensor axis of 4, say) is replicated instead of failing; the rest stay sharded.
+    """
+    specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
+    shapes = nn.meta.unbox(abstract_tree)
+
+    def fit(spec: PartitionSpec, x: Any) -> NamedSharding:
+        dims = []
+        padded = tuple(spec) + (None,) * (len(x.shape) - len(spec))
+        for size, axes in zip(x.shape, padded, strict=True):
+            names = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+            ways = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+            dims.append(axes if size % ways == 0 else None)
+        return NamedSharding(mesh, PartitionSpec(*dims))
+
     return jax.tree_util.tree_map(
-        lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+        fit, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )
 
 

@@ -83,3 +83,25 @@ def test_global_batch_assembly_and_divisibility():
         ValueError, match="batch_size=6 is not divisible by the data-parallel size 4"
     ):
         sharding.check_divisible(6, mesh, DEFAULT_RULES, what="batch_size")
+
+
+def test_indivisible_dimension_is_replicated_not_an_error():
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=1, tensor=4))
+    cfg = model_config_for_size(
+        "tiny",
+        vocab_size=30522,
+        hidden_size=32,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    abstract = jax.eval_shape(
+        lambda: BertForPreTraining(cfg).init(jax.random.key(0), dummy_batch(cfg), train=False)
+    )
+    shard = sharding.logical_shardings(mesh, DEFAULT_RULES, abstract)["params"]
+    # 30522 is not divisible by tensor=4: the vocab dimension is replicated...
+    assert shard["bert"]["embeddings"]["word_embeddings"]["embedding"].spec == P(None, "fsdp")
+    assert shard["cls"]["predictions"]["output_bias"].spec == P(None)
+    # ...while divisible dimensions keep their tensor sharding.
+    layer = shard["bert"]["encoder"]["layer_0"]
+    assert layer["intermediate"]["dense"]["kernel"].spec == P("fsdp", "tensor")

@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.size = "base"  # tiny | mini | small | medium | base | large | custom
     c.model.vocab_size = config_dict.placeholder(int)  # None: from the prepared data's vocab
+    c.model.num_layers = config_dict.placeholder(int)  # None: from the size table (L)
+    c.model.hidden_size = config_dict.placeholder(int)  # None: from the size table (H)
+    c.model.num_heads = config_dict.placeholder(int)  # None: from the size table (A)
+    c.model.intermediate_size = config_dict.placeholder(int)  # None: from the size table (4H)
     c.model.max_position_embeddings = 512  # learned positions; phase 2 uses all 512
     c.model.hidden_dropout_rate = 0.1  # dropout on embeddings and sub-layer outputs
     c.model.attention_dropout_rate = 0.1  # dropout on attention probabilities (0 = fused kernel)

@@ -1,0 +1,245 @@
+"""Steady-state pre-training step throughput, compile time, peak memory and MFU.
+
+    python benchmarks/train_step.py --size base --seq_len 128 --batch_size 8 [--dtype bfloat16]
+        [--steps 10] [--peer] [--json]
+
+The step is bertjax's real one (pretrain.train_step: MLM on gathered positions + NSP,
+AdamW, global-norm clipping, dropout 0.1), jitted with donated state over a data-parallel
+mesh of the local devices. MFU = model FLOPs per step (bertjax/flops.py documents the
+formula: 6*N*tokens for the encoder matmuls + attention + the MLM head on gathered
+positions) / step time / peak, with the device's datasheet bf16 peak on GPU/TPU and, on
+CPU, a peak measured in this run by a large jitted matmul.
+
+With --peer the same step runs in Hugging Face transformers' BertForPreTraining on
+PyTorch (same shapes, batch, masked positions, AdamW, clipping; it computes MLM logits at
+every position, as that model does) and the ratio bertjax / peer is printed.
+With --json the last line is one JSON object with tokens_per_sec, mfu, peak_flops,
+compile_seconds (and peer_tokens_per_sec, ratio with --peer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bertjax import flops, pretrain, sharding  # noqa: E402
+from bertjax.config import MODEL_SIZES, model_config_for_size  # noqa: E402
+from bertjax.model import BertForPreTraining  # noqa: E402
+from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer  # noqa: E402
+
+
+def make_batch(batch_size: int, seq_len: int, num_pred: int, vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    positions = np.sort(
+        np.stack(
+            [
+                rng.choice(np.arange(1, seq_len - 1), num_pred, replace=False)
+                for _ in range(batch_size)
+            ]
+        ),
+        axis=1,
+    )
+    return {
+        "input_ids": rng.integers(1000, vocab, (batch_size, seq_len)).astype(np.int32),
+        "input_mask": np.ones((batch_size, seq_len), np.int32),
+        "segment_ids": (np.arange(seq_len)[None] >= seq_len // 2)
+        .astype(np.int32)
+        .repeat(batch_size, 0),
+        "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": rng.integers(1000, vocab, (batch_size, num_pred)).astype(np.int32),
+        "masked_lm_weights": np.ones((batch_size, num_pred), np.float32),
+        "next_sentence_labels": rng.integers(0, 2, (batch_size, 1)).astype(np.int32),
+    }
+
+
+def peak_memory_bytes() -> int:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
+
+
+def bench_bertjax(args) -> dict:
+    config = model_config_for_size(
+        args.size, dtype=args.dtype, remat=args.remat, attention_dropout_rate=args.attention_dropout
+    )
+    model = BertForPreTraining(config)
+    ocfg = OptimConfig(learning_rate=1e-4, warmup_steps=10, grad_accum_steps=args.grad_accum)
+    tx = make_optimizer(ocfg, 1000)
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
+    rules = sharding.DEFAULT_RULES
+    with mesh, nn.logical_axis_rules(rules):
+        init = functools.partial(
+            pretrain.init_state,
+            model=model,
+            tx=tx,
+            seq_len=args.seq_len,
+            num_predictions=args.num_pred,
+        )
+        abstract = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        shardings = sharding.logical_shardings(mesh, rules, abstract)
+        state = jax.jit(lambda k: nn.meta.unbox(init(k)), out_shardings=shardings)(
+            jnp.array([0, 0], jnp.uint32)
+        )
+        step = jax.jit(
+            functools.partial(
+                pretrain.train_step,
+                model=model,
+                tx=tx,
+                schedule=learning_rate_schedule(ocfg, 1000),
+                grad_accum_steps=args.grad_accum,
+            ),
+            in_shardings=(shardings, None),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
+        batch = sharding.global_batch(
+            mesh, rules, make_batch(args.batch_size, args.seq_len, args.num_pred, config.vocab_size)
+        )
+        t0 = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            state, m = compiled(state, batch)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, m = compiled(state, batch)
+        jax.block_until_ready((state, m))
+        step_s = (time.perf_counter() - t0) / args.steps
+    peak, peak_source = flops.peak_flops_per_device()
+    total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
+    model_flops = args.batch_size * flops.training_flops_per_sequence(
+        config, args.seq_len, args.num_pred
+    )
+    return {
+        "size": args.size,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "devices": mesh.devices.size,
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "step_seconds": step_s,
+        "tokens_per_sec": args.batch_size * args.seq_len / step_s,
+        "sequences_per_sec": args.batch_size / step_s,
+        "compile_seconds": compile_s,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "model_flops_per_step": model_flops,
+        "peak_flops": total_peak,
+        "peak_flops_source": peak_source,
+        "mfu": model_flops / step_s / total_peak,
+        "loss": float(m["loss"]),
+    }
+
+
+def bench_peer(args) -> dict:
+    """The same step in transformers' BertForPreTraining (PyTorch)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    layers, hidden, heads, mlp = MODEL_SIZES[args.size]
+    hf_cfg = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        attention_probs_dropout_prob=args.attention_dropout,
+    )
+    model = transformers.BertForPreTraining(hf_cfg).train()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
+    b = make_batch(args.batch_size, args.seq_len, args.num_pred, 30522)
+    labels = np.full((args.batch_size, args.seq_len), -100, np.int64)
+    np.put_along_axis(labels, b["masked_lm_positions"], b["masked_lm_ids"], axis=1)
+    inputs = {
+        "input_ids": torch.tensor(b["input_ids"], dtype=torch.long, device=device),
+        "attention_mask": torch.tensor(b["input_mask"], dtype=torch.long, device=device),
+        "token_type_ids": torch.tensor(b["segment_ids"], dtype=torch.long, device=device),
+        "labels": torch.tensor(labels, device=device),
+        "next_sentence_label": torch.tensor(
+            b["next_sentence_labels"][:, 0], dtype=torch.long, device=device
+        ),
+    }
+    autocast = torch.autocast(
+        device_type=device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"
+    )
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    for _ in range(args.warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - t0) / args.steps
+    return {
+        "peer": f"transformers {transformers.__version__} / torch {torch.__version__} "
+        f"({device}, {torch.get_num_threads()} threads)",
+        "peer_step_seconds": step_s,
+        "peer_tokens_per_sec": args.batch_size * args.seq_len / step_s,
+        "peer_loss": loss.item(),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="base")
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument(
+        "--num_pred",
+        type=int,
+        default=None,
+        help="masked positions per sequence (default: 20 at 128, 80 at 512)",
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--remat", action="store_true")
+    p.add_argument("--attention_dropout", type=float, default=0.1)
+    p.add_argument("--peer", action="store_true", help="also run transformers (PyTorch)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.num_pred is None:  # google-research/bert's max_predictions_per_seq
+        args.num_pred = {128: 20, 512: 80}.get(args.seq_len, max(1, round(args.seq_len * 0.15)))
+    result = bench_bertjax(args)
+    if args.peer:
+        result.update(bench_peer(args))
+        result["ratio"] = result["tokens_per_sec"] / result["peer_tokens_per_sec"]
+    for k, v in result.items():
+        print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

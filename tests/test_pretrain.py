@@ -1,0 +1,470 @@
+"""Pre-training: sharded == single device, gradient accumulation, exact resume after SIGKILL,
+SIGTERM checkpoints, damaged-checkpoint fallback, the NaN policy, and bad configs."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax import checkpoint as ckpt
+from bertjax import pretrain
+from bertjax.config import model_config_for_size
+from bertjax.model import BertForPreTraining
+from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOUNS = "cat dog bird fish horse cow sheep goat mouse frog".split()
+VERBS = "sees likes chases follows feeds watches".split()
+PLACES = "garden house river field forest barn".split()
+
+
+def _write_corpus(path: str, n_docs: int = 120, seed: int = 0) -> None:
+    """Documents with a learnable structure: 'the X VERB the Y in the PLACE .'"""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        place = rng.choice(PLACES)
+        sents = [
+            f"the {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(NOUNS)} in the {place} ."
+            for _ in range(rng.randint(3, 8))
+        ]
+        docs.append("\n".join(sents))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(docs) + "\n")
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    """Prepared train/eval shards and a vocab, shared by the tests of this module."""
+    from data_pipelines.pretraining_data import create_pretraining_data
+    from data_pipelines.tokenizers import train_vocab
+
+    root = tmp_path_factory.mktemp("pretrain_data")
+    _write_corpus(str(root / "train.txt"), seed=0)
+    _write_corpus(str(root / "eval.txt"), n_docs=30, seed=1)
+    tok = train_vocab(
+        [str(root / "train.txt")],
+        kind="wordpiece",
+        vocab_size=128,
+        out_dir=str(root / "vocab"),
+        num_unused=2,
+    )
+    common = dict(
+        max_seq_length=32,
+        max_predictions_per_seq=5,
+        num_workers=1,
+        progress=False,
+        num_output_shards=2,
+    )
+    create_pretraining_data(
+        [str(root / "train.txt")], tok, str(root / "train"), dupe_factor=2, **common
+    )
+    create_pretraining_data(
+        [str(root / "eval.txt")], tok, str(root / "eval"), dupe_factor=1, **common
+    )
+    return str(root / "train"), str(root / "eval"), str(root / "vocab")
+
+
+def _config(data_dirs, **over):
+    from experiments.pretrain import tiny_demo
+
+    c = tiny_demo.get_config()
+    c.data.train_dir, c.data.eval_dir, c.data.vocab = data_dirs
+    c.data.corpus = ""
+    c.model.size = "custom"
+    for k, v in dict(
+        num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=32
+    ).items():
+        setattr(c.model, k, v)
+    c.train.num_steps = 6
+    c.train.batch_size = 8
+    c.train.log_every = 1
+    c.train.eval_every = 3
+    c.train.eval_steps = 1
+    c.train.checkpoint_every = 2
+    c.train.async_checkpointing = True
+    c.optim.warmup_steps = 2
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+    for key, value in over.items():
+        group, name = key.split(".")
+        setattr(getattr(c, group), name, value)
+    return c
+
+
+def _train_losses(workdir: str) -> dict[int, float]:
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("split", "train") == "train":
+                assert rec["step"] not in out, f"step {rec['step']} logged twice"
+                out[rec["step"]] = rec["loss"]
+    return out
+
+
+def _params(workdir: str):
+    return ckpt.restore_workdir_params(workdir)
+
+
+def test_sharded_mesh_matches_single_device(data_dirs, tmp_path):
+    one = _config(data_dirs, **{"train.num_steps": 3})
+    one.mesh.data = 1
+    pretrain.train(one, str(tmp_path / "one"), devices=jax.devices()[:1])
+    eight = _config(data_dirs, **{"train.num_steps": 3})
+    eight.mesh.data, eight.mesh.fsdp, eight.mesh.tensor = 2, 2, 2
+    pretrain.train(eight, str(tmp_path / "eight"))
+    a, b = _train_losses(str(tmp_path / "one")), _train_losses(str(tmp_path / "eight"))
+    assert sorted(a) == [1, 2, 3]
+    for step in a:
+        np.testing.assert_allclose(b[step], a[step], rtol=1e-5)
+    (sa, pa), (sb, pb) = _params(str(tmp_path / "one")), _params(str(tmp_path / "eight"))
+    assert sa == sb == 3
+    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True):
+        np.testing.assert_allclose(x, y, atol=2e-5, rtol=1e-4)
+
+
+def _tiny_state(accum: int):
+    cfg = model_config_for_size(
+        "tiny",
+        vocab_size=64,
+        hidden_size=16,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        hidden_dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+    )
+    model = BertForPreTraining(cfg)
+    ocfg = OptimConfig(learning_rate=1e-2, warmup_steps=0, grad_accum_steps=accum)
+    tx = make_optimizer(ocfg, 10)
+    state = jax.jit(
+        lambda k: jax.tree_util.tree_map(
+            lambda x: x,
+            __import__("flax").linen.meta.unbox(pretrain.init_state(k, model, tx, 16, 3)),
+        )
+    )(jnp.array([0, 7], jnp.uint32))
+    step = jax.jit(
+        functools.partial(
+            pretrain.train_step,
+            model=model,
+            tx=tx,
+            schedule=learning_rate_schedule(ocfg, 10),
+            grad_accum_steps=accum,
+        )
+    )
+    return state, step
+
+
+def _batch(b=8, t=16, p=3, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = (np.arange(t)[None] < rng.integers(6, t + 1, (b, 1))).astype(np.int32)
+    pos = np.stack([rng.choice(np.arange(1, 6), p, replace=False) for _ in range(b)])
+    w = (rng.random((b, p)) < 0.8).astype(np.float32)
+    return {
+        "input_ids": (rng.integers(5, 64, (b, t)) * mask).astype(np.int32),
+        "input_mask": mask,
+        "segment_ids": (np.arange(t)[None] > 4).astype(np.int32) * mask,
+        "masked_lm_positions": pos.astype(np.int32),
+        "masked_lm_ids": rng.integers(5, 64, (b, p)).astype(np.int32),
+        "masked_lm_weights": w,
+        "next_sentence_labels": rng.integers(0, 2, (b, 1)).astype(np.int32),
+    }
+
+
+def test_gradient_accumulation_equals_big_batch():
+    batch = _batch()
+    s1, step1 = _tiny_state(1)
+    s4, step4 = _tiny_state(4)
+    n1, m1 = step1(s1, batch)
+    n4, m4 = step4(s4, batch)
+    for k in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "grad_norm"):
+        np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, err_msg=k)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(n1.params), jax.tree_util.tree_leaves(n4.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_nonfinite_update_is_skipped_and_counted():
+    state, step = _tiny_state(1)
+    batch = _batch()
+    batch["masked_lm_weights"][0, 0] = np.nan
+    before = jax.tree_util.tree_map(np.asarray, state.params)
+    new, metrics = step(state, batch)
+    assert float(metrics["finite"]) == 0.0 and int(new.nonfinite_steps) == 1
+    assert int(new.step) == 1
+    for a, b in zip(
+        jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(new.params), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+    class Cfg:
+        class train:
+            nan_policy = "stop"
+            max_nonfinite_steps = 100
+
+    with pytest.raises(pretrain.NonFiniteError, match="nan_policy='stop'"):
+        pretrain._check_nonfinite(Cfg, new, 1, 0)
+    Cfg.train.nan_policy = "skip"
+    assert pretrain._check_nonfinite(Cfg, new, 1, 0) == 1  # logged, training goes on
+    Cfg.train.max_nonfinite_steps = 0
+    with pytest.raises(pretrain.NonFiniteError, match="max_nonfinite_steps=0"):
+        pretrain._check_nonfinite(Cfg, new, 1, 0)
+
+
+# --- Fault tolerance: real processes, real signals ----------------------------------------------
+
+
+def _cli(workdir: str, data_dirs, steps: int) -> list[str]:
+    train, eval_, vocab = data_dirs
+    return [
+        sys.executable,
+        "-m",
+        "bertjax.main",
+        "train",
+        "--config",
+        os.path.join(ROOT, "experiments/pretrain/tiny_demo.py"),
+        "--workdir",
+        workdir,
+        f"--config.data.train_dir={train}",
+        f"--config.data.eval_dir={eval_}",
+        f"--config.data.vocab={vocab}",
+        "--config.data.corpus=",
+        "--config.model.size=custom",
+        "--config.model.num_layers=2",
+        "--config.model.hidden_size=32",
+        "--config.model.num_heads=2",
+        "--config.model.intermediate_size=64",
+        "--config.model.max_position_embeddings=32",
+        f"--config.train.num_steps={steps}",
+        "--config.train.batch_size=8",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=100",
+        "--config.train.checkpoint_every=3",
+        "--config.optim.warmup_steps=2",
+    ]
+
+
+def _env():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    t0 = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < timeout, f"timed out waiting for {path}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_sigterm_and_damaged_checkpoint_resume_exactly(data_dirs, tmp_path):
+    steps = 12
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
+    res = subprocess.run(
+        _cli(ref, data_dirs, steps), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    # SIGKILL right after the first checkpoint, mid-way to the next.
+    proc = subprocess.Popen(
+        _cli(run, data_dirs, steps),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(os.path.join(run, "checkpoints", "3"), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    # SIGTERM: the run saves a checkpoint where it stands and exits 143.
+    proc = subprocess.Popen(
+        _cli(run, data_dirs, steps),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(os.path.join(run, "checkpoints", "6"), proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode == 143:
+        saved = int(out.split("checkpoint saved at step")[1].split()[0])
+        assert os.path.isdir(os.path.join(run, "checkpoints", str(saved)))
+    else:  # the signal landed after the last step: a normal finish
+        assert proc.returncode == 0, err[-3000:]
+
+    # Damage the newest checkpoint: the run reports it and falls back to the previous one.
+    steps_on_disk = sorted(
+        int(s) for s in os.listdir(os.path.join(run, "checkpoints")) if s.isdigit()
+    )
+    newest = os.path.join(run, "checkpoints", str(steps_on_disk[-1]), "state")
+    for dirpath, _, files in os.walk(newest):
+        for name in files:
+            with open(os.path.join(dirpath, name), "r+b") as f:
+                f.truncate(max(0, os.path.getsize(os.path.join(dirpath, name)) // 3))
+    res = subprocess.run(
+        _cli(run, data_dirs, steps), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    if steps_on_disk[-1] < steps:
+        assert "cannot be restored" in res.stderr
+
+    assert _train_losses(run) == _train_losses(ref)  # bit-identical loss curve, no duplicates
+    (s1, p1), (s2, p2) = _params(ref), _params(run)
+    assert s1 == s2 == steps
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- Configs and bad input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, arg",
+    [
+        ("tiny_demo", None),
+        ("bert_base", "phase1"),
+        ("bert_base", "phase2"),
+        ("bert_large", "phase1"),
+        ("bert_large_lamb", "phase1"),
+        ("bert_large_lamb", "phase2"),
+    ],
+)
+def test_every_pretrain_config_builds_and_initialises(name, arg):
+    import importlib
+
+    from bertjax.config import PretrainConfig
+
+    module = importlib.import_module(f"experiments.pretrain.{name}")
+    c = module.get_config(arg)
+    if not (c.data.train_dir or c.data.corpus):
+        c.data.train_dir = "data/wiki"  # the documented launch commands pass it
+    cfg = PretrainConfig.from_config_dict(c, vocab_size=30522)
+    model = BertForPreTraining(cfg.model)
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    shapes = jax.eval_shape(
+        functools.partial(
+            pretrain.init_state,
+            model=model,
+            tx=tx,
+            seq_len=cfg.data.max_seq_length,
+            num_predictions=cfg.data.max_predictions_per_seq,
+        ),
+        jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )
+    import flax.linen as nn
+
+    n = sum(x.size for x in jax.tree_util.tree_leaves(nn.meta.unbox(shapes.params)))
+    assert n == cfg.model.num_params()
+    if name == "bert_base":
+        assert cfg.model.num_layers == 12 and cfg.train.batch_size == 256
+    if name.startswith("bert_large"):
+        assert cfg.model.num_layers == 24 and cfg.model.hidden_size == 1024
+
+
+def test_bad_configs_fail_before_compiling(data_dirs, tmp_path):
+    bad_mesh = _config(data_dirs)
+    bad_mesh.mesh.data, bad_mesh.mesh.fsdp = 3, 1
+    with pytest.raises(ValueError, match="does not divide|but there are 8 devices"):
+        pretrain.train(bad_mesh, str(tmp_path / "a"))
+    bad_batch = _config(data_dirs, **{"train.batch_size": 6})
+    with pytest.raises(ValueError, match="batch_size=6 is not divisible"):
+        pretrain.train(bad_batch, str(tmp_path / "b"))
+    wrong_vocab = _config(data_dirs)
+    wrong_vocab.model.vocab_size = 999
+    with pytest.raises(ValueError, match="vocab_size=999 but the data"):
+        pretrain.train(wrong_vocab, str(tmp_path / "c"))
+    assert not os.path.exists(tmp_path / "a" / "checkpoints")
+
+
+def test_workdir_of_another_model_is_refused(data_dirs, tmp_path):
+    work = str(tmp_path / "w")
+    pretrain.train(_config(data_dirs, **{"train.num_steps": 1}), work)
+    other = _config(data_dirs, **{"train.num_steps": 1})
+    other.model.hidden_size = 64
+    with pytest.raises(ckpt.CheckpointError, match="different model"):
+        pretrain.train(other, work)
+
+
+def test_unknown_config_key_is_a_flag_error(tmp_path, capsys):
+    from bertjax.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "bertjax",
+                "train",
+                "--config",
+                os.path.join(ROOT, "experiments/pretrain/tiny_demo.py"),
+                "--workdir",
+                str(tmp_path),
+                "--config.train.num_stepz=3",
+            ]
+        )
+    assert e.value.code == 2
+    assert "num_stepz" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(data_dirs, tmp_path):
+    """Two processes on 127.0.0.1 (gloo collectives) train like one process with the same
+    global batch: same losses, same final parameters (up to reduction order)."""
+    steps = 4
+    extra = ["--config.model.hidden_dropout_rate=0.0", "--config.model.attention_dropout_rate=0.0",
+             "--config.mesh.data=2"]
+
+    def env(devices: int):
+        e = _env()
+        e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        return e
+
+    single = str(tmp_path / "single")
+    res = subprocess.run(_cli(single, data_dirs, steps) + extra, env=env(2), capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    multi = str(tmp_path / "multi")
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            _cli(multi, data_dirs, steps) + extra + [
+                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                f"--process_id={i}"],
+            env=env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    a, b = _train_losses(single), _train_losses(multi)
+    assert sorted(a) == list(range(1, steps + 1))
+    for step in a:
+        np.testing.assert_allclose(b[step], a[step], rtol=1e-5)
+    (sa, pa), (sb, pb) = _params(single), _params(multi)
+    assert sa == sb == steps
+    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-4)
