@@ -124,29 +124,52 @@ def check_checkpoint(checkpoint: str, max_seq_length: int) -> None:
         )
 
 
-def check_data(data_dir: str, tasks: Sequence[str], *, want_ax: bool) -> None:
-    """Every task's train and dev files exist under the GLUE root (nothing to check for TFDS)."""
+def check_data(data_dir: str, tasks: Sequence[str], *, want_ax: bool) -> dict[str, Exception]:
+    """Checks the GLUE root and each task's train and dev files (nothing to check for TFDS).
+
+    A missing or unusable root raises; a problem with one task's files is returned per task
+    (`{"rte": FileNotFoundError(...)}`) so the other tasks can still run.
+    """
     if not data_dir:
         raise ValueError("data_dir is required: the GLUE data directory or 'tfds'")
+    failures: dict[str, Exception] = {}
     if data_dir == "tfds":
-        return
+        return failures
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"GLUE data directory not found: {data_dir}")
     for task in tasks:
         spec = glue_data.get_task(task)
         directory = os.path.join(data_dir, spec.directory)
         if not os.path.isdir(directory):
-            raise FileNotFoundError(
+            failures[task] = FileNotFoundError(
                 f"GLUE {spec.display_name} directory not found: {directory} (task {task})"
             )
+            continue
         for split in (spec.train_split, *spec.eval_splits):
             path = glue_data.task_file(task, data_dir, split)
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"GLUE {spec.display_name} {split} file not found: {path}")
+                failures[task] = FileNotFoundError(
+                    f"GLUE {spec.display_name} {split} file not found: {path} (task {task})"
+                )
+                break
     if want_ax:
         path = glue_data.task_file("ax", data_dir, "test")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"GLUE AX (diagnostic) file not found: {path}")
+            failures["ax"] = FileNotFoundError(f"GLUE AX (diagnostic) file not found: {path}")
+    return failures
+
+
+class GlueSuiteError(ValueError):
+    """Every requested task failed; the message lists why."""
+
+
+def _raise_if_all_failed(trained: Sequence[str], failures: Mapping[str, Exception]) -> None:
+    if all(t in failures for t in trained):
+        if len(failures) == 1:
+            raise next(iter(failures.values()))
+        raise GlueSuiteError(
+            "every task failed: " + "; ".join(f"{t}: {e}" for t, e in failures.items())
+        )
 
 
 # --- Configs ------------------------------------------------------------------------------------
@@ -230,7 +253,8 @@ def run_glue(
     if max_train_examples < 0:
         raise ValueError(f"max_train_examples={max_train_examples}: must be >= 0")
     check_checkpoint(checkpoint, max_seq_length)
-    check_data(data_dir, trained, want_ax=want_ax)
+    failures = check_data(data_dir, trained, want_ax=want_ax)
+    _raise_if_all_failed(trained, failures)
     workdir = os.path.abspath(workdir)
     checkpoint = os.path.abspath(checkpoint)
     if data_dir != "tfds":
@@ -262,12 +286,15 @@ def run_glue(
     plan = [
         (task, seed, lr, config_for(task, seed, lr))
         for task in trained
+        if task not in failures
         for seed in range(seeds)
         for lr in lrs
     ]
     os.makedirs(workdir, exist_ok=True)
     runs: list[dict[str, Any]] = []
     for i, (task, seed, lr, config) in enumerate(plan, start=1):
+        if task in failures:
+            continue
         run_dir = os.path.join(workdir, task, f"seed{seed}")
         if sweep:
             run_dir = os.path.join(run_dir, _lr_name(lr))
@@ -275,7 +302,14 @@ def run_glue(
         lr_used = float(config.optim.learning_rate)
         if results is None:
             print(f"[{i}/{len(plan)}] {task} seed {seed} lr {lr_used:g} -> {run_dir}", flush=True)
-            results = ft.finetune(config, run_dir)
+            try:
+                results = ft.finetune(config, run_dir)
+            except (ValueError, OSError, ckpt.CheckpointError) as e:
+                # Bad data in one task (a malformed row, an unknown label...) must not stop
+                # the others; the summary names it.
+                log.error("GLUE task %s failed: %s", task, e)
+                failures[task] = e
+                continue
         else:
             print(f"[{i}/{len(plan)}] {task} seed {seed} lr {lr_used:g}: reusing {run_dir}")
         runs.append(
@@ -295,7 +329,8 @@ def run_glue(
     results: dict[str, dict[str, float]] = {}
     chosen: dict[str, float] = {}
     submission_runs: dict[str, dict[str, Any]] = {}
-    for task in trained:
+    _raise_if_all_failed(trained, failures)
+    for task in [t for t in trained if t not in failures]:
         by_lr: dict[float, list[dict[str, Any]]] = {}
         for r in runs:
             if r["task"] == task:
@@ -313,6 +348,9 @@ def run_glue(
     files = _collect_submissions(submission_runs, submission_dir, overwrite=True)
     summary = glue_metrics.results_json(results)
     markdown = glue_metrics.results_markdown(results)
+    if failures:
+        summary["failed"] = {t: str(e) for t, e in failures.items()}
+        markdown += "\nFailed tasks:\n\n" + "".join(f"- {t}: {e}\n" for t, e in failures.items())
     _write(os.path.join(workdir, RESULTS_JSON), json.dumps(summary, indent=2) + "\n")
     _write(os.path.join(workdir, RESULTS_MD), markdown)
     details = {
