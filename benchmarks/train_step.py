@@ -29,7 +29,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,11 +87,10 @@ def bench_bertjax(args) -> dict:
             seq_len=args.seq_len,
             num_predictions=args.num_pred,
         )
-        abstract = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        seed_key = jax.random.key_data(jax.random.key(0))
+        abstract = jax.eval_shape(init, seed_key)
         shardings = sharding.logical_shardings(mesh, rules, abstract)
-        state = jax.jit(lambda k: nn.meta.unbox(init(k)), out_shardings=shardings)(
-            jnp.array([0, 0], jnp.uint32)
-        )
+        state = jax.jit(lambda k: nn.meta.unbox(init(k)), out_shardings=shardings)(seed_key)
         step = jax.jit(
             functools.partial(
                 pretrain.train_step,

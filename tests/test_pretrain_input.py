@@ -1,0 +1,296 @@
+"""Tests for data_pipelines.pretrain_input: batches, sharding, epochs, resume, masking."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from _data_helpers import make_documents, write_corpus, write_vocab
+
+from data_pipelines import features as F
+from data_pipelines import pretrain_input as pinput
+from data_pipelines import pretraining_data as pdata
+from data_pipelines.tokenizers import load_tokenizer
+
+T, P = 32, 5
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return load_tokenizer(write_vocab(tmp_path_factory.mktemp("vocab")))
+
+
+def _make(tmp_path_factory, tok, name, **kwargs):
+    d = tmp_path_factory.mktemp(name)
+    files = [write_corpus(d / "corpus.txt", make_documents(80, seed=11))]
+    out = d / "data"
+    pdata.create_pretraining_data(
+        files,
+        tok,
+        out,
+        max_seq_length=T,
+        max_predictions_per_seq=P,
+        dupe_factor=2,
+        num_output_shards=3,
+        num_workers=1,
+        progress=False,
+        **kwargs,
+    )
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def static_dir(tmp_path_factory, tok):
+    return _make(tmp_path_factory, tok, "static")
+
+
+@pytest.fixture(scope="module")
+def dynamic_dir(tmp_path_factory, tok):
+    return _make(tmp_path_factory, tok, "dynamic", dynamic_masking=True)
+
+
+def _records(data_dir):
+    """All examples, decoded, in record-key order."""
+    return pdata.decode_records(
+        list(pdata.read_examples(data_dir)), max_seq_length=T, max_predictions_per_seq=P
+    )
+
+
+def _rows(batch):
+    """One hashable fingerprint per example of a batch."""
+    n = len(batch[F.NEXT_SENTENCE_LABELS])
+    return [b"".join(batch[k][i].tobytes() for k in F.PRETRAINING_FEATURES) for i in range(n)]
+
+
+def _iterator(data_dir, **kwargs):
+    kwargs.setdefault("global_batch_size", 8)
+    kwargs.setdefault("seed", 3)
+    kwargs.setdefault("process_index", 0)
+    kwargs.setdefault("process_count", 1)
+    return pinput.make_pretrain_iterator(data_dir, **kwargs)
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_batches_have_the_seven_features(static_dir):
+    batch = next(_iterator(static_dir))
+    assert set(batch) == set(F.PRETRAINING_FEATURES)
+    for k in (F.INPUT_IDS, F.INPUT_MASK, F.SEGMENT_IDS):
+        assert batch[k].shape == (8, T) and batch[k].dtype == np.int32
+    for k in (F.MASKED_LM_POSITIONS, F.MASKED_LM_IDS):
+        assert batch[k].shape == (8, P) and batch[k].dtype == np.int32
+    assert batch[F.MASKED_LM_WEIGHTS].shape == (8, P)
+    assert batch[F.MASKED_LM_WEIGHTS].dtype == np.float32
+    assert batch[F.NEXT_SENTENCE_LABELS].shape == (8,)
+    # Every example of the batch is one of the stored examples.
+    assert set(_rows(batch)) <= set(_rows(_records(static_dir)))
+
+
+def test_one_epoch_without_shuffle_reads_records_in_order(static_dir):
+    records = _records(static_dir)
+    n = len(records[F.INPUT_IDS])
+    it = _iterator(static_dir, shuffle=False, num_epochs=1, global_batch_size=n)
+    (batch,) = list(it)
+    _assert_same_batches([batch], [records])
+
+
+def test_epochs_are_different_permutations(static_dir):
+    records = _rows(_records(static_dir))
+    n = len(records)
+    it = _iterator(static_dir, num_epochs=2, global_batch_size=1, drop_remainder=False)
+    rows = [r for batch in it for r in _rows(batch)]
+    assert len(rows) == 2 * n
+    first, second = rows[:n], rows[n:]
+    assert collections.Counter(first) == collections.Counter(records)
+    assert collections.Counter(second) == collections.Counter(records)
+    assert first != records and second != first
+
+
+def test_processes_read_disjoint_strides_that_cover_the_data(static_dir):
+    records = _rows(_records(static_dir))
+    n, count = len(records), 3
+    assert n % count  # the interesting case: a remainder
+    per_process = []
+    for index in range(count):
+        it = _iterator(
+            static_dir,
+            process_index=index,
+            process_count=count,
+            global_batch_size=count,  # one example per process and step
+            num_epochs=1,
+            shuffle=False,
+        )
+        per_process.append([r for batch in it for r in _rows(batch)])
+    # Process p reads positions p, p + 3, ... of the record order: disjoint, equally many per
+    # process (so every process takes the same number of steps), and covering all but the
+    # last n % 3 records.
+    assert [len(rows) for rows in per_process] == [n // count] * count
+    for p in range(count):
+        assert per_process[p] == records[p::count][: n // count]
+    seen = collections.Counter(r for rows in per_process for r in rows)
+    assert seen == collections.Counter(records[: n - n % count])
+    # With one process everything is read.
+    assert collections.Counter(
+        r for b in _iterator(static_dir, num_epochs=1, global_batch_size=1) for r in _rows(b)
+    ) == collections.Counter(records)
+
+
+def test_global_batches_do_not_depend_on_the_process_count(static_dir):
+    """The union of the processes' step-t batches is the single process's step-t batch."""
+    one = _iterator(static_dir, global_batch_size=6, seed=3)
+    two = [_iterator(static_dir, global_batch_size=6, seed=3, process_index=p, process_count=2)
+           for p in range(2)]  # fmt: skip
+    three = [_iterator(static_dir, global_batch_size=6, seed=3, process_index=p, process_count=3)
+             for p in range(3)]  # fmt: skip
+    for _ in range(5):
+        want = collections.Counter(_rows(next(one)))
+        assert collections.Counter(r for it in two for r in _rows(next(it))) == want
+        assert collections.Counter(r for it in three for r in _rows(next(it))) == want
+
+
+def test_per_process_batch_and_bad_arguments(static_dir, tmp_path):
+    batch = next(_iterator(static_dir, global_batch_size=8, process_index=1, process_count=2))
+    assert batch[F.INPUT_IDS].shape == (4, T)
+    with pytest.raises(ValueError, match="multiple of process_count=3"):
+        _iterator(static_dir, global_batch_size=8, process_index=0, process_count=3)
+    with pytest.raises(ValueError, match="process_index 2"):
+        _iterator(static_dir, process_index=2, process_count=2)
+    # An unfinished directory (no dataset_info.json) is refused.
+    partial = tmp_path / "partial"
+    shutil.copytree(static_dir, partial)
+    os.remove(partial / "dataset_info.json")
+    with pytest.raises(FileNotFoundError, match="not a finished pre-training dataset"):
+        _iterator(str(partial))
+    # TFRecord datasets are for other code bases.
+    tfr = tmp_path / "tfr"
+    shutil.copytree(static_dir, tfr)
+    info = json.loads((tfr / "dataset_info.json").read_text())
+    info["format"] = "tfrecord"
+    (tfr / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="reads ArrayRecord datasets only"):
+        _iterator(str(tfr))
+
+
+@pytest.mark.parametrize("which", ["static", "dynamic"])
+def test_restored_iterator_continues_identically(static_dir, dynamic_dir, which, tmp_path):
+    data_dir = static_dir if which == "static" else dynamic_dir
+    n = len(_rows(_records(data_dir)))
+    it = _iterator(data_dir, global_batch_size=16)
+    _take(it, n // 16 - 1)  # the continuation crosses an epoch boundary
+    state = it.get_state()
+    pinput.save_iterator_state(it, tmp_path / "iter.json")
+    expected = _take(it, 5)
+    resumed = _iterator(data_dir, global_batch_size=16)
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 5), expected)
+    from_file = _iterator(data_dir, global_batch_size=16)
+    pinput.restore_iterator_state(from_file, tmp_path / "iter.json")
+    _assert_same_batches(_take(from_file, 5), expected)
+    # A fresh iterator starts over: different batches.
+    assert _rows(next(_iterator(data_dir, global_batch_size=16))) != _rows(expected[0])
+
+
+def test_iterator_checkpoints_with_orbax(static_dir, tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    it = _iterator(static_dir)
+    _take(it, 3)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(1, args=ocp.args.Composite(data=pinput.iterator_save_args(it)))
+        mngr.wait_until_finished()
+    expected = _take(it, 4)
+    resumed = _iterator(static_dir)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.restore(1, args=ocp.args.Composite(data=pinput.iterator_restore_args(resumed)))
+    _assert_same_batches(_take(resumed, 4), expected)
+
+
+def test_dynamic_masking_differs_per_epoch_and_is_reproducible(dynamic_dir):
+    records = _records(dynamic_dir)
+    assert (records[F.MASKED_LM_WEIGHTS] == 0).all()  # stored unmasked
+    n = len(records[F.INPUT_IDS])
+    info = pdata.load_dataset_info(dynamic_dir)
+    spec = pdata.MaskingSpec.from_json(info["masking"])
+
+    def epochs(seed):
+        it = _iterator(dynamic_dir, shuffle=False, num_epochs=2, global_batch_size=n, seed=seed)
+        return list(it)
+
+    e0, e1 = epochs(5)
+    again = epochs(5)
+    _assert_same_batches([e0, e1], again)
+    # Same examples, different masks in the two epochs and with another seed.
+    for batch in (e0, e1):
+        np.testing.assert_array_equal(batch[F.SEGMENT_IDS], records[F.SEGMENT_IDS])
+        lengths = batch[F.INPUT_MASK].sum(1)
+        expected = np.minimum(P, np.maximum(1, np.rint(lengths * 0.15)))
+        np.testing.assert_array_equal(batch[F.MASKED_LM_WEIGHTS].sum(1), expected)
+    assert (e0[F.MASKED_LM_POSITIONS] != e1[F.MASKED_LM_POSITIONS]).any(axis=1).mean() > 0.5
+    other = epochs(6)[0]
+    assert (e0[F.MASKED_LM_POSITIONS] != other[F.MASKED_LM_POSITIONS]).any(axis=1).mean() > 0.5
+    # Each mask is mask_example(record, rng=example_rng(seed, epoch, index)).
+    for epoch, batch in enumerate((e0, e1)):
+        for i in (0, 7, n - 1):
+            length = int(records[F.INPUT_MASK][i].sum())
+            m = pdata.mask_example(
+                records[F.INPUT_IDS][i], length, spec, rng=pdata.example_rng(5, epoch, i)
+            )
+            np.testing.assert_array_equal(batch[F.INPUT_IDS][i], m.input_ids)
+            np.testing.assert_array_equal(batch[F.MASKED_LM_POSITIONS][i], m.masked_lm_positions)
+            np.testing.assert_array_equal(batch[F.MASKED_LM_IDS][i], m.masked_lm_ids)
+    # The mask of an example does not depend on how the data is sharded over processes.
+    second_half = next(
+        _iterator(
+            dynamic_dir,
+            shuffle=False,
+            num_epochs=1,
+            global_batch_size=2 * (n // 2),
+            process_index=1,
+            process_count=2,
+            seed=5,
+        )
+    )
+    # Process 1 of 2 reads the odd positions of the global order.
+    np.testing.assert_array_equal(second_half[F.INPUT_IDS], e0[F.INPUT_IDS][1 : 2 * (n // 2) : 2])
+
+
+def test_dynamic_whole_word_masking_in_the_pipeline(tmp_path_factory, tok):
+    data_dir = _make(
+        tmp_path_factory, tok, "dyn_wwm", dynamic_masking=True, do_whole_word_mask=True
+    )
+    info = pdata.load_dataset_info(data_dir)
+    cont = tok.continuation_mask()
+    assert info["masking"]["continuation_ids"] == np.flatnonzero(cont).tolist()
+    batch = next(_iterator(data_dir, global_batch_size=64))
+    specials = {tok.cls_id, tok.sep_id, tok.pad_id}
+    whole = 0
+    for i in range(64):
+        k = int(batch[F.MASKED_LM_WEIGHTS][i].sum())
+        positions = batch[F.MASKED_LM_POSITIONS][i, :k]
+        masked = set(positions.tolist())
+        ids = batch[F.INPUT_IDS][i].copy()
+        ids[positions] = batch[F.MASKED_LM_IDS][i, :k]
+        word: list[int] = []
+        for pos, t in enumerate([*ids.tolist(), tok.pad_id]):
+            if t in specials or not cont[t] or not word:
+                if word:
+                    hit = sum(p in masked for p in word)
+                    assert hit in (0, len(word))
+                    whole += hit == len(word) > 1
+                word = [] if t in specials else [pos]
+            else:
+                word.append(pos)
+    assert whole > 5
