@@ -86,8 +86,9 @@ def bench_bertjax(args) -> dict:
             tx=tx,
             seq_len=args.seq_len,
             num_predictions=args.num_pred,
+            prng_impl=args.prng_impl,
         )
-        seed_key = jax.random.key_data(jax.random.key(0))
+        seed_key = jax.random.key_data(jax.random.key(0, impl=args.prng_impl))
         abstract = jax.eval_shape(init, seed_key)
         shardings = sharding.logical_shardings(mesh, rules, abstract)
         state = jax.jit(lambda k: nn.meta.unbox(init(k)), out_shardings=shardings)(seed_key)
@@ -98,6 +99,7 @@ def bench_bertjax(args) -> dict:
                 tx=tx,
                 schedule=learning_rate_schedule(ocfg, 1000),
                 grad_accum_steps=args.grad_accum,
+                prng_impl=args.prng_impl,
             ),
             in_shardings=(shardings, None),
             out_shardings=(shardings, None),
@@ -223,6 +225,12 @@ def main(argv=None) -> int:
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--remat", action="store_true")
     p.add_argument("--attention_dropout", type=float, default=0.1)
+    p.add_argument(
+        "--prng_impl",
+        default="unsafe_rbg",
+        choices=["threefry2x32", "rbg", "unsafe_rbg"],
+        help="dropout RNG (the pre-training configs' default is unsafe_rbg)",
+    )
     p.add_argument("--peer", action="store_true", help="also run transformers (PyTorch)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

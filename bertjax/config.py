@@ -284,6 +284,7 @@ class TrainConfig:
     async_checkpointing: bool = True
     nan_policy: str = "skip"
     max_nonfinite_steps: int = 100
+    prng_impl: str = "threefry2x32"
 
     def __post_init__(self):
         for name in (
@@ -296,6 +297,10 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"config.train.{name}={getattr(self, name)}: must be > 0")
+        if self.prng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
+            raise ValueError(
+                f"config.train.prng_impl={self.prng_impl!r}: use threefry2x32, rbg or unsafe_rbg"
+            )
         if self.nan_policy not in ("skip", "stop"):
             raise ValueError(f"config.train.nan_policy={self.nan_policy!r}: use 'skip' or 'stop'")
 

@@ -57,7 +57,7 @@ def training_flops_per_sequence(config: ModelConfig, seq_len: int, num_predictio
     return float(encoder + attention + mlm + nsp)
 
 
-def measured_cpu_peak_flops(n: int = 1024, repeats: int = 5) -> float:
+def measured_cpu_peak_flops(n: int = 2048, repeats: int = 10) -> float:
     """Best-of-N FLOP/s of a jitted fp32 matmul on the default device."""
     x = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)

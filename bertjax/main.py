@@ -23,7 +23,7 @@ commands:
   vocab      train a WordPiece or SentencePiece vocab on text files
   prepare    create pre-training examples (MLM + NSP) as sharded ArrayRecord files
   train      pre-train BERT (MLM + NSP) from an experiment config; resumes from --workdir
-  finetune   fine-tune a checkpoint on one GLUE task from an experiment config
+  finetune   fine-tune a checkpoint on one GLUE task or SQuAD from an experiment config
   glue       fine-tune and evaluate a checkpoint on the GLUE suite; results + submission files
   smoke      build a tiny model, run one forward/backward step and print the loss
 
@@ -108,7 +108,8 @@ def _define_finetune(fv: flags.FlagValues, argv: list[str]) -> None:
     config_flags.DEFINE_config_file(
         "config",
         None,
-        "GLUE experiment config, e.g. experiments/glue/mrpc.py; override fields with "
+        "GLUE or SQuAD experiment config, e.g. experiments/glue/mrpc.py or "
+        "experiments/squad/v1.py; override fields with "
         "--config.init_checkpoint=CKPT --config.task.data_dir=glue_data.",
         flag_values=fv,
         lock_config=True,
@@ -122,8 +123,10 @@ def _define_finetune(fv: flags.FlagValues, argv: list[str]) -> None:
 
 def _run_finetune(fv: flags.FlagValues) -> None:
     from bertjax.finetune import finetune
+    from bertjax.squad import finetune_squad, is_squad_config
 
-    out = finetune(fv.config, fv.workdir)
+    run = finetune_squad if is_squad_config(fv.config) else finetune
+    out = run(fv.config, fv.workdir)
     metrics = " ".join(f"{k}={v:.2f}" for k, v in sorted(out["metrics"].items()))
     print(
         f"{out['task']}: best dev (epoch {out['best_epoch']}): {metrics}; "
@@ -474,7 +477,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     try:
         fv([f"bertjax {command}", *argv[2:]])
-    except flags.Error as e:
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections reports an unknown --config.x.y key as AttributeError/KeyError.
         print(f"bertjax {command}: {e}\n(see `bertjax {command} --help`)", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

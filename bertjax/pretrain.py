@@ -195,9 +195,11 @@ def init_state(
     tx: optax.GradientTransformation,
     seq_len: int,
     num_predictions: int,
+    prng_impl: str | None = None,
 ) -> TrainState:
-    """Fresh state from raw key data (uint32[2]); parameters keep their logical boxes."""
-    init_key, dropout_key = jax.random.split(jax.random.wrap_key_data(seed_key))
+    """Fresh state from raw key data of `prng_impl` (None: JAX's default); parameters keep
+    their logical boxes."""
+    init_key, dropout_key = jax.random.split(jax.random.wrap_key_data(seed_key, impl=prng_impl))
     batch = {
         "input_ids": jnp.zeros((1, seq_len), jnp.int32),
         "input_mask": jnp.ones((1, seq_len), jnp.int32),
@@ -233,10 +235,12 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum_steps: int,
+    prng_impl: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step over the global batch, accumulating `grad_accum_steps`
     micro-batches; a non-finite loss or gradient leaves params and optimizer untouched."""
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    base_key = jax.random.wrap_key_data(state.rng, impl=prng_impl)
+    step_key = jax.random.fold_in(base_key, state.step)
     mlm_den = jnp.sum(batch["masked_lm_weights"].astype(jnp.float32))
     nsp_den = jnp.sum((batch["next_sentence_labels"] >= 0).astype(jnp.float32))
 
@@ -452,10 +456,17 @@ def train(
 
     # Sharded state: eval_shape -> partition specs -> jit(init, out_shardings).
     with mesh, nn.logical_axis_rules(rules):
+        impl = cfg.train.prng_impl
+        seed_key = jax.random.key_data(jax.random.key(cfg.seed, impl=impl))
         init_fn = functools.partial(
-            init_state, model=model, tx=tx, seq_len=seq_len, num_predictions=num_pred
+            init_state,
+            model=model,
+            tx=tx,
+            seq_len=seq_len,
+            num_predictions=num_pred,
+            prng_impl=impl,
         )
-        abstract = jax.eval_shape(init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        abstract = jax.eval_shape(init_fn, seed_key)
         state_sharding = sharding.logical_shardings(mesh, rules, abstract)
         state_sharding = state_sharding.replace(
             rng=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -480,7 +491,7 @@ def train(
             state = restored
             log.info("resumed from step %d in %s", int(state.step), workdir)
         else:
-            state = init_jit(jax.random.key_data(jax.random.key(cfg.seed)))
+            state = init_jit(seed_key)
             if cfg.init_checkpoint:
                 state = _load_init_checkpoint(cfg, state, state_sharding)
         ckpt.write_workdir_files(workdir, cfg, config_dict, data.tokenizer_path)
@@ -492,6 +503,7 @@ def train(
                 tx=tx,
                 schedule=schedule,
                 grad_accum_steps=cfg.optim.grad_accum_steps,
+                prng_impl=impl,
             ),
             in_shardings=(state_sharding, None),
             out_shardings=(state_sharding, None),
@@ -696,8 +708,9 @@ def evaluate(cfg, mesh, rules, params, p_eval, data) -> dict[str, float]:
     token_counts = np.zeros(cfg.model.vocab_size, np.float64)
     for _ in range(cfg.train.eval_steps):
         local = next(it)
-        np.add.at(token_counts, local["masked_lm_ids"].reshape(-1),
-                  local["masked_lm_weights"].reshape(-1))
+        np.add.at(
+            token_counts, local["masked_lm_ids"].reshape(-1), local["masked_lm_weights"].reshape(-1)
+        )
         out = jax.device_get(p_eval(params, sharding.global_batch(mesh, rules, local)))
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v)

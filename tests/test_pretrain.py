@@ -118,10 +118,11 @@ def _params(workdir: str):
 
 
 def test_sharded_mesh_matches_single_device(data_dirs, tmp_path):
-    one = _config(data_dirs, **{"train.num_steps": 3})
+    # threefry2x32 draws the same dropout masks whatever the sharding (unsafe_rbg does not).
+    one = _config(data_dirs, **{"train.num_steps": 3, "train.prng_impl": "threefry2x32"})
     one.mesh.data = 1
     pretrain.train(one, str(tmp_path / "one"), devices=jax.devices()[:1])
-    eight = _config(data_dirs, **{"train.num_steps": 3})
+    eight = _config(data_dirs, **{"train.num_steps": 3, "train.prng_impl": "threefry2x32"})
     eight.mesh.data, eight.mesh.fsdp, eight.mesh.tensor = 2, 2, 2
     pretrain.train(eight, str(tmp_path / "eight"))
     a, b = _train_losses(str(tmp_path / "one")), _train_losses(str(tmp_path / "eight"))
@@ -434,8 +435,11 @@ def test_two_processes_match_one_process(data_dirs, tmp_path):
     """Two processes on 127.0.0.1 (gloo collectives) train like one process with the same
     global batch: same losses, same final parameters (up to reduction order)."""
     steps = 4
-    extra = ["--config.model.hidden_dropout_rate=0.0", "--config.model.attention_dropout_rate=0.0",
-             "--config.mesh.data=2"]
+    extra = [
+        "--config.model.hidden_dropout_rate=0.0",
+        "--config.model.attention_dropout_rate=0.0",
+        "--config.mesh.data=2",
+    ]
 
     def env(devices: int):
         e = _env()
@@ -443,18 +447,27 @@ def test_two_processes_match_one_process(data_dirs, tmp_path):
         return e
 
     single = str(tmp_path / "single")
-    res = subprocess.run(_cli(single, data_dirs, steps) + extra, env=env(2), capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        _cli(single, data_dirs, steps) + extra,
+        env=env(2),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
     multi = str(tmp_path / "multi")
     port = _free_port()
     procs = [
         subprocess.Popen(
-            _cli(multi, data_dirs, steps) + extra + [
-                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                f"--process_id={i}"],
-            env=env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            _cli(multi, data_dirs, steps)
+            + extra
+            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+            env=env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for p in procs:

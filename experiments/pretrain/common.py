@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.async_checkpointing = True  # write checkpoints in the background
     c.train.nan_policy = "skip"  # non-finite loss/grad: 'skip' the update (counted) or 'stop'
     c.train.max_nonfinite_steps = 100  # with 'skip': stop after this many skipped updates
+    c.train.prng_impl = "unsafe_rbg"  # dropout RNG; threefry2x32: masks independent of the mesh
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis (-1 = the devices the other axes leave)

@@ -1,0 +1,237 @@
+"""Tests for data_pipelines.corpus: BERT text format, sentence splitting, TFDS, embedded."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+from data_pipelines import corpus
+
+# ---------------------------------------------------------------------------------------
+# The BERT text format.
+
+
+def _read(path, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", corpus.CorpusWarning)
+        return list(corpus.iter_documents(path, **kwargs))
+
+
+def test_documents_split_at_blank_lines_crlf_bom_and_whitespace(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(
+        b"\xef\xbb\xbfFirst sentence.\r\n  Second one.  \r\n\r\n \t \r\n\r\n"
+        b"Doc two.\n\n\n\nDoc three, no final newline."
+    )
+    assert _read(path) == [
+        ["First sentence.", "Second one."],
+        ["Doc two."],
+        ["Doc three, no final newline."],
+    ]
+
+
+def test_files_are_read_in_sorted_order_and_a_file_end_ends_a_document(tmp_path):
+    (tmp_path / "b.txt").write_text("b1\nb2\n")
+    (tmp_path / "a.txt").write_text("a1\n")  # no blank line at the end
+    (tmp_path / "c.txt").write_text("c1\n\nc2\n")
+    docs = _read(str(tmp_path / "*.txt"))
+    assert docs == [["a1"], ["b1", "b2"], ["c1"], ["c2"]]
+    # The same files as a list and as a comma-separated string give the same stream.
+    listed = [str(tmp_path / n) for n in ("c.txt", "a.txt", "b.txt")]
+    assert _read(listed) == docs
+    assert _read(",".join(listed)) == docs
+
+
+def test_missing_input_and_directory_are_rejected_by_name(tmp_path):
+    with pytest.raises(corpus.CorpusError, match="nope.txt"):
+        corpus.expand_input_files([str(tmp_path / "nope.txt")])
+    with pytest.raises(corpus.CorpusError, match="no such input"):
+        corpus.expand_input_files(str(tmp_path / "*.missing"))
+    with pytest.raises(corpus.CorpusError, match="is a directory"):
+        corpus.expand_input_files([str(tmp_path)])
+
+
+def test_empty_file_warns_with_its_name(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n  \n")
+    for path in (empty, blank):
+        with pytest.warns(corpus.CorpusWarning, match=f"{path}: input file holds no document"):
+            assert list(corpus.iter_documents(str(path))) == []
+
+
+def test_invalid_utf8_strict_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"fine line\n\nsecond doc\nbad \xff\xfe bytes\nmore\n")
+    with pytest.raises(corpus.CorpusError, match=rf"{path}:4: invalid UTF-8"):
+        list(corpus.iter_documents(str(path)))
+
+
+def test_invalid_utf8_replace_warns_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"ok\nbad \xff here\nalso \xc3 bad\n\nfine\n")
+    with pytest.warns(corpus.CorpusWarning, match=rf"{path}:2: invalid UTF-8.*2 line\(s\)"):
+        docs = list(corpus.iter_documents(str(path), errors="replace"))
+    assert docs == [["ok", "bad \ufffd here", "also \ufffd bad"], ["fine"]]
+
+
+def test_invalid_utf8_far_into_a_big_file_reports_the_right_line(tmp_path):
+    path = tmp_path / "big.txt"
+    lines = [f"line number {i} of the file." for i in range(60_000)]  # > one 1 MiB block
+    data = "\n".join(lines).encode() + b"\n"
+    bad_at = data.index(b"line number 50000 ")
+    path.write_bytes(data[:bad_at] + b"\x80" + data[bad_at:])
+    with pytest.raises(corpus.CorpusError, match=rf"{path}:50001:"):
+        list(corpus.iter_documents(str(path)))
+
+
+def test_overlong_lines_are_split_with_a_warning_and_bounded(tmp_path):
+    path = tmp_path / "long.txt"
+    sentence = "This is one sentence of the paragraph. "
+    path.write_text("short line\n" + sentence * 5000 + "\n\n" + "x" * 300_000 + "\nend\n")
+    with pytest.warns(corpus.CorpusWarning, match=rf"{path}:2: line longer than"):
+        docs = list(corpus.iter_documents(str(path), max_line_chars=1000))
+    assert docs[0][0] == "short line"
+    assert docs[0][1:] == ["This is one sentence of the paragraph."] * 5000
+    # A 300k-character "word" without spaces is cut into pieces of at most 1000 chars.
+    assert all(len(s) <= 1000 for s in docs[1])
+    assert "".join(docs[1][:-1]) == "x" * 300_000 and docs[1][-1] == "end"
+
+
+def test_write_documents_round_trips_and_is_atomic(tmp_path):
+    docs = [["One.", "Two  with\nnewline."], [], ["  "], ["Three."]]
+    out = tmp_path / "sub" / "corpus.txt"
+    stats = corpus.write_documents(docs, out)
+    assert stats.num_documents == 2 and stats.num_sentences == 3
+    assert out.read_text() == "One.\nTwo with newline.\n\nThree.\n"
+    assert _read(out) == [["One.", "Two with newline."], ["Three."]]
+    assert [p.name for p in out.parent.iterdir()] == ["corpus.txt"]
+
+
+# ---------------------------------------------------------------------------------------
+# Sentence splitting.
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Hello world. This is BERT! Is it? Yes.",
+            ["Hello world.", "This is BERT!", "Is it?", "Yes."],
+        ),
+        (
+            "Dr. Smith met Mr. J. Doe, e.g. at noon. Then left.",
+            ["Dr. Smith met Mr. J. Doe, e.g. at noon.", "Then left."],
+        ),
+        ('Pi is 3.14 today. "Quoted." Next one.', ["Pi is 3.14 today.", '"Quoted."', "Next one."]),
+        ("lower case after. period stays", ["lower case after. period stays"]),
+        ("It ended.) (Then a bracket.", ["It ended.)", "(Then a bracket."]),
+        ("第一句。第二句。", ["第一句。", "第二句。"]),
+        ("  spaced \n\t out.  ", ["spaced out."]),
+        ("", []),
+    ],
+)
+def test_split_sentences(text, expected):
+    assert corpus.split_sentences(text) == expected
+
+
+def test_text_to_document_sentences_or_paragraphs():
+    text = "Para one. Still one.\n\nPara two is here.\nPara three."
+    assert corpus.text_to_document(text) == [
+        "Para one.",
+        "Still one.",
+        "Para two is here.",
+        "Para three.",
+    ]
+    assert corpus.text_to_document(text, segment="paragraph") == [
+        "Para one. Still one.",
+        "Para two is here.",
+        "Para three.",
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# TFDS.
+
+
+def _mock_wikipedia(texts):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def as_dataset(self, *args, **kwargs):
+        del self, args, kwargs
+        return tf.data.Dataset.from_tensor_slices(
+            {"text": texts, "title": [f"t{i}" for i in range(len(texts))]}
+        )
+
+    return tfds.testing.mock_data(num_examples=len(texts), as_dataset_fn=as_dataset)
+
+
+WIKI = [
+    "Alpha is first. It has two sentences.\n\nA second paragraph here.",
+    "",
+    "Beta stands alone.",
+    "Gamma one. Gamma two. Gamma three.",
+]
+
+
+def test_tfds_documents_with_mock_data():
+    with _mock_wikipedia(WIKI):
+        docs = list(corpus.iter_tfds_documents("wikipedia/20230601.en", split="train"))
+        paras = list(corpus.iter_tfds_documents("wikipedia/20230601.en", segment="paragraph"))
+        with pytest.raises(corpus.CorpusError, match="no text field 'body'"):
+            list(corpus.iter_tfds_documents("wikipedia/20230601.en", text_field="body"))
+    assert docs == [
+        ["Alpha is first.", "It has two sentences.", "A second paragraph here."],
+        ["Beta stands alone."],
+        ["Gamma one.", "Gamma two.", "Gamma three."],
+    ]
+    assert paras[0] == ["Alpha is first. It has two sentences.", "A second paragraph here."]
+
+
+def test_write_tfds_corpus_shards_round_robin(tmp_path):
+    with _mock_wikipedia(WIKI):
+        files = corpus.write_tfds_corpus("wikipedia/20230601.en", tmp_path, num_shards=2)
+    assert [os.path.basename(f) for f in files] == [
+        "corpus-00000-of-00002.txt",
+        "corpus-00001-of-00002.txt",
+    ]
+    assert _read(files[0]) == [
+        ["Alpha is first.", "It has two sentences.", "A second paragraph here."],
+        ["Gamma one.", "Gamma two.", "Gamma three."],
+    ]
+    assert _read(files[1]) == [["Beta stands alone."]]
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in files)
+
+
+# ---------------------------------------------------------------------------------------
+# The embedded corpus.
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    path = tmp_path_factory.mktemp("embedded") / "python_docs.txt"
+    return corpus.write_embedded_corpus(path)
+
+
+def test_embedded_corpus_is_large_and_well_formed(embedded):
+    assert embedded.num_bytes > 2_000_000
+    assert embedded.num_documents > 300 and embedded.num_sentences > 20_000
+    docs = _read(embedded.path)
+    assert len(docs) == embedded.num_documents
+    text = open(embedded.path, encoding="utf-8").read()
+    # From pydoc_data.topics (the "assert" topic) and from module docstrings.
+    assert "Assert statements are a convenient way to insert debugging assertions" in text
+    assert "JSON (JavaScript Object Notation)" in text
+    # Documents are multi-sentence (NSP needs pairs) and sentences are single lines.
+    assert sum(len(d) >= 2 for d in docs) > 0.8 * len(docs)
+    assert "\n\n\n" not in text
+
+
+def test_embedded_corpus_is_deterministic(embedded, tmp_path):
+    again = corpus.write_embedded_corpus(tmp_path / "again.txt")
+    with open(embedded.path, "rb") as a, open(again.path, "rb") as b:
+        assert a.read() == b.read()
