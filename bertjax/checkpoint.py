@@ -344,20 +344,7 @@ def check_workdir_model(workdir: str, config: ModelConfig) -> None:
     if not os.path.isfile(path):
         return
     existing, _ = load_model_config(workdir)
-    shape = (
-        "vocab_size",
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "intermediate_size",
-        "max_position_embeddings",
-        "type_vocab_size",
-    )
-    diff = {
-        f: (getattr(existing, f), getattr(config, f))
-        for f in shape
-        if getattr(existing, f) != getattr(config, f)
-    }
+    diff = existing.shape_differences(config)
     if diff:
         raise CheckpointError(
             f"{workdir}: holds checkpoints of a different model (workdir, config): {diff}; "
@@ -415,3 +402,22 @@ def _zeros_like_meta(tree: Any) -> Any:
         tree,
         is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
     )
+
+
+def load_into_sharded(
+    params: Any, loaded: dict[str, Any], params_sharding: Any, *, source: str
+) -> tuple[Any, list[str]]:
+    """Overlays `loaded` (host arrays) on sharded `params`: (new sharded params, names the
+    checkpoint lacked and that keep their fresh values). Works across processes: the fresh
+    values are gathered replicated first, so every process holds the whole tree."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.tree_util.tree_leaves(params_sharding)[0].mesh
+    replicated = NamedSharding(mesh, PartitionSpec())
+    gather = jax.jit(
+        lambda p: p, out_shardings=jax.tree_util.tree_map(lambda _: replicated, params_sharding)
+    )
+    host = jax.device_get(gather(params))
+    merged, fresh = merge_params(host, loaded, source=source)
+    merged = jax.tree_util.tree_map(lambda x, ref: np.asarray(x, ref.dtype), merged, host)
+    return jax.device_put(merged, params_sharding), fresh

@@ -81,6 +81,24 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    SHAPE_FIELDS = (
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    )
+
+    def shape_differences(self, other: ModelConfig) -> dict[str, tuple[Any, Any]]:
+        """{field: (self's, other's)} for the fields that decide parameter shapes."""
+        return {
+            f: (getattr(self, f), getattr(other, f))
+            for f in self.SHAPE_FIELDS
+            if getattr(self, f) != getattr(other, f)
+        }
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
@@ -232,7 +250,8 @@ def read_json(path: str) -> dict[str, Any]:
 # --- Pre-training run configuration ----------------------------------------------------------
 
 
-def _from_group(cls, group: Any, where: str):
+def from_group(cls, group: Any, where: str):
+    """A frozen dataclass from a ConfigDict group; unknown keys are an error naming them."""
     values = dict(group.to_dict() if hasattr(group, "to_dict") else group)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -335,9 +354,9 @@ class PretrainConfig:
         return cls(
             model=model_config_from_config_dict(model),
             model_size=size,
-            data=_from_group(DataConfig, config.data, "config.data"),
+            data=from_group(DataConfig, config.data, "config.data"),
             optim=OptimConfig.from_config_dict(config.optim),
-            train=_from_group(TrainConfig, config.train, "config.train"),
+            train=from_group(TrainConfig, config.train, "config.train"),
             mesh=MeshConfig.from_config_dict(config.mesh),
             seed=int(config.seed),
             init_checkpoint=str(config.init_checkpoint or ""),

@@ -52,10 +52,16 @@ from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
 from bertjax import glue_metrics, losses, sharding
-from bertjax.config import ModelConfig
+from bertjax.config import ModelConfig, from_group
 from bertjax.model import BertForSequenceClassification
 from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
-from bertjax.pretrain import MetricWriter, TrainState
+from bertjax.pretrain import (
+    MetricWriter,
+    TrainState,
+    accumulate_gradients,
+    apply_guarded_update,
+    new_train_state,
+)
 from data_pipelines import glue as glue_data
 from data_pipelines.features import INPUT_IDS, INPUT_MASK, LABEL, SEGMENT_IDS
 
@@ -69,15 +75,6 @@ SUBMISSION_DIR = "submission"
 
 
 # --- Config -------------------------------------------------------------------------------------
-
-
-def _group(cls, group: Any, where: str):
-    values = dict(group.to_dict() if hasattr(group, "to_dict") else group)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,11 +178,11 @@ class FinetuneConfig:
         if "warmup_steps" in optim:
             raise ValueError("config.optim.warmup_steps: use warmup_fraction for fine-tuning")
         return cls(
-            task=_group(TaskConfig, config.task, "config.task"),
-            model=_group(ModelOverrides, config.model, "config.model"),
+            task=from_group(TaskConfig, config.task, "config.task"),
+            model=from_group(ModelOverrides, config.model, "config.model"),
             optim=OptimConfig.from_config_dict({**optim, "warmup_steps": 0}),
             warmup_fraction=warmup_fraction,
-            train=_group(FinetuneTrainConfig, config.train, "config.train"),
+            train=from_group(FinetuneTrainConfig, config.train, "config.train"),
             mesh=sharding.MeshConfig.from_config_dict(config.mesh),
             seed=int(config.seed),
             init_checkpoint=str(config.init_checkpoint or ""),
@@ -303,26 +300,9 @@ def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def init_state(
     seed_key: jax.Array, model: nn.Module, tx: optax.GradientTransformation, seq_len: int
 ) -> TrainState:
-    """Fresh state from raw key data (uint32[2]); parameters keep their logical boxes."""
-    init_key, dropout_key = jax.random.split(jax.random.wrap_key_data(seed_key))
+    """A fresh fine-tuning state (the model initialised at this sequence length)."""
     batch = {k: jnp.zeros((1, seq_len), jnp.int32) for k in MODEL_INPUTS}
-    params = model.init(init_key, batch, train=False)["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(dropout_key),
-        nonfinite_steps=jnp.zeros((), jnp.int32),
-    )
-
-
-def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
-    """[B, ...] -> [k, B/k, ...]; micro-batch i takes rows i, i+k, ... (spread over devices)."""
-
-    def split(x):
-        return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
-
-    return jax.tree_util.tree_map(split, batch)
+    return new_train_state(seed_key, model, tx, batch)
 
 
 def train_step(
@@ -354,34 +334,9 @@ def train_step(
         return out["loss_sum"] / denominator, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if grad_accum_steps == 1:
-        (_, sums), grads = grad_fn(state.params, batch, step_key)
-    else:
-        micro = _micro_batches(batch, grad_accum_steps)
-
-        def accumulate(carry, xs):
-            i, mb = xs
-            (_, s), g = grad_fn(state.params, mb, jax.random.fold_in(step_key, i))
-            return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        zero_sums = {"loss_sum": jnp.zeros(()), "correct_sum": jnp.zeros(())}
-        (grads, sums), _ = jax.lax.scan(
-            accumulate, (zeros, zero_sums), (jnp.arange(grad_accum_steps), micro)
-        )
-
+    grads, sums = accumulate_gradients(grad_fn, state.params, batch, step_key, grad_accum_steps)
     loss = sums["loss_sum"] / denominator
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
-        nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
-    )
+    new_state, grad_norm, finite = apply_guarded_update(state, grads, loss, tx)
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
@@ -553,27 +508,23 @@ def finetune(
     with mesh, nn.logical_axis_rules(rules):
         # Sharded state: eval_shape -> partition specs -> jit(init, out_shardings).
         init_fn = functools.partial(init_state, model=model, tx=tx, seq_len=seq_len)
-        abstract = jax.eval_shape(init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))
-        state_sharding = sharding.logical_shardings(mesh, rules, abstract)
+        seed_key = jax.random.key_data(jax.random.key(cfg.seed))
+        abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
-        state_sharding = state_sharding.replace(rng=replicated)
-        _, fresh = ckpt.merge_params(
-            nn.meta.unbox(abstract.params), loaded, source=cfg.init_checkpoint
+        ckpt.merge_params(abstract.params, loaded, source=cfg.init_checkpoint)  # check first
+        state = init_jit(seed_key)
+        params, fresh = ckpt.load_into_sharded(
+            state.params, loaded, state_sharding.params, source=cfg.init_checkpoint
         )
+        state = state.replace(params=params)
         unexpected = [n for n in fresh if not n.startswith("classifier/")]
         if unexpected:
             log.warning("not in %s, initialised fresh: %s", cfg.init_checkpoint, unexpected)
-        init_jit = jax.jit(lambda rng: nn.meta.unbox(init_fn(rng)), out_shardings=state_sharding)
-        state = init_jit(jax.random.key_data(jax.random.key(cfg.seed)))
-        gather = jax.jit(
+        del loaded
+        gather = jax.jit(  # the whole parameter tree on every process, to save it
             lambda p: p,
             out_shardings=jax.tree_util.tree_map(lambda _: replicated, state_sharding.params),
         )
-        host = jax.device_get(gather(state.params))
-        merged, _ = ckpt.merge_params(host, loaded, source=cfg.init_checkpoint)
-        merged = jax.tree_util.tree_map(lambda x, ref: np.asarray(x, ref.dtype), merged, host)
-        state = state.replace(params=jax.device_put(merged, state_sharding.params))
-        del host, merged, loaded
 
         p_train = jax.jit(
             functools.partial(

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import optax
 
+from bertjax.config import from_group
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -46,12 +48,7 @@ class OptimConfig:
 
     @classmethod
     def from_config_dict(cls, optim: Any) -> OptimConfig:
-        values = dict(optim.to_dict() if hasattr(optim, "to_dict") else optim)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config.optim: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_group(cls, optim, "config.optim")
 
 
 def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:

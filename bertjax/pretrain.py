@@ -189,23 +189,16 @@ def make_eval_iterator(data: PreparedData, cfg: PretrainConfig):
 # --- Train and eval steps -----------------------------------------------------------------------
 
 
-def init_state(
+def new_train_state(
     seed_key: jax.Array,
     model: nn.Module,
     tx: optax.GradientTransformation,
-    seq_len: int,
-    num_predictions: int,
+    batch: dict[str, jax.Array],
     prng_impl: str | None = None,
 ) -> TrainState:
-    """Fresh state from raw key data of `prng_impl` (None: JAX's default); parameters keep
-    their logical boxes."""
+    """Fresh state from raw key data of `prng_impl` (None: JAX's default), initialising the
+    model on `batch` (shapes only); parameters keep their logical boxes."""
     init_key, dropout_key = jax.random.split(jax.random.wrap_key_data(seed_key, impl=prng_impl))
-    batch = {
-        "input_ids": jnp.zeros((1, seq_len), jnp.int32),
-        "input_mask": jnp.ones((1, seq_len), jnp.int32),
-        "segment_ids": jnp.zeros((1, seq_len), jnp.int32),
-        "masked_lm_positions": jnp.zeros((1, num_predictions), jnp.int32),
-    }
     params = model.init(init_key, batch, train=False)["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -216,7 +209,25 @@ def init_state(
     )
 
 
-def _split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+def init_state(
+    seed_key: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seq_len: int,
+    num_predictions: int,
+    prng_impl: str | None = None,
+) -> TrainState:
+    """A fresh pre-training state (BertForPreTraining at this sequence length)."""
+    batch = {
+        "input_ids": jnp.zeros((1, seq_len), jnp.int32),
+        "input_mask": jnp.ones((1, seq_len), jnp.int32),
+        "segment_ids": jnp.zeros((1, seq_len), jnp.int32),
+        "masked_lm_positions": jnp.zeros((1, num_predictions), jnp.int32),
+    }
+    return new_train_state(seed_key, model, tx, batch, prng_impl)
+
+
+def split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
     """[B, ...] -> [k, B/k, ...]; micro-batch i takes rows i, i+k, ... so that every
     micro-batch stays spread over all data-parallel devices."""
 
@@ -225,6 +236,47 @@ def _split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.A
         return jnp.swapaxes(x, 0, 1)
 
     return jax.tree_util.tree_map(split, batch)
+
+
+def accumulate_gradients(
+    grad_fn: Any, params: Any, batch: dict[str, jax.Array], key: jax.Array, k: int
+) -> tuple[Any, Any]:
+    """Sums `grad_fn(params, micro, key_i) -> ((loss, aux), grads)` over k micro-batches
+    (a lax.scan inside the jitted step); returns (grads, aux) summed."""
+    if k == 1:
+        (_, aux), grads = grad_fn(params, batch, key)
+        return grads, aux
+    micro = split_micro_batches(batch, k)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    (_, aux_shape), grad_shape = jax.eval_shape(grad_fn, params, first, key)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (grad_shape, aux_shape))
+
+    def body(carry, xs):
+        i, mb = xs
+        (_, aux), grads = grad_fn(params, mb, jax.random.fold_in(key, i))
+        return jax.tree_util.tree_map(jnp.add, carry, (grads, aux)), None
+
+    (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    return grads, aux
+
+
+def apply_guarded_update(
+    state: TrainState, grads: Any, loss: jax.Array, tx: optax.GradientTransformation
+) -> tuple[TrainState, jax.Array, jax.Array]:
+    """The optimizer update, skipped (and counted) when the loss or the gradient norm is not
+    finite. Returns (new state, gradient norm, finite flag)."""
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
+    )
+    return new_state, grad_norm, finite
 
 
 def train_step(
@@ -255,42 +307,8 @@ def train_step(
         )
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if grad_accum_steps == 1:
-        (_, metrics), grads = grad_fn(state.params, batch, step_key)
-    else:
-        micro_batches = _split_micro_batches(batch, grad_accum_steps)
-
-        def accumulate(carry, xs):
-            i, micro = xs
-            (_, m), g = grad_fn(state.params, micro, jax.random.fold_in(step_key, i))
-            grads, sums = carry
-            return (
-                jax.tree_util.tree_map(jnp.add, grads, g),
-                jax.tree_util.tree_map(jnp.add, sums, m),
-            ), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        metric_shapes = jax.eval_shape(
-            lambda: grad_fn(
-                state.params, jax.tree_util.tree_map(lambda x: x[0], micro_batches), step_key
-            )[0][1]
-        )
-        zero_metrics = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-        (grads, metrics), _ = jax.lax.scan(
-            accumulate, (zeros, zero_metrics), (jnp.arange(grad_accum_steps), micro_batches)
-        )
-
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
-        nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
-    )
+    grads, metrics = accumulate_gradients(grad_fn, state.params, batch, step_key, grad_accum_steps)
+    new_state, grad_norm, finite = apply_guarded_update(state, grads, metrics["loss"], tx)
     metrics = dict(
         metrics,
         grad_norm=grad_norm,
@@ -466,13 +484,7 @@ def train(
             num_predictions=num_pred,
             prng_impl=impl,
         )
-        abstract = jax.eval_shape(init_fn, seed_key)
-        state_sharding = sharding.logical_shardings(mesh, rules, abstract)
-        state_sharding = state_sharding.replace(
-            rng=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        )
-        abstract = nn.meta.unbox(abstract)
-        init_jit = jax.jit(lambda rng: nn.meta.unbox(init_fn(rng)), out_shardings=state_sharding)
+        abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
 
         checkpointer = ckpt.TrainCheckpointer(
             os.path.join(workdir, "checkpoints"),
@@ -543,31 +555,17 @@ def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
 def _load_init_checkpoint(cfg: PretrainConfig, state: TrainState, state_sharding) -> TrainState:
     """Starts from an imported/converted checkpoint: its params, fresh optimizer state."""
     config, params, _ = ckpt.load_model_dir(cfg.init_checkpoint)
-    shape_fields = (
-        "vocab_size",
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "intermediate_size",
-        "max_position_embeddings",
-        "type_vocab_size",
-    )
-    diff = {
-        f: (getattr(config, f), getattr(cfg.model, f))
-        for f in shape_fields
-        if getattr(config, f) != getattr(cfg.model, f)
-    }
+    diff = config.shape_differences(cfg.model)
     if diff:
         raise ValueError(
             f"config.init_checkpoint={cfg.init_checkpoint}: model shape differs "
             f"from the config (checkpoint, config): {diff}"
         )
-    host = jax.tree_util.tree_map(np.asarray, state.params)
-    merged, fresh = ckpt.merge_params(host, params, source=cfg.init_checkpoint)
+    params, fresh = ckpt.load_into_sharded(
+        state.params, params, state_sharding.params, source=cfg.init_checkpoint
+    )
     if fresh:
         log.info("initialised fresh (not in %s): %s", cfg.init_checkpoint, fresh)
-    merged = jax.tree_util.tree_map(lambda x, ref: x.astype(ref.dtype), merged, host)
-    params = jax.device_put(merged, state_sharding.params)
     return state.replace(params=params)
 
 

@@ -191,3 +191,16 @@ def initialize_distributed(
     else:
         jax.distributed.initialize()
     return True
+
+
+def sharded_init(init_fn: Any, seed_key: jax.Array, mesh: Mesh, rules: Rules):
+    """(abstract state, its shardings, jitted init) for `init_fn(seed_key)`.
+
+    eval_shape -> logical partition specs -> NamedShardings -> jit(init, out_shardings):
+    the state is created directly in its sharded layout, never whole on one device.
+    Call inside `with mesh, nn.logical_axis_rules(rules)`.
+    """
+    boxed = jax.eval_shape(init_fn, seed_key)
+    shardings = logical_shardings(mesh, rules, boxed)
+    init = jax.jit(lambda key: nn.meta.unbox(init_fn(key)), out_shardings=shardings)
+    return nn.meta.unbox(boxed), shardings, init

@@ -74,9 +74,15 @@ from tqdm import tqdm
 from bertjax import checkpoint as ckpt
 from bertjax import finetune as ft
 from bertjax import losses, sharding
+from bertjax.config import from_group
 from bertjax.model import BertForQuestionAnswering
 from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
-from bertjax.pretrain import MetricWriter, TrainState
+from bertjax.pretrain import (
+    MetricWriter,
+    TrainState,
+    accumulate_gradients,
+    apply_guarded_update,
+)
 from data_pipelines import squad as squad_data
 from data_pipelines.features import INPUT_MASK
 from data_pipelines.squad import END_POSITIONS, START_POSITIONS
@@ -212,12 +218,12 @@ class SquadConfig:
         if "warmup_steps" in optim:
             raise ValueError("config.optim.warmup_steps: use warmup_fraction for fine-tuning")
         return cls(
-            task=ft._group(SquadTaskConfig, config.task, "config.task"),
-            model=ft._group(ft.ModelOverrides, config.model, "config.model"),
+            task=from_group(SquadTaskConfig, config.task, "config.task"),
+            model=from_group(ft.ModelOverrides, config.model, "config.model"),
             optim=OptimConfig.from_config_dict({**optim, "warmup_steps": 0}),
             warmup_fraction=warmup_fraction,
-            train=ft._group(SquadTrainConfig, config.train, "config.train"),
-            eval=ft._group(SquadEvalConfig, config.get("eval", {}), "config.eval"),
+            train=from_group(SquadTrainConfig, config.train, "config.train"),
+            eval=from_group(SquadEvalConfig, config.get("eval", {}), "config.eval"),
             mesh=sharding.MeshConfig.from_config_dict(config.mesh),
             seed=int(config.seed),
             init_checkpoint=str(config.init_checkpoint or ""),
@@ -316,34 +322,9 @@ def train_step(
         return loss["loss_sum"] / denominator, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if grad_accum_steps == 1:
-        (_, sums), grads = grad_fn(state.params, batch, step_key)
-    else:
-        micro = ft._micro_batches(batch, grad_accum_steps)
-
-        def accumulate(carry, xs):
-            i, mb = xs
-            (_, s), g = grad_fn(state.params, mb, jax.random.fold_in(step_key, i))
-            return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        zero_sums = {k: jnp.zeros(()) for k in ("loss_sum", "start_correct", "end_correct")}
-        (grads, sums), _ = jax.lax.scan(
-            accumulate, (zeros, zero_sums), (jnp.arange(grad_accum_steps), micro)
-        )
-
+    grads, sums = accumulate_gradients(grad_fn, state.params, batch, step_key, grad_accum_steps)
     loss = sums["loss_sum"] / denominator
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
-        nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
-    )
+    new_state, grad_norm, finite = apply_guarded_update(state, grads, loss, tx)
     metrics = {
         "loss": loss,
         "start_accuracy": sums["start_correct"] / denominator,
@@ -850,27 +831,23 @@ def finetune_squad(
     with mesh, nn.logical_axis_rules(rules):
         # Sharded state: eval_shape -> partition specs -> jit(init, out_shardings).
         init_fn = functools.partial(ft.init_state, model=model, tx=tx, seq_len=seq_len)
-        abstract = jax.eval_shape(init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))
-        state_sharding = sharding.logical_shardings(mesh, rules, abstract)
+        seed_key = jax.random.key_data(jax.random.key(cfg.seed))
+        abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
-        state_sharding = state_sharding.replace(rng=replicated)
-        _, fresh = ckpt.merge_params(
-            nn.meta.unbox(abstract.params), loaded, source=cfg.init_checkpoint
+        ckpt.merge_params(abstract.params, loaded, source=cfg.init_checkpoint)  # check first
+        state = init_jit(seed_key)
+        params, fresh = ckpt.load_into_sharded(
+            state.params, loaded, state_sharding.params, source=cfg.init_checkpoint
         )
+        state = state.replace(params=params)
         unexpected = [n for n in fresh if not n.startswith("qa_outputs/")]
         if unexpected:
             log.warning("not in %s, initialised fresh: %s", cfg.init_checkpoint, unexpected)
-        init_jit = jax.jit(lambda rng: nn.meta.unbox(init_fn(rng)), out_shardings=state_sharding)
-        state = init_jit(jax.random.key_data(jax.random.key(cfg.seed)))
-        gather = jax.jit(
+        del loaded
+        gather = jax.jit(  # the whole parameter tree on every process, to save it
             lambda p: p,
             out_shardings=jax.tree_util.tree_map(lambda _: replicated, state_sharding.params),
         )
-        host = jax.device_get(gather(state.params))
-        merged, _ = ckpt.merge_params(host, loaded, source=cfg.init_checkpoint)
-        merged = jax.tree_util.tree_map(lambda x, ref: np.asarray(x, ref.dtype), merged, host)
-        state = state.replace(params=jax.device_put(merged, state_sharding.params))
-        del host, merged, loaded
 
         p_train = jax.jit(
             functools.partial(
