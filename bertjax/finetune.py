@@ -305,6 +305,43 @@ def init_state(
     return new_train_state(seed_key, model, tx, batch)
 
 
+def init_from_checkpoint(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seq_len: int,
+    seed: int,
+    loaded: dict[str, Any],
+    mesh: Any,
+    rules: Any,
+    *,
+    source: str,
+    head: str,
+) -> tuple[TrainState, Any, Any]:
+    """A sharded fine-tuning state whose encoder comes from `loaded` (checked against the
+    model before anything is built) and whose `head` parameters are fresh.
+
+    Returns (state, state shardings, a jitted function gathering the parameters whole on
+    every process, to save them). Call inside `with mesh, nn.logical_axis_rules(rules)`.
+    """
+    init_fn = functools.partial(init_state, model=model, tx=tx, seq_len=seq_len)
+    seed_key = jax.random.key_data(jax.random.key(seed))
+    abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
+    ckpt.merge_params(abstract.params, loaded, source=source)  # shape check first
+    state = init_jit(seed_key)
+    params, fresh = ckpt.load_into_sharded(
+        state.params, loaded, state_sharding.params, source=source
+    )
+    unexpected = [n for n in fresh if not n.startswith(head)]
+    if unexpected:
+        log.warning("not in %s, initialised fresh: %s", source, unexpected)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    gather = jax.jit(
+        lambda p: p,
+        out_shardings=jax.tree_util.tree_map(lambda _: replicated, state_sharding.params),
+    )
+    return state.replace(params=params), state_sharding, gather
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -506,25 +543,12 @@ def finetune(
     train_keys = (*MODEL_INPUTS, LABEL)
 
     with mesh, nn.logical_axis_rules(rules):
-        # Sharded state: eval_shape -> partition specs -> jit(init, out_shardings).
-        init_fn = functools.partial(init_state, model=model, tx=tx, seq_len=seq_len)
-        seed_key = jax.random.key_data(jax.random.key(cfg.seed))
-        abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
+        state, state_sharding, gather = init_from_checkpoint(
+            model, tx, seq_len, cfg.seed, loaded, mesh, rules,
+            source=cfg.init_checkpoint, head="classifier/",
+        )  # fmt: skip
         replicated = NamedSharding(mesh, PartitionSpec())
-        ckpt.merge_params(abstract.params, loaded, source=cfg.init_checkpoint)  # check first
-        state = init_jit(seed_key)
-        params, fresh = ckpt.load_into_sharded(
-            state.params, loaded, state_sharding.params, source=cfg.init_checkpoint
-        )
-        state = state.replace(params=params)
-        unexpected = [n for n in fresh if not n.startswith("classifier/")]
-        if unexpected:
-            log.warning("not in %s, initialised fresh: %s", cfg.init_checkpoint, unexpected)
         del loaded
-        gather = jax.jit(  # the whole parameter tree on every process, to save it
-            lambda p: p,
-            out_shardings=jax.tree_util.tree_map(lambda _: replicated, state_sharding.params),
-        )
 
         p_train = jax.jit(
             functools.partial(

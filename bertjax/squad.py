@@ -829,25 +829,12 @@ def finetune_squad(
         tx, schedule = optax.identity(), optax.constant_schedule(0.0)
 
     with mesh, nn.logical_axis_rules(rules):
-        # Sharded state: eval_shape -> partition specs -> jit(init, out_shardings).
-        init_fn = functools.partial(ft.init_state, model=model, tx=tx, seq_len=seq_len)
-        seed_key = jax.random.key_data(jax.random.key(cfg.seed))
-        abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
+        state, state_sharding, gather = ft.init_from_checkpoint(
+            model, tx, seq_len, cfg.seed, loaded, mesh, rules,
+            source=cfg.init_checkpoint, head="qa_outputs/",
+        )  # fmt: skip
         replicated = NamedSharding(mesh, PartitionSpec())
-        ckpt.merge_params(abstract.params, loaded, source=cfg.init_checkpoint)  # check first
-        state = init_jit(seed_key)
-        params, fresh = ckpt.load_into_sharded(
-            state.params, loaded, state_sharding.params, source=cfg.init_checkpoint
-        )
-        state = state.replace(params=params)
-        unexpected = [n for n in fresh if not n.startswith("qa_outputs/")]
-        if unexpected:
-            log.warning("not in %s, initialised fresh: %s", cfg.init_checkpoint, unexpected)
         del loaded
-        gather = jax.jit(  # the whole parameter tree on every process, to save it
-            lambda p: p,
-            out_shardings=jax.tree_util.tree_map(lambda _: replicated, state_sharding.params),
-        )
 
         p_train = jax.jit(
             functools.partial(

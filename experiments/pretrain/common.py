@@ -11,6 +11,24 @@ import ml_collections
 from ml_collections import config_dict
 
 
+def mesh_config() -> ml_collections.ConfigDict:
+    """The `mesh` group every experiment (pre-training, GLUE, SQuAD) shares."""
+    m = ml_collections.ConfigDict()
+    m.data = -1  # data-parallel axis (-1 = the devices the other axes leave)
+    m.fsdp = 1  # parameter/optimizer-state sharding axis (ZeRO-3)
+    m.tensor = 1  # tensor-parallel axis (heads, mlp, vocab)
+    m.rules = (  # logical axis -> mesh axes, in order of precedence
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+        ("kv", None),
+        ("length", None),
+    )
+    return m
+
+
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # drives initialisation, dropout and data order
@@ -73,17 +91,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.max_nonfinite_steps = 100  # with 'skip': stop after this many skipped updates
     c.train.prng_impl = "unsafe_rbg"  # dropout RNG; threefry2x32: masks independent of the mesh
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # data-parallel axis (-1 = the devices the other axes leave)
-    c.mesh.fsdp = 1  # parameter/optimizer-state sharding axis (ZeRO-3)
-    c.mesh.tensor = 1  # tensor-parallel axis (heads, mlp, vocab)
-    c.mesh.rules = (  # logical axis -> mesh axes, in order of precedence
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("mlp", "tensor"),
-        ("vocab", "tensor"),
-        ("kv", None),
-        ("length", None),
-    )
+    c.mesh = mesh_config()
     return c

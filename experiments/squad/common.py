@@ -18,6 +18,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from experiments.pretrain.common import mesh_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -68,19 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.max_answer_length = 30  # longest answer, in tokens
     c.eval.null_score_diff_threshold = 0.0  # v2.0: answer "" when null - best score exceeds it
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # data-parallel axis (-1 = the devices the other axes leave)
-    c.mesh.fsdp = 1  # parameter/optimizer-state sharding axis (ZeRO-3)
-    c.mesh.tensor = 1  # tensor-parallel axis (heads, mlp, vocab)
-    c.mesh.rules = (  # logical axis -> mesh axes, in order of precedence
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("mlp", "tensor"),
-        ("vocab", "tensor"),
-        ("kv", None),
-        ("length", None),
-    )
+    c.mesh = mesh_config()  # data / fsdp / tensor axes and the logical-axis rules
     return c
 
 
