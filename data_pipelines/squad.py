@@ -309,7 +309,7 @@ def _rust_backend(tokenizer: Tokenizer) -> Any:
     """The Rust `tokenizers.Tokenizer` behind a WordPieceTokenizer (None for other kinds)."""
     import tokenizers as hf_tokenizers
 
-    tk = getattr(tokenizer, "_tk", None)
+    tk = getattr(tokenizer, "backend", None)
     return tk if isinstance(tk, hf_tokenizers.Tokenizer) else None
 
 

@@ -244,6 +244,11 @@ class WordPieceTokenizer(Tokenizer):
             state["tokenize_chinese_chars"],
         )
 
+    @property
+    def backend(self) -> Any:
+        """The Rust `tokenizers.Tokenizer` (e.g. for character offsets of the pieces)."""
+        return self._tk
+
     def tokenize(self, text: str) -> list[str]:
         return self._tk.encode(text, add_special_tokens=False).tokens
 
