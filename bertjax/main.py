@@ -432,6 +432,11 @@ def _run_train(fv: flags.FlagValues) -> None:
         sys.exit(1)
     if last:
         print("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+    else:
+        print(
+            f"{fv.workdir} already holds the final step of this run (config.train.num_steps); "
+            "nothing to do. Metrics are in its metrics.jsonl."
+        )
 
 
 COMMANDS: dict[
