@@ -44,7 +44,7 @@ BENCH_ARGS ?= --size base --seq_len 128 --batch_size 8 --steps 3 --peer
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/step_breakdown.py
-	@if [ -f benchmarks/prepare_data.py ]; then $(BIN)/python benchmarks/prepare_data.py; fi
+	$(BIN)/python benchmarks/prepare_data.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
