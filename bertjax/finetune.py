@@ -676,7 +676,10 @@ def _results(
     workdir: str,
     *,
     complete: bool,
+    best_dir: str | None = None,
 ) -> dict[str, Any]:
+    """The eval_results.json object: the run's config, every evaluation, and the best one
+    (whose parameters are in `best_dir`, by default WORKDIR/best)."""
     out = dict(base, complete=complete, history=history)
     if best is not None:
         out.update(
@@ -684,7 +687,7 @@ def _results(
             score=best["score"],
             best_epoch=best["epoch"],
             best_step=best["step"],
-            best_dir=os.path.join(workdir, BEST_DIR),
+            best_dir=best_dir or os.path.join(workdir, BEST_DIR),
         )
     return out
 

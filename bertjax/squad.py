@@ -992,13 +992,6 @@ def _results(
     *,
     complete: bool,
 ) -> dict[str, Any]:
-    out = dict(base, complete=complete, history=history)
-    if best is not None:
-        out.update(
-            metrics=best["metrics"],
-            score=best["score"],
-            best_epoch=best["epoch"],
-            best_step=best["step"],
-            best_dir=os.path.join(workdir, ft.BEST_DIR) if training else base["init_checkpoint"],
-        )
-    return out
+    """As finetune's; an evaluate-only run's best parameters are the checkpoint itself."""
+    best_dir = None if training else base["init_checkpoint"]
+    return ft._results(base, best, history, workdir, complete=complete, best_dir=best_dir)
