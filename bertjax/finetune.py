@@ -305,6 +305,27 @@ def init_state(
     return new_train_state(seed_key, model, tx, batch)
 
 
+def load_checkpoint(cfg: Any) -> tuple[ModelConfig, dict[str, Any], Any]:
+    """(model config with the run's overrides, params, tokenizer) of `cfg.init_checkpoint`,
+    checked against the run: `cfg.task.max_seq_length` fits the position embeddings and
+    the tokenizer's ids fit the embedding table."""
+    model_config, loaded, _ = ckpt.load_model_dir(cfg.init_checkpoint)
+    tokenizer = ckpt.load_tokenizer_from(cfg.init_checkpoint)
+    model_config = cfg.model.apply(model_config)
+    seq_len = cfg.task.max_seq_length
+    if seq_len > model_config.max_position_embeddings:
+        raise ValueError(
+            f"config.task.max_seq_length={seq_len} exceeds the checkpoint's "
+            f"max_position_embeddings={model_config.max_position_embeddings}"
+        )
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ckpt.CheckpointError(
+            f"{cfg.init_checkpoint}: tokenizer has {tokenizer.vocab_size} tokens but the model "
+            f"only {model_config.vocab_size} embeddings"
+        )
+    return model_config, loaded, tokenizer
+
+
 def init_from_checkpoint(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -483,21 +504,9 @@ def finetune(
             "pre-training workdir"
         )
     # Checkpoint and tokenizer.
-    model_config, loaded, _ = ckpt.load_model_dir(cfg.init_checkpoint)
+    model_config, loaded, tokenizer = load_checkpoint(cfg)
     loaded = _encoder_params(loaded, cfg.init_checkpoint)
-    tokenizer = ckpt.load_tokenizer_from(cfg.init_checkpoint)
-    model_config = cfg.model.apply(model_config)
     seq_len = cfg.task.max_seq_length
-    if seq_len > model_config.max_position_embeddings:
-        raise ValueError(
-            f"config.task.max_seq_length={seq_len} exceeds the checkpoint's "
-            f"max_position_embeddings={model_config.max_position_embeddings}"
-        )
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise ckpt.CheckpointError(
-            f"{cfg.init_checkpoint}: tokenizer has {tokenizer.vocab_size} tokens but the model "
-            f"only {model_config.vocab_size} embeddings"
-        )
 
     # Data.
     train, evals, tests = load_data(cfg.task, tokenizer, with_test=cfg.train.predict_test)

@@ -760,21 +760,9 @@ def finetune_squad(
         )
     training = cfg.train.num_epochs > 0
     # Checkpoint and tokenizer.
-    model_config, loaded, _ = ckpt.load_model_dir(cfg.init_checkpoint)
+    model_config, loaded, tokenizer = ft.load_checkpoint(cfg)
     loaded = _qa_params(loaded, cfg.init_checkpoint, keep_head=not training)
-    tokenizer = ckpt.load_tokenizer_from(cfg.init_checkpoint)
-    model_config = cfg.model.apply(model_config)
     seq_len = cfg.task.max_seq_length
-    if seq_len > model_config.max_position_embeddings:
-        raise ValueError(
-            f"config.task.max_seq_length={seq_len} exceeds the checkpoint's "
-            f"max_position_embeddings={model_config.max_position_embeddings}"
-        )
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise ckpt.CheckpointError(
-            f"{cfg.init_checkpoint}: tokenizer has {tokenizer.vocab_size} tokens but the model "
-            f"only {model_config.vocab_size} embeddings"
-        )
 
     # Data.
     train = load_split(cfg.task, tokenizer, "train") if training else None
