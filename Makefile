@@ -39,11 +39,16 @@ test: lint
 	  TF_CPP_MIN_LOG_LEVEL=2 HF_HUB_OFFLINE=1 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider $(TEST_ARGS)
 
-# Side-by-side benchmarks (not tests). BENCH_ARGS adds flags to the train-step benchmark.
+# Side-by-side benchmarks (not tests). BENCH_ARGS / FINETUNE_BENCH_ARGS add flags to the
+# pre-training and fine-tuning step benchmarks.
 BENCH_ARGS ?= --size base --seq_len 128 --batch_size 8 --steps 3 --peer
+FINETUNE_BENCH_ARGS ?= --size base --seq_len 128 --batch_size 32 --steps 3 --peer
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/finetune_step.py $(FINETUNE_BENCH_ARGS)
+	$(BIN)/python benchmarks/profile_step.py --size base --seq_len 128 --batch_size 8 --steps 2
 	$(BIN)/python benchmarks/step_breakdown.py
+	$(BIN)/python benchmarks/packing.py
 	$(BIN)/python benchmarks/prepare_data.py
 
 clean:

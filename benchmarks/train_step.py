@@ -70,9 +70,16 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
 
 
-def bench_bertjax(args) -> dict:
+def build_step(args):
+    """bertjax's compiled pre-training step for `args` (size, seq_len, batch_size, dtype,
+    ...): returns (compiled step, state, batch, model config, mesh, compile seconds)."""
     config = model_config_for_size(
-        args.size, dtype=args.dtype, remat=args.remat, attention_dropout_rate=args.attention_dropout
+        args.size,
+        dtype=args.dtype,
+        remat=args.remat,
+        remat_policy=args.remat_policy,
+        scan_layers=args.scan_layers,
+        attention_dropout_rate=args.attention_dropout,
     )
     model = BertForPreTraining(config)
     ocfg = OptimConfig(learning_rate=1e-4, warmup_steps=10, grad_accum_steps=args.grad_accum)
@@ -111,14 +118,19 @@ def bench_bertjax(args) -> dict:
         t0 = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
-        for _ in range(args.warmup):
-            state, m = compiled(state, batch)
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, m = compiled(state, batch)
-        jax.block_until_ready((state, m))
-        step_s = (time.perf_counter() - t0) / args.steps
+    return compiled, state, batch, config, mesh, compile_s
+
+
+def bench_bertjax(args) -> dict:
+    compiled, state, batch, config, mesh, compile_s = build_step(args)
+    for _ in range(args.warmup):
+        state, m = compiled(state, batch)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, m = compiled(state, batch)
+    jax.block_until_ready((state, m))
+    step_s = (time.perf_counter() - t0) / args.steps
     peak, peak_source = flops.peak_flops_per_device()
     total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
     model_flops = args.batch_size * flops.training_flops_per_sequence(
@@ -208,7 +220,7 @@ def bench_peer(args) -> dict:
     }
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="base")
     p.add_argument("--seq_len", type=int, default=128)
@@ -223,7 +235,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--grad_accum", type=int, default=1)
-    p.add_argument("--remat", action="store_true")
+    p.add_argument("--remat", action="store_true", help="recompute each layer in the backward")
+    p.add_argument("--remat_policy", default="nothing_saveable", help="what --remat keeps")
+    p.add_argument("--scan_layers", action="store_true", help="nn.scan over the layers")
     p.add_argument("--attention_dropout", type=float, default=0.1)
     p.add_argument(
         "--prng_impl",
@@ -233,9 +247,18 @@ def main(argv=None) -> int:
     )
     p.add_argument("--peer", action="store_true", help="also run transformers (PyTorch)")
     p.add_argument("--json", action="store_true")
+    return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_pred is None:  # google-research/bert's max_predictions_per_seq
         args.num_pred = {128: 20, 512: 80}.get(args.seq_len, max(1, round(args.seq_len * 0.15)))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(parser(), argv)
     result = bench_bertjax(args)
     if args.peer:
         result.update(bench_peer(args))

@@ -11,6 +11,10 @@ A bertjax model directory carries everything a command needs, so each takes just
 A directory is written under a temporary name and renamed when complete, so a crash
 never leaves something that looks like a checkpoint; an existing checkpoint is only
 replaced when the caller asks to overwrite it.
+
+Model directories always hold the canonical layer_0, layer_1, ... layout (their config
+says scan_layers=False): parameters of a run with `scan_layers` are unstacked when saved,
+and a pre-training workdir's stacked checkpoints when read as a model.
 """
 
 from __future__ import annotations
@@ -131,6 +135,16 @@ def head_groups(params: dict[str, Any]) -> list[str]:
     return groups
 
 
+def canonical(params: dict[str, Any], config: ModelConfig) -> tuple[dict[str, Any], ModelConfig]:
+    """(params in the canonical unscanned layout, the config describing them); `config`
+    gives the layout `params` are in."""
+    if not config.scan_layers:
+        return params, config
+    from bertjax.model import unstack_layers
+
+    return unstack_layers(params, config.num_layers), config.replace(scan_layers=False)
+
+
 def save_model_dir(
     out_dir: str,
     params: dict[str, Any],
@@ -140,8 +154,11 @@ def save_model_dir(
     source: str = "",
     overwrite: bool = False,
 ) -> str:
-    """Writes a complete bertjax model directory atomically; returns its absolute path."""
-    params = _unbox(params)
+    """Writes a complete bertjax model directory atomically; returns its absolute path.
+
+    `params` are in the layout of `config`; the directory gets the canonical one.
+    """
+    params, config = canonical(_unbox(params), config)
 
     def write(tmp: str) -> None:
         save_params(os.path.join(tmp, PARAMS_DIR), params)
@@ -185,7 +202,7 @@ def load_model_config(path: str) -> tuple[ModelConfig, dict[str, Any]]:
 
 def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
     """(config, params as numpy, metadata) of a model directory or a pre-training workdir
-    (its newest checkpoint)."""
+    (its newest checkpoint); the params are in the canonical layout (scan_layers=False)."""
     config, meta = load_model_config(path)
     if os.path.isdir(os.path.join(path, PARAMS_DIR)):
         params = restore_params(os.path.join(path, PARAMS_DIR))
@@ -194,6 +211,7 @@ def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, An
         meta = {**meta, "step": step}
     else:
         raise CheckpointError(f"{path}: neither {PARAMS_DIR}/ nor {CHECKPOINTS_DIR}/ found")
+    params, config = canonical(params, config)
     return config, params, meta
 
 
@@ -350,6 +368,14 @@ def check_workdir_model(workdir: str, config: ModelConfig) -> None:
             f"{workdir}: holds checkpoints of a different model (workdir, config): {diff}; "
             "use another --workdir"
         )
+    checkpoints = os.path.join(workdir, CHECKPOINTS_DIR)
+    has_steps = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+    if has_steps and existing.scan_layers != config.scan_layers:
+        raise CheckpointError(
+            f"{workdir}: its checkpoints hold scan_layers={existing.scan_layers} parameters but "
+            f"config.model.scan_layers={config.scan_layers}; resume with the same setting, or "
+            "start another --workdir with config.init_checkpoint pointing here"
+        )
 
 
 def write_workdir_files(workdir: str, cfg: Any, config_dict: Any, tokenizer_path: str) -> None:
@@ -380,7 +406,8 @@ def _write_json_atomic(path: str, value: Any) -> None:
 
 
 def restore_workdir_params(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """(step, params as numpy) of a pre-training workdir's newest (or given) checkpoint."""
+    """(step, params as numpy) of a pre-training workdir's newest (or given) checkpoint, in
+    the canonical layout (unstacked when the workdir's config has scan_layers)."""
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
     manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
     steps = sorted(manager.all_steps())
@@ -393,7 +420,10 @@ def restore_workdir_params(workdir: str, step: int | None = None) -> tuple[int, 
     tree = getattr(tree, "tree", tree)
     restored = ocp.StandardCheckpointer().restore(path, _zeros_like_meta(tree))
     manager.close()
-    return step, jax.tree_util.tree_map(np.asarray, restored["params"])
+    params = jax.tree_util.tree_map(np.asarray, restored["params"])
+    if os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        params, _ = canonical(params, load_model_config(workdir)[0])
+    return step, params
 
 
 def _zeros_like_meta(tree: Any) -> Any:

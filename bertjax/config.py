@@ -26,11 +26,25 @@ MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 DTYPES = ("float32", "bfloat16", "float16")
+# jax.checkpoint_policies by name: what a rematerialised layer keeps from its forward pass.
+REMAT_POLICIES = (
+    "nothing_saveable",  # keep nothing: recompute the whole layer (least memory)
+    "dots_saveable",  # keep every matmul output
+    "dots_with_no_batch_dims_saveable",  # keep matmuls without batch dims (not attention's)
+    "everything_saveable",  # keep everything (no memory saved; for comparison)
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of a BERT encoder (names follow the original bert_config.json)."""
+    """Shape and numerics of a BERT encoder (names follow the original bert_config.json).
+
+    `scan_layers` describes the layout of the parameters that go with the config: False is
+    the canonical layer_0, layer_1, ..., True one encoder/layers sub-module whose arrays
+    carry a leading [num_layers] axis (faster compiles for deep models). It changes no
+    shape of the model, so it is not a SHAPE_FIELD; model directories always hold the
+    canonical layout (model.stack_layers / unstack_layers convert at the boundaries).
+    """
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -47,6 +61,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of parameters (master weights)
     remat: bool = False  # rematerialise each layer in the backward pass to save memory
+    remat_policy: str = "nothing_saveable"  # with remat: what to keep (REMAT_POLICIES)
+    scan_layers: bool = False  # nn.scan over the layers (parameter layout: see above)
 
     def __post_init__(self):
         errors = []
@@ -74,6 +90,8 @@ class ModelConfig:
         for name in ("hidden_dropout_rate", "attention_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 errors.append(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if self.remat_policy not in REMAT_POLICIES:
+            errors.append(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
         if errors:
             raise ValueError("invalid model config: " + "; ".join(errors))
 
@@ -279,6 +297,8 @@ class DataConfig:
     dynamic_masking: bool = False
     eval_fraction: float = 0.02
     num_workers: int = 0
+    packing: bool = False
+    max_sequences_per_pack: int = 3
 
     def __post_init__(self):
         if not self.train_dir and not self.corpus:
@@ -287,6 +307,10 @@ class DataConfig:
             )
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"config.data.eval_fraction={self.eval_fraction}: must be in [0, 1)")
+        if self.max_sequences_per_pack < 1:
+            raise ValueError(
+                f"config.data.max_sequences_per_pack={self.max_sequences_per_pack}: must be >= 1"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +328,8 @@ class TrainConfig:
     nan_policy: str = "skip"
     max_nonfinite_steps: int = 100
     prng_impl: str = "threefry2x32"
+    profile_start: int = 10
+    profile_steps: int = 0
 
     def __post_init__(self):
         for name in (
@@ -316,6 +342,11 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"config.train.{name}={getattr(self, name)}: must be > 0")
+        if self.profile_start < 0 or self.profile_steps < 0:
+            raise ValueError(
+                f"config.train.profile_start={self.profile_start} / profile_steps="
+                f"{self.profile_steps}: must be >= 0"
+            )
         if self.prng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
             raise ValueError(
                 f"config.train.prng_impl={self.prng_impl!r}: use threefry2x32, rbg or unsafe_rbg"

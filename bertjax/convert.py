@@ -116,10 +116,12 @@ def _tf_shape(flax_shape: tuple[int, ...], path: str) -> tuple[int, ...]:
 
 
 def expected_params(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter of BertForPreTraining with this config: flax path -> shape."""
+    """Every parameter of BertForPreTraining with this config: flax path -> shape, in the
+    canonical layout (layer_N, whatever `config.scan_layers`)."""
     from bertjax.model import BertForPreTraining, dummy_batch
 
-    model = BertForPreTraining(config.replace(dtype="float32", param_dtype="float32"))
+    canonical = config.replace(dtype="float32", param_dtype="float32", scan_layers=False)
+    model = BertForPreTraining(canonical)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(config), train=False))
     import flax.linen as nn
 

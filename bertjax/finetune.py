@@ -53,7 +53,7 @@ from tqdm import tqdm
 from bertjax import checkpoint as ckpt
 from bertjax import glue_metrics, losses, sharding
 from bertjax.config import ModelConfig, from_group
-from bertjax.model import BertForSequenceClassification
+from bertjax.model import BertForSequenceClassification, stack_layers
 from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from bertjax.pretrain import (
     MetricWriter,
@@ -120,6 +120,8 @@ class ModelOverrides:
     dtype: str | None = None
     param_dtype: str | None = None
     remat: bool | None = None
+    remat_policy: str | None = None
+    scan_layers: bool = False  # checkpoints hold unscanned layers; stack_layers converts
 
     def apply(self, config: ModelConfig) -> ModelConfig:
         changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -339,7 +341,8 @@ def init_from_checkpoint(
     head: str,
 ) -> tuple[TrainState, Any, Any]:
     """A sharded fine-tuning state whose encoder comes from `loaded` (checked against the
-    model before anything is built) and whose `head` parameters are fresh.
+    model before anything is built) and whose `head` parameters are fresh. `loaded` holds
+    the canonical layer_N layout; it is stacked here when the model scans its layers.
 
     Returns (state, state shardings, a jitted function gathering the parameters whole on
     every process, to save them). Call inside `with mesh, nn.logical_axis_rules(rules)`.
@@ -347,6 +350,8 @@ def init_from_checkpoint(
     init_fn = functools.partial(init_state, model=model, tx=tx, seq_len=seq_len)
     seed_key = jax.random.key_data(jax.random.key(seed))
     abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
+    if model.config.scan_layers:  # checkpoints hold the canonical layer_N layout
+        loaded = stack_layers(loaded, model.config.num_layers)
     ckpt.merge_params(abstract.params, loaded, source=source)  # shape check first
     state = init_jit(seed_key)
     params, fresh = ckpt.load_into_sharded(

@@ -9,6 +9,11 @@ a [k, n] matrix is 2*m*k*n):
                                                            positions only)
     pooler + NSP     6 * (D^2 + 2*D)
 
+Fine-tuning for sequence classification (`finetuning_flops_per_sequence`) has the same
+encoder and attention terms; its head runs on the pooled [CLS] vector, one position:
+
+    pooler + classifier  6 * (D^2 + D*C)                  (C labels; 1 for regression)
+
 Embedding lookups, LayerNorm, softmax and elementwise ops are not counted (the usual
 convention: MFU counts the model's matmul work, not the implementation's).
 Peaks are dense bf16 datasheet numbers per JAX device; on CPU the peak is measured.
@@ -42,19 +47,37 @@ PEAK_FLOPS = (
 )
 
 
+def _encoder_matmul_flops(config: ModelConfig, seq_len: int) -> int:
+    """6 * T * L * (4*D^2 + 2*D*F): the per-token kernels of every layer."""
+    d, f = config.hidden_size, config.intermediate_size
+    return 6 * seq_len * config.num_layers * (4 * d * d + 2 * d * f)
+
+
+def _attention_flops(config: ModelConfig, seq_len: int) -> int:
+    """12 * L * T^2 * D: QK^T and probs @ V of every layer, forward and backward."""
+    return 12 * config.num_layers * seq_len * seq_len * config.hidden_size
+
+
 def training_flops_per_sequence(config: ModelConfig, seq_len: int, num_predictions: int) -> float:
-    d, f, v, n_layers = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-        config.num_layers,
-    )
-    t, p = seq_len, num_predictions
-    encoder = 6 * t * n_layers * (4 * d * d + 2 * d * f)
-    attention = 12 * n_layers * t * t * d
+    d, v = config.hidden_size, config.vocab_size
+    p = num_predictions
     mlm = 6 * p * (d * d + d * v)
     nsp = 6 * (d * d + 2 * d)
-    return float(encoder + attention + mlm + nsp)
+    return float(
+        _encoder_matmul_flops(config, seq_len) + _attention_flops(config, seq_len) + mlm + nsp
+    )
+
+
+def finetuning_flops_per_sequence(config: ModelConfig, seq_len: int, num_labels: int) -> float:
+    """Training FLOPs of one sequence-classification example (BertForSequenceClassification):
+    encoder matmuls + attention over all T positions, then the pooler (D x D) and the
+    classifier (D x C) once, on the [CLS] vector:
+
+        6 * T * L * (4*D^2 + 2*D*F) + 12 * L * T^2 * D + 6 * (D^2 + D*C)
+    """
+    d = config.hidden_size
+    head = 6 * (d * d + d * num_labels)
+    return float(_encoder_matmul_flops(config, seq_len) + _attention_flops(config, seq_len) + head)
 
 
 def measured_cpu_peak_flops(n: int = 2048, repeats: int = 10) -> float:

@@ -125,14 +125,15 @@ def pretraining_loss(
     """Total pre-training loss = MLM loss + NSP loss (as google-research/bert), and metrics.
 
     The NSP term is dropped for examples whose `next_sentence_labels` is negative, so
-    corpora without sentence pairs (or packed rows that carry no pair) still train MLM.
+    corpora without sentence pairs (or the empty pair slots of packed rows) still train
+    MLM. Packed rows give nsp_logits [B, K, 2] and next_sentence_labels [B, K].
     The denominators default to this batch's weight sums; a caller accumulating
     micro-batches passes the whole batch's sums so the total equals the full-batch loss.
     """
     mlm = masked_lm_loss(mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
     labels = batch["next_sentence_labels"].reshape(-1)
     nsp_w = (labels >= 0).astype(jnp.float32)
-    nsp = next_sentence_loss(nsp_logits, jnp.maximum(labels, 0), nsp_w)
+    nsp = next_sentence_loss(nsp_logits.reshape(-1, 2), jnp.maximum(labels, 0), nsp_w)
     mlm_den = mlm["weight_sum"] if mlm_denominator is None else mlm_denominator
     nsp_den = nsp["weight_sum"] if nsp_denominator is None else nsp_denominator
     mlm_loss = mlm["loss_sum"] / jnp.maximum(mlm_den, 1e-5)

@@ -12,6 +12,10 @@ exporting a checkpoint is a table (see convert.py):
     cls/predictions/{transform/dense, transform/LayerNorm, output_bias}
     cls/seq_relationship/{output_weights, output_bias}
 
+With `config.scan_layers` the layer_N subtrees become one, bert/encoder/layers/..., whose
+arrays carry a leading [num_layers] axis (logical name "layers"); stack_layers and
+unstack_layers convert, and model directories on disk keep the layer_N layout.
+
 Dimension letters used in shape comments:
     B batch, T length (queries), S length (keys), D model width, H heads, K head dim,
     F feed-forward width, V vocabulary, P masked positions per sequence, L labels.
@@ -32,6 +36,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bertjax.config import ModelConfig
 
@@ -101,6 +106,35 @@ def padding_mask(batch: Batch) -> jax.Array:
     return mask
 
 
+class Dropout(nn.Module):
+    """Inverted dropout that draws 16 random bits per element (two per 32-bit word).
+
+    Random-bit generation is most of dropout's cost (on CPU it was a fifth of a BERT-base
+    training step with flax's `nn.Dropout`, which draws 32 bits per element); half the words
+    makes BERT's 4 dropouts per layer about 3-4x cheaper. An element is dropped when its 16
+    bits fall below round(rate * 65536), so the rate is quantized to 1/65536 (0.1 becomes
+    0.100006), and kept elements are scaled by the exact inverse keep probability.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        threshold = min(round(self.rate * 65536), 65536)
+        if threshold >= 65536:
+            return jnp.zeros_like(x)
+        last = x.shape[-1]
+        words = jax.random.bits(
+            self.make_rng("dropout"), (*x.shape[:-1], (last + 1) // 2), jnp.uint32
+        )
+        bits = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., ceil(last / 2), 2]
+        bits = bits.reshape(*x.shape[:-1], -1)[..., :last]
+        keep = bits >= jnp.uint16(threshold)
+        return jnp.where(keep, x / (1.0 - threshold / 65536), 0).astype(x.dtype)
+
+
 class Embeddings(nn.Module):
     """Word + position + token-type embeddings, then LayerNorm and dropout."""
 
@@ -125,7 +159,7 @@ class Embeddings(nn.Module):
             **_dtypes(c),
         )
         self.LayerNorm = layer_norm(c)
-        self.dropout = nn.Dropout(c.hidden_dropout_rate)
+        self.dropout = Dropout(c.hidden_dropout_rate)
 
     def __call__(self, batch: Batch, *, train: bool) -> jax.Array:
         input_ids = batch["input_ids"]  # [B, T]
@@ -182,7 +216,7 @@ class SelfAttention(nn.Module):
             logits = logits / jnp.sqrt(jnp.float32(k))  # [B, H, T, S]
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1)
-            probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=False)
+            probs = Dropout(c.attention_dropout_rate)(probs, deterministic=False)
             out = jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)  # [B, T, H, K]
         else:
             # Routed through jax.nn.dot_product_attention so backends with a fused
@@ -207,7 +241,7 @@ class AttentionOutput(nn.Module):
             name="dense",
             **_dtypes(c),
         )(heads)  # [B, T, D]
-        y = nn.Dropout(c.hidden_dropout_rate)(y, deterministic=not train)
+        y = Dropout(c.hidden_dropout_rate)(y, deterministic=not train)
         return layer_norm(c)(y + residual)
 
 
@@ -242,7 +276,7 @@ class Output(nn.Module):
     def __call__(self, y: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
         c = self.config
         y = dense(c, c.hidden_size, ("mlp", "embed"), "dense")(y)  # [B, T, D]
-        y = nn.Dropout(c.hidden_dropout_rate)(y, deterministic=not train)
+        y = Dropout(c.hidden_dropout_rate)(y, deterministic=not train)
         return layer_norm(c)(y + residual)
 
 
@@ -259,28 +293,119 @@ class Layer(nn.Module):
         return _constrain(x, ("batch", "length", "embed"))
 
 
+def _layer_class(config: ModelConfig, *, scanned: bool) -> type[Layer]:
+    """Layer, or with `config.remat` Layer under nn.remat with the named checkpoint policy.
+
+    Inside nn.scan the loop already keeps XLA's common-subexpression elimination from
+    undoing the recomputation, so the costlier prevent_cse barrier is off there.
+    """
+    if not config.remat:
+        return Layer
+    policy = getattr(jax.checkpoint_policies, config.remat_policy)
+    return nn.remat(Layer, static_argnums=(3,), policy=policy, prevent_cse=not scanned)
+
+
+SCANNED = "layers"  # the scanned sub-module of the encoder, and its stacked axis's name
+
+
 class Encoder(nn.Module):
+    """num_layers Layers: unrolled as layer_0, layer_1, ... or, with `config.scan_layers`,
+    one Layer body run by nn.scan, its parameters stacked under encoder/layers."""
+
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> list[jax.Array]:
         """Returns the output of every layer (the last one is the sequence output)."""
-        layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.config.remat else Layer
+        c = self.config
+        layer_cls = _layer_class(c, scanned=c.scan_layers)
+        if c.scan_layers:
+
+            def body(encoder: Encoder, carry: jax.Array, mask: jax.Array):
+                y = layer_cls(encoder.config, name=SCANNED)(carry, mask, train)
+                return y, y  # carry on, and keep every layer's output as the scanned ys
+
+            scan = nn.scan(
+                body,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: SCANNED},
+            )
+            _, ys = scan(self, x, mask)  # [num_layers, B, T, D]
+            return [ys[i] for i in range(c.num_layers)]
         outputs = []
-        for i in range(self.config.num_layers):
-            x = layer_cls(self.config, name=f"layer_{i}")(x, mask, train)
+        for i in range(c.num_layers):
+            x = layer_cls(c, name=f"layer_{i}")(x, mask, train)
             outputs.append(x)
         return outputs
 
 
+def _map_encoders(params: Mapping[str, Any], convert) -> dict[str, Any]:
+    """Applies `convert` to every encoder subtree (a dict holding layer_N or SCANNED)."""
+    if "layer_0" in params or SCANNED in params:
+        return convert(dict(params))
+    return {
+        k: _map_encoders(v, convert) if isinstance(v, Mapping) else v for k, v in params.items()
+    }
+
+
+def stack_layers(params: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    """Canonical layer_0, layer_1, ... parameters -> the scanned layout (scan_layers=True).
+
+    Works on any tree holding the encoder (the whole model's, bert/, or encoder/ itself);
+    a tree already scanned, or without an encoder, comes back unchanged.
+    """
+
+    def convert(encoder: dict[str, Any]) -> dict[str, Any]:
+        if SCANNED in encoder:
+            return encoder
+        names = [f"layer_{i}" for i in range(num_layers)]
+        found = sorted(k for k in encoder if k.startswith("layer_"))
+        if sorted(names) != found:
+            raise ValueError(f"stack_layers: expected {num_layers} layers, found {found}")
+        layers = [encoder.pop(name) for name in names]
+
+        def stack(*xs):
+            return jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack(xs)
+
+        return {**encoder, SCANNED: jax.tree_util.tree_map(stack, *layers)}
+
+    return _map_encoders(params, convert)
+
+
+def unstack_layers(params: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    """The scanned layout (encoder/layers, leading [num_layers] axis) -> canonical layer_N.
+
+    Works on any tree holding the encoder; a canonical tree comes back unchanged.
+    """
+
+    def convert(encoder: dict[str, Any]) -> dict[str, Any]:
+        if SCANNED not in encoder:
+            return encoder
+        stacked = encoder.pop(SCANNED)
+        sizes = {np.shape(x)[0] for x in jax.tree_util.tree_leaves(stacked)}
+        if sizes != {num_layers}:
+            raise ValueError(
+                f"unstack_layers: expected a leading axis of {num_layers} layers, got {sizes}"
+            )
+        for i in range(num_layers):
+            encoder[f"layer_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+        return encoder
+
+    return _map_encoders(params, convert)
+
+
 class Pooler(nn.Module):
-    """dense + tanh on the first ([CLS]) token."""
+    """dense + tanh on the [CLS] token: position 0, or in a packed row each pair's [CLS]
+    (`next_sentence_positions` [B, K], giving [B, K, D])."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        first = x[:, 0]  # [B, D]
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        first = x[:, 0] if positions is None else gather_positions(x, positions)  # [B, (K,) D]
         return jnp.tanh(
             dense(self.config, self.config.hidden_size, ("embed", None), "dense")(first)
         )
@@ -310,7 +435,7 @@ class BertModel(nn.Module):
         layers = self.encoder(x, padding_mask(batch), train=train)
         out: dict[str, Any] = {"sequence_output": layers[-1]}
         if self.add_pooler:
-            out["pooled_output"] = self.pooler(layers[-1])
+            out["pooled_output"] = self.pooler(layers[-1], batch.get("next_sentence_positions"))
         if output_hidden_states:
             out["hidden_states"] = [x, *layers]
         return out
@@ -355,7 +480,10 @@ class MaskedLMHead(nn.Module):
 
 
 class NextSentenceHead(nn.Module):
-    """cls/seq_relationship: logits = pooled @ output_weights^T + output_bias."""
+    """cls/seq_relationship: logits = pooled @ output_weights^T + output_bias.
+
+    pooled is [B, D], or [B, K, D] for the K pairs of a packed row.
+    """
 
     config: ModelConfig
 
@@ -370,9 +498,9 @@ class NextSentenceHead(nn.Module):
         )
         b = self.param("output_bias", _zeros((None,)), (2,), jnp.dtype(c.param_dtype))
         logits = jnp.einsum(
-            "bd,ld->bl", pooled, w.astype(c.dtype), preferred_element_type=jnp.float32
+            "...d,ld->...l", pooled, w.astype(c.dtype), preferred_element_type=jnp.float32
         )
-        return logits + b.astype(jnp.float32)  # [B, 2]
+        return logits + b.astype(jnp.float32)  # [B, (K,) 2]
 
 
 class PreTrainingHeads(nn.Module):
@@ -390,6 +518,9 @@ class BertForPreTraining(nn.Module):
 
     Returns `mlm_logits` [B, P, V] and `nsp_logits` [B, 2] (fp32), plus the encoder outputs.
     Without `masked_lm_positions` in the batch, MLM logits are computed for every position.
+    A packed batch (data_pipelines.packing: `position_ids`, `attention_segment_ids`,
+    `next_sentence_positions` [B, K]) gives `nsp_logits` [B, K, 2], one per pair, and each
+    pair attends only to itself.
     """
 
     config: ModelConfig
@@ -417,7 +548,7 @@ class BertForSequenceClassification(nn.Module):
     def __call__(self, batch: Batch, *, train: bool) -> dict[str, Any]:
         c = self.config
         out = BertModel(c, name="bert")(batch, train=train)
-        pooled = nn.Dropout(c.hidden_dropout_rate)(out["pooled_output"], deterministic=not train)
+        pooled = Dropout(c.hidden_dropout_rate)(out["pooled_output"], deterministic=not train)
         logits = dense(c, self.num_labels, ("embed", None), "classifier")(pooled)  # [B, L]
         return {**out, "logits": logits.astype(jnp.float32)}
 
@@ -446,7 +577,7 @@ class BertForTokenClassification(nn.Module):
     def __call__(self, batch: Batch, *, train: bool) -> dict[str, Any]:
         c = self.config
         out = BertModel(c, add_pooler=False, name="bert")(batch, train=train)
-        seq = nn.Dropout(c.hidden_dropout_rate)(out["sequence_output"], deterministic=not train)
+        seq = Dropout(c.hidden_dropout_rate)(out["sequence_output"], deterministic=not train)
         logits = dense(c, self.num_labels, ("embed", None), "classifier")(seq)  # [B, T, L]
         return {**out, "logits": logits.astype(jnp.float32)}
 

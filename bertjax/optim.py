@@ -4,7 +4,9 @@
   0.01 that skips LayerNorm parameters and biases, global-norm clipping at 1.0.
   (google-research/bert's AdamWeightDecayOptimizer has no bias correction; optax's adamw
   has it. With 10k warmup steps the two agree after the first few hundred steps.)
-- LAMB (You et al., 2019) for large batches, with the same mask and schedule.
+- LAMB (You et al., 2019) for large batches, with the same mask and schedule. Its trust
+  ratio is per tensor, and per layer for the stacked tensors of scanned layers, so
+  `model.scan_layers` does not change the update.
 Gradient accumulation happens inside the jitted train step (pretrain.py), so the
 optimizer sees one exact gradient per step.
 """
@@ -18,6 +20,7 @@ import jax
 import optax
 
 from bertjax.config import from_group
+from bertjax.model import SCANNED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,28 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def _is_stacked(path: tuple[Any, ...]) -> bool:
+    """Whether a parameter path lies in the scanned layers: [num_layers, ...] tensors."""
+    names = [getattr(p, "key", str(p)) for p in path]
+    return any(a == "encoder" and b == SCANNED for a, b in zip(names, names[1:], strict=False))
+
+
+def scale_by_layerwise_trust_ratio() -> optax.GradientTransformation:
+    """optax.scale_by_trust_ratio, but each layer of a stacked tensor gets its own ratio."""
+    trust = optax.scale_by_trust_ratio()
+
+    def update_fn(updates, state, params):
+        def scale(path, update, param):
+            def one(u, p):
+                return trust.update(u, state, p)[0]
+
+            return jax.vmap(one)(update, param) if _is_stacked(path) else one(update, param)
+
+        return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+    return optax.GradientTransformation(trust.init, update_fn)
+
+
 def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(config, num_steps)
     if config.name == "adamw":
@@ -92,14 +117,12 @@ def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransfo
             weight_decay=config.weight_decay,
             mask=decay_mask,
         )
-    else:
-        core = optax.lamb(
-            schedule,
-            b1=config.beta1,
-            b2=config.beta2,
-            eps=config.eps,
-            weight_decay=config.weight_decay,
-            mask=decay_mask,
+    else:  # optax.lamb, with the trust ratio per layer of scanned tensors
+        core = optax.chain(
+            optax.scale_by_adam(b1=config.beta1, b2=config.beta2, eps=config.eps),
+            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            scale_by_layerwise_trust_ratio(),
+            optax.scale_by_learning_rate(schedule),
         )
     if config.clip_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), core)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from bertjax import checkpoint as ckpt
 from bertjax import flops, losses, sharding
 from bertjax.config import PretrainConfig
-from bertjax.model import BertForPreTraining
+from bertjax.model import BertForPreTraining, stack_layers
 from bertjax.optim import learning_rate_schedule, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,8 @@ def make_train_iterator(data: PreparedData, cfg: PretrainConfig):
         shuffle=True,
         num_epochs=None,
         worker_count=cfg.data.num_workers,
+        packing=cfg.data.packing,
+        max_sequences_per_pack=cfg.data.max_sequences_per_pack,
     )
 
 
@@ -183,6 +185,8 @@ def make_eval_iterator(data: PreparedData, cfg: PretrainConfig):
         shuffle=False,
         num_epochs=None,
         worker_count=0,
+        packing=cfg.data.packing,
+        max_sequences_per_pack=cfg.data.max_sequences_per_pack,
     )
 
 
@@ -311,6 +315,7 @@ def train_step(
     new_state, grad_norm, finite = apply_guarded_update(state, grads, metrics["loss"], tx)
     metrics = dict(
         metrics,
+        real_tokens=jnp.sum(batch["input_mask"].astype(jnp.float32)),
         grad_norm=grad_norm,
         learning_rate=schedule(state.step),
         finite=finite.astype(jnp.float32),
@@ -327,7 +332,7 @@ def eval_step(
     )
     labels = batch["next_sentence_labels"].reshape(-1)
     nsp = losses.next_sentence_loss(
-        out["nsp_logits"], jnp.maximum(labels, 0), (labels >= 0).astype(jnp.float32)
+        out["nsp_logits"].reshape(-1, 2), jnp.maximum(labels, 0), (labels >= 0).astype(jnp.float32)
     )
     return {
         "mlm_loss_sum": mlm["loss_sum"],
@@ -471,6 +476,10 @@ def train(
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     seq_len = int(data.info["max_seq_length"])
     num_pred = int(data.info["max_predictions_per_seq"])
+    if cfg.data.packing:
+        from data_pipelines.pretrain_input import packed_shapes
+
+        seq_len, num_pred = packed_shapes(data.info, cfg.data.max_sequences_per_pack)
 
     # Sharded state: eval_shape -> partition specs -> jit(init, out_shardings).
     with mesh, nn.logical_axis_rules(rules):
@@ -561,6 +570,8 @@ def _load_init_checkpoint(cfg: PretrainConfig, state: TrainState, state_sharding
             f"config.init_checkpoint={cfg.init_checkpoint}: model shape differs "
             f"from the config (checkpoint, config): {diff}"
         )
+    if cfg.model.scan_layers:  # model directories hold the canonical layer_N layout
+        params = stack_layers(params, cfg.model.num_layers)
     params, fresh = ckpt.load_into_sharded(
         state.params, params, state_sharding.params, source=cfg.init_checkpoint
     )
@@ -613,10 +624,13 @@ def _loop(
     window: list[dict[str, jax.Array]] = []
     window_start = time.perf_counter()
     seen_nonfinite = int(state.nonfinite_steps)
+    profile = _Profiler(cfg.train, workdir)
     with _Preemption() as preemption:
         for step in range(start, cfg.train.num_steps):
+            profile.before(step)
             batch = sharding.global_batch(mesh, rules, next(train_iter))
             state, metrics = p_train(state, batch)
+            profile.after(step, metrics)
             window.append(metrics)
             done = step + 1
             bar.update(1)
@@ -658,6 +672,27 @@ def _loop(
     return last
 
 
+class _Profiler:
+    """Traces steps [profile_start, profile_start + profile_steps) with jax.profiler into
+    WORKDIR/profile (TensorBoard's profile plugin or https://ui.perfetto.dev reads it)."""
+
+    def __init__(self, train_cfg: Any, workdir: str):
+        self.first = train_cfg.profile_start
+        self.last = train_cfg.profile_start + train_cfg.profile_steps - 1
+        self.enabled = train_cfg.profile_steps > 0
+        self.logdir = os.path.join(workdir, "profile")
+
+    def before(self, step: int) -> None:
+        if self.enabled and step == self.first:
+            jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+
+    def after(self, step: int, metrics: Any) -> None:
+        if self.enabled and step == self.last:
+            jax.block_until_ready(metrics)
+            jax.profiler.stop_trace()
+            log.info("profiled steps %d-%d into %s", self.first + 1, step + 1, self.logdir)
+
+
 def _save(checkpointer, step: int, state: TrainState, train_iter, force: bool = False) -> None:
     if not bool(jax.jit(params_are_finite)(state.params)):
         raise NonFiniteError(f"step {step}: parameters hold non-finite values; not checkpointing")
@@ -690,6 +725,9 @@ def _summarise(window, elapsed, tokens_per_step, flops_per_step, peak) -> dict[s
     out["learning_rate"] = float(window[-1]["learning_rate"])
     steps_per_sec = len(window) / max(elapsed, 1e-9)
     out["tokens_per_sec"] = tokens_per_step * steps_per_sec
+    real_tokens = float(np.mean([m["real_tokens"] for m in window]))
+    out["real_tokens_per_sec"] = real_tokens * steps_per_sec  # without padding
+    out["padding_fraction"] = 1.0 - real_tokens / tokens_per_step
     out["mfu"] = flops_per_step * steps_per_sec / peak if peak == peak else float("nan")
     return out
 

@@ -6,6 +6,7 @@ the experiment config map them onto a mesh with axes (data, fsdp, tensor):
     batch  -> (data, fsdp)   data parallel over both axes
     embed  -> fsdp           parameters and optimizer state sharded ZeRO-3 style
     heads, mlp, vocab -> tensor   Megatron-style tensor parallelism
+    layers -> replicated     the stacked axis of scanned layers (model.scan_layers)
 
 Rules apply in order and a mesh axis is used at most once per array, so activations
 ([batch, length, embed]) shard their batch over (data, fsdp) and keep embed whole, while
@@ -36,6 +37,7 @@ DEFAULT_RULES: Rules = (
     ("vocab", "tensor"),
     ("kv", None),
     ("length", None),
+    ("layers", None),
 )
 
 

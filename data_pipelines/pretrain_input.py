@@ -46,6 +46,7 @@ Design
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -56,7 +57,9 @@ import grain.python as grain
 import numpy as np
 
 from data_pipelines import features as F
+from data_pipelines import packing as packing_lib
 from data_pipelines import pretraining_data as pdata
+from data_pipelines.packing import DEFAULT_MAX_SEQUENCES_PER_PACK
 
 Batch = dict[str, np.ndarray]
 
@@ -127,14 +130,113 @@ class _DecodeAndMask(grain.RandomMapTransform):
         self.spec = spec
 
     def random_map(self, element: bytes, rng: np.random.Generator) -> Batch:
-        ex = self.decode.map(element)
-        length = int(ex[F.INPUT_MASK].sum())
-        masked = pdata.mask_example(ex[F.INPUT_IDS], length, self.spec, rng=rng)
-        ex[F.INPUT_IDS] = masked.input_ids
-        ex[F.MASKED_LM_POSITIONS] = masked.masked_lm_positions
-        ex[F.MASKED_LM_IDS] = masked.masked_lm_ids
-        ex[F.MASKED_LM_WEIGHTS] = masked.masked_lm_weights
-        return ex
+        return _mask(self.decode.map(element), self.spec, rng)
+
+
+def _mask(ex: Batch, spec: pdata.MaskingSpec, rng: np.random.Generator) -> Batch:
+    """One decoded example, masked with `rng`."""
+    length = int(ex[F.INPUT_MASK].sum())
+    masked = pdata.mask_example(ex[F.INPUT_IDS], length, spec, rng=rng)
+    return {
+        **ex,
+        F.INPUT_IDS: masked.input_ids,
+        F.MASKED_LM_POSITIONS: masked.masked_lm_positions,
+        F.MASKED_LM_IDS: masked.masked_lm_ids,
+        F.MASKED_LM_WEIGHTS: masked.masked_lm_weights,
+    }
+
+
+class PackedRecordSource:
+    """Random access over packs: pack i is the records ``plan[i]`` (see `packing`)."""
+
+    def __init__(self, records: PretrainRecordSource, plan: np.ndarray):
+        self._records = records
+        self._plan = plan
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    def __getitem__(self, record_key: int) -> tuple[bytes, ...]:
+        members = self._plan[int(record_key)]
+        return tuple(self._records[int(i)] for i in members if i >= 0)
+
+    def __repr__(self) -> str:
+        return f"PackedRecordSource({len(self)} packs of {self._records!r})"
+
+
+class _DecodeAndPack(grain.MapTransform):
+    """A pack's records -> one packed row (static masking: stored masks)."""
+
+    def __init__(self, decode: _Decode, max_sequences: int, max_predictions: int):
+        self.decode = decode
+        self.max_sequences = max_sequences
+        self.max_predictions = max_predictions
+
+    def pack(self, element: tuple[bytes, ...], mask: Any = None) -> Batch:
+        examples = [self.decode.map(record) for record in element]
+        if mask is not None:
+            examples = [mask(ex) for ex in examples]
+        return packing_lib.pack_examples(
+            examples,
+            max_seq_length=self.decode.max_seq_length,
+            max_sequences=self.max_sequences,
+            max_predictions=self.max_predictions,
+            pad_id=self.decode.pad_id,
+        )
+
+    def map(self, element: tuple[bytes, ...]) -> Batch:
+        return self.pack(element)
+
+
+class _DecodeMaskAndPack(grain.RandomMapTransform):
+    """A pack's records -> one packed row; each pair is masked in turn with the pack's
+    (seed, epoch, pack index) generator."""
+
+    def __init__(self, pack: _DecodeAndPack, spec: pdata.MaskingSpec):
+        self.packer = pack
+        self.spec = spec
+
+    def random_map(self, element: tuple[bytes, ...], rng: np.random.Generator) -> Batch:
+        return self.packer.pack(element, functools.partial(_mask, spec=self.spec, rng=rng))
+
+
+def record_lengths(records: PretrainRecordSource) -> np.ndarray:
+    """The token count of every record, read from the record headers."""
+    out = np.empty(len(records), np.int32)
+    for i in range(len(records)):
+        out[i] = pdata.HEADER.unpack_from(records[i])[3]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_plan(
+    data_dir: str, mtime: float, max_seq_length: int, max_sequences: int, seed: int
+) -> np.ndarray:
+    del mtime  # part of the cache key only: a re-created dataset is planned again
+    info = pdata.load_dataset_info(data_dir)
+    records = PretrainRecordSource(
+        [os.path.join(data_dir, s["file"]) for s in info["shards"]],
+        [s["num_examples"] for s in info["shards"]],
+    )
+    return packing_lib.plan_packs(record_lengths(records), max_seq_length, max_sequences, seed)
+
+
+def pack_plan(data_dir: str | os.PathLike, max_sequences: int, seed: int) -> np.ndarray:
+    """The packs of a dataset (`packing.plan_packs` over its record lengths), cached."""
+    data_dir = os.path.abspath(str(data_dir))
+    info = pdata.load_dataset_info(data_dir)
+    mtime = os.path.getmtime(os.path.join(data_dir, pdata.DATASET_INFO))
+    return _cached_plan(data_dir, mtime, int(info["max_seq_length"]), max_sequences, seed)
+
+
+def packed_shapes(info: dict[str, Any], max_sequences: int) -> tuple[int, int]:
+    """(max_seq_length, prediction slots) of a packed row of this dataset."""
+    t = int(info["max_seq_length"])
+    masking = info.get("masking") or {}
+    prob = float(masking.get("masked_lm_prob", info.get("masked_lm_prob", 0.15)))
+    return t, packing_lib.max_predictions_per_pack(
+        t, int(info["max_predictions_per_seq"]), prob, max_sequences
+    )
 
 
 class EpochSeededSampler:
@@ -200,6 +302,8 @@ def make_pretrain_loader(
     worker_buffer_size: int = 2,
     drop_remainder: bool = True,
     read_threads: int = 0,
+    packing: bool = False,
+    max_sequences_per_pack: int = DEFAULT_MAX_SEQUENCES_PER_PACK,
 ) -> grain.DataLoader:
     """The grain `DataLoader` behind `make_pretrain_iterator` (same arguments)."""
     info = pdata.load_dataset_info(data_dir)
@@ -241,11 +345,21 @@ def make_pretrain_loader(
             f"{data_dir}: {len(source)} examples cannot be shared by {process_count} processes"
         )
     decode = _Decode(info["max_seq_length"], info["max_predictions_per_seq"], info["pad_id"])
-    if info["dynamic_masking"]:
-        spec = pdata.MaskingSpec.from_json(info["masking"])
-        first: grain.Transformation = _DecodeAndMask(decode, spec)
+    spec = pdata.MaskingSpec.from_json(info["masking"]) if info["dynamic_masking"] else None
+    first: grain.Transformation
+    if packing:
+        plan = pack_plan(data_dir, max_sequences_per_pack, seed)
+        source = PackedRecordSource(source, plan)
+        if len(source) < process_count:
+            raise ValueError(
+                f"{data_dir}: {len(source)} packs cannot be shared by {process_count} processes"
+            )
+        packer = _DecodeAndPack(
+            decode, max_sequences_per_pack, packed_shapes(info, max_sequences_per_pack)[1]
+        )
+        first = packer if spec is None else _DecodeMaskAndPack(packer, spec)
     else:
-        first = decode
+        first = decode if spec is None else _DecodeAndMask(decode, spec)
     sampler = EpochSeededSampler(
         len(source),
         shard_options,
@@ -284,6 +398,8 @@ def make_pretrain_iterator(
     worker_buffer_size: int = 2,
     drop_remainder: bool = True,
     read_threads: int = 0,
+    packing: bool = False,
+    max_sequences_per_pack: int = DEFAULT_MAX_SEQUENCES_PER_PACK,
 ) -> Iterator[Batch]:
     """A checkpointable iterator of pre-training batches (see the module docstring).
 
@@ -303,6 +419,11 @@ def make_pretrain_iterator(
       read_threads: grain reader threads; 0 reads in the iterating thread, the fastest for
         local files (reads take ~5 µs; threads only add GIL contention). Raise it for
         slow (network) file systems.
+      packing: pack up to `max_sequences_per_pack` pairs per row (`data_pipelines.packing`);
+        the rows gain position_ids, attention_segment_ids and next_sentence_positions,
+        and next_sentence_labels becomes [B, max_sequences_per_pack] (-1: no pair).
+        Packs, not examples, are then what is shuffled, sharded and counted.
+      max_sequences_per_pack: pairs per packed row at most.
     Returns:
       grain's `DataLoaderIterator`: iterate for batches; `get_state()` / `set_state()`
       checkpoint it.
@@ -319,6 +440,8 @@ def make_pretrain_iterator(
         worker_buffer_size=worker_buffer_size,
         drop_remainder=drop_remainder,
         read_threads=read_threads,
+        packing=packing,
+        max_sequences_per_pack=max_sequences_per_pack,
     )
     return iter(loader)
 

@@ -244,3 +244,29 @@ def test_packed_attention_segments_isolate_sequences(params):
         train=False,
     )
     np.testing.assert_allclose(out[0, 5:], alone["sequence_output"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 128, 96), (1000, 33)])
+def test_dropout_rate_scale_and_determinism(shape):
+    from bertjax.model import Dropout
+
+    x = jnp.ones(shape, jnp.float32)
+    drop = Dropout(0.1)
+    y = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    assert y.shape == x.shape and y.dtype == x.dtype
+    dropped = float(jnp.mean(y == 0))
+    # 16-bit threshold: rate 6554 / 65536; binomial standard error ~ 0.3 / sqrt(n).
+    assert abs(dropped - 6554 / 65536) < 5 * 0.3 / np.sqrt(x.size)
+    np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / (1 - 6554 / 65536)], rtol=1e-6)
+    assert abs(float(jnp.mean(y)) - 1.0) < 5 * 0.33 / np.sqrt(x.size)
+    again = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    other = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_array_equal(y, again)
+    assert float(jnp.mean((y == 0) != (other == 0))) > 0.1
+    np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)
+    half = Dropout(0.5).apply(
+        {}, x.astype(jnp.bfloat16), deterministic=False, rngs={"dropout": jax.random.key(2)}
+    )
+    assert half.dtype == jnp.bfloat16
+    assert abs(float(jnp.mean(half == 0)) - 0.5) < 5 * 0.5 / np.sqrt(x.size)

@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = config_dict.placeholder(str)  # compute dtype (None = checkpoint's; bfloat16)
     c.model.param_dtype = config_dict.placeholder(str)  # master weights (None = checkpoint's)
     c.model.remat = config_dict.placeholder(bool)  # recompute layers (None = checkpoint)
+    c.model.remat_policy = config_dict.placeholder(str)  # with remat: what to keep (None = ckpt)
+    c.model.scan_layers = False  # nn.scan over the layers: one compiled body, faster compiles
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # adamw | lamb

@@ -25,6 +25,7 @@ def mesh_config() -> ml_collections.ConfigDict:
         ("vocab", "tensor"),
         ("kv", None),
         ("length", None),
+        ("layers", None),
     )
     return m
 
@@ -47,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; bfloat16 on GPU/TPU
     c.model.param_dtype = "float32"  # master weights stay fp32
     c.model.remat = False  # recompute layers in the backward pass to save memory
+    c.model.remat_policy = "nothing_saveable"  # with remat: what to keep (config.REMAT_POLICIES)
+    c.model.scan_layers = False  # nn.scan over the layers: one compiled body, faster compiles
 
     c.data = ml_collections.ConfigDict()
     c.data.train_dir = ""  # shards written by `bertjax prepare`; '' = prepare data.corpus
@@ -64,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.dynamic_masking = False  # mask on the fly with a per-epoch seed (RoBERTa)
     c.data.eval_fraction = 0.02  # share of documents held out when preparing data.corpus
     c.data.num_workers = 0  # grain worker processes (0 = in the training process)
+    c.data.packing = False  # pack several sentence pairs per row, NSP kept per pair
+    c.data.max_sequences_per_pack = 3  # pairs per packed row at most
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # adamw | lamb
@@ -90,6 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.nan_policy = "skip"  # non-finite loss/grad: 'skip' the update (counted) or 'stop'
     c.train.max_nonfinite_steps = 100  # with 'skip': stop after this many skipped updates
     c.train.prng_impl = "unsafe_rbg"  # dropout RNG; threefry2x32: masks independent of the mesh
+    c.train.profile_start = 10  # first step traced with jax.profiler (after compilation)
+    c.train.profile_steps = 0  # steps traced into WORKDIR/profile (0 = no trace)
 
     c.mesh = mesh_config()
     return c
