@@ -1,7 +1,7 @@
 """Steady-state GLUE fine-tuning step throughput, compile time, peak memory and MFU.
 
     python benchmarks/finetune_step.py --size base --seq_len 128 --batch_size 32
-        [--num_labels 3] [--dtype bfloat16] [--steps 10] [--warmup 2] [--peer] [--json]
+        [--num_labels 3] [--dtype bfloat16] [--steps 3] [--rounds 3] [--peer] [--json]
 
 The step is bertjax's real fine-tuning one (finetune.train_step on
 BertForSequenceClassification: weighted cross-entropy on the pooled [CLS] vector, or mean
@@ -19,7 +19,8 @@ With --peer the same step runs in Hugging Face transformers' BertForSequenceClas
 on PyTorch (same shapes, batch and labels, train mode, torch.optim.AdamW with lr 2e-5,
 weight decay 0.01, eps 1e-6, clip_grad_norm_ 1.0) and the ratio bertjax / peer is printed.
 With --json the last line is one JSON object with tokens_per_sec, mfu, peak_flops,
-compile_seconds (and peer_tokens_per_sec, ratio with --peer).
+compile_seconds (and peer_tokens_per_sec, ratio with --peer). Timing as in
+benchmarks/train_step.py: turns, medians, the best CPU peak of the rounds.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_step import peak_memory_bytes  # noqa: E402
+import harness  # noqa: E402
 
 from bertjax import finetune, flops, sharding  # noqa: E402
 from bertjax.config import MODEL_SIZES, model_config_for_size  # noqa: E402
@@ -79,7 +80,8 @@ def make_batch(batch_size: int, seq_len: int, num_labels: int, vocab: int, seed:
     }
 
 
-def bench_bertjax(args) -> dict:
+def setup_bertjax(args):
+    """(runner, finish), as in train_step.setup_bertjax."""
     config = finetune.ModelOverrides(dtype=args.dtype).apply(model_config_for_size(args.size))
     model = BertForSequenceClassification(config, args.num_labels)
     optim = OptimConfig(
@@ -115,42 +117,38 @@ def bench_bertjax(args) -> dict:
         t0 = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
-        for _ in range(args.warmup):
-            state, m = compiled(state, batch)
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, m = compiled(state, batch)
-        jax.block_until_ready((state, m))
-        step_s = (time.perf_counter() - t0) / args.steps
-    peak, peak_source = flops.peak_flops_per_device()
-    total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
+    run, holder = harness.jax_runner(compiled, state, batch)
     model_flops = args.batch_size * flops.finetuning_flops_per_sequence(
         config, args.seq_len, args.num_labels
     )
-    return {
-        "size": args.size,
-        "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
-        "num_labels": args.num_labels,
-        "dtype": args.dtype,
-        "devices": mesh.devices.size,
-        "device_kind": jax.devices()[0].device_kind,
-        "backend": jax.default_backend(),
-        "step_seconds": step_s,
-        "tokens_per_sec": args.batch_size * args.seq_len / step_s,
-        "sequences_per_sec": args.batch_size / step_s,
-        "compile_seconds": compile_s,
-        "peak_memory_bytes": peak_memory_bytes(),
-        "model_flops_per_step": model_flops,
-        "peak_flops": total_peak,
-        "peak_flops_source": peak_source,
-        "mfu": model_flops / step_s / total_peak,
-        "loss": float(m["loss"]),
-    }
+
+    def finish(step_s: float, peak: float, peak_source: str) -> dict:
+        total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
+        return {
+            "size": args.size,
+            "seq_len": args.seq_len,
+            "batch_size": args.batch_size,
+            "num_labels": args.num_labels,
+            "dtype": args.dtype,
+            "devices": mesh.devices.size,
+            "device_kind": jax.devices()[0].device_kind,
+            "backend": jax.default_backend(),
+            "step_seconds": step_s,
+            "tokens_per_sec": args.batch_size * args.seq_len / step_s,
+            "sequences_per_sec": args.batch_size / step_s,
+            "compile_seconds": compile_s,
+            "peak_memory_bytes": harness.peak_memory_bytes(),
+            "model_flops_per_step": model_flops,
+            "peak_flops": total_peak,
+            "peak_flops_source": peak_source,
+            "mfu": model_flops / step_s / total_peak,
+            "loss": float(holder["metrics"]["loss"]),
+        }
+
+    return run, finish
 
 
-def bench_peer(args) -> dict:
+def setup_peer(args):
     """The same step in transformers' BertForSequenceClassification (PyTorch)."""
     import torch
     import transformers
@@ -191,25 +189,13 @@ def bench_peer(args) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return loss
+        info["peer_loss"] = loss.item()
 
-    for _ in range(args.warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    step_s = (time.perf_counter() - t0) / args.steps
-    return {
+    info = {
         "peer": f"transformers {transformers.__version__} / torch {torch.__version__} "
-        f"({device}, {torch.get_num_threads()} threads)",
-        "peer_step_seconds": step_s,
-        "peer_tokens_per_sec": args.batch_size * args.seq_len / step_s,
-        "peer_loss": loss.item(),
+        f"({device}, {torch.get_num_threads()} threads)"
     }
+    return harness.torch_runner(step, device), info
 
 
 def main(argv=None) -> int:
@@ -221,16 +207,27 @@ def main(argv=None) -> int:
         "--num_labels", type=int, default=3, help="3: MNLI, 2: most GLUE tasks, 1: STS-B"
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="steps timed per round")
+    p.add_argument("--rounds", type=int, default=3, help="turns (bertjax, peer) timed")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peer", action="store_true", help="also run transformers (PyTorch)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    if args.num_labels < 1 or args.steps < 1 or args.warmup < 0:
-        p.error("--num_labels and --steps must be >= 1, --warmup >= 0")
-    result = bench_bertjax(args)
+    if args.num_labels < 1 or args.steps < 1 or args.rounds < 1 or args.warmup < 0:
+        p.error("--num_labels, --steps and --rounds must be >= 1, --warmup >= 0")
+    run, finish = setup_bertjax(args)
+    runners = {"bertjax": run}
     if args.peer:
-        result.update(bench_peer(args))
+        runners["peer"], peer_info = setup_peer(args)
+    seconds, peak, source = harness.interleaved(
+        runners, warmup=args.warmup, steps=args.steps, rounds=args.rounds
+    )
+    result = finish(seconds["bertjax"], peak, source)
+    result["rounds"] = args.rounds
+    if args.peer:
+        result.update(peer_info)
+        result["peer_step_seconds"] = seconds["peer"]
+        result["peer_tokens_per_sec"] = args.batch_size * args.seq_len / seconds["peer"]
         result["ratio"] = result["tokens_per_sec"] / result["peer_tokens_per_sec"]
     for k, v in result.items():
         print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")

@@ -1,7 +1,7 @@
 """Steady-state pre-training step throughput, compile time, peak memory and MFU.
 
     python benchmarks/train_step.py --size base --seq_len 128 --batch_size 8 [--dtype bfloat16]
-        [--steps 10] [--peer] [--json]
+        [--steps 3] [--rounds 3] [--scan_layers] [--remat] [--peer] [--json]
 
 The step is bertjax's real one (pretrain.train_step: MLM on gathered positions + NSP,
 AdamW, global-norm clipping, dropout 0.1), jitted with donated state over a data-parallel
@@ -9,6 +9,10 @@ mesh of the local devices. MFU = model FLOPs per step (bertjax/flops.py document
 formula: 6*N*tokens for the encoder matmuls + attention + the MLM head on gathered
 positions) / step time / peak, with the device's datasheet bf16 peak on GPU/TPU and, on
 CPU, a peak measured in this run by a large jitted matmul.
+
+Timing (benchmarks/harness.py): bertjax and the peer run in turns, `--rounds` turns of
+`--steps` steps each, and each reports its median turn; on a CPU the matmul peak is
+measured every round and the highest kept.
 
 With --peer the same step runs in Hugging Face transformers' BertForPreTraining on
 PyTorch (same shapes, batch, masked positions, AdamW, clipping; it computes MLM logits at
@@ -23,7 +27,6 @@ import argparse
 import functools
 import json
 import os
-import resource
 import sys
 import time
 
@@ -32,6 +35,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
 
 from bertjax import flops, pretrain, sharding  # noqa: E402
 from bertjax.config import MODEL_SIZES, model_config_for_size  # noqa: E402
@@ -61,13 +67,6 @@ def make_batch(batch_size: int, seq_len: int, num_pred: int, vocab: int, seed: i
         "masked_lm_weights": np.ones((batch_size, num_pred), np.float32),
         "next_sentence_labels": rng.integers(0, 2, (batch_size, 1)).astype(np.int32),
     }
-
-
-def peak_memory_bytes() -> int:
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
 
 
 def build_step(args):
@@ -121,43 +120,41 @@ def build_step(args):
     return compiled, state, batch, config, mesh, compile_s
 
 
-def bench_bertjax(args) -> dict:
+def setup_bertjax(args):
+    """(runner, finish): the runner times steps; finish(step_seconds, peak, source) gives
+    the result fields."""
     compiled, state, batch, config, mesh, compile_s = build_step(args)
-    for _ in range(args.warmup):
-        state, m = compiled(state, batch)
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        state, m = compiled(state, batch)
-    jax.block_until_ready((state, m))
-    step_s = (time.perf_counter() - t0) / args.steps
-    peak, peak_source = flops.peak_flops_per_device()
-    total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
+    run, holder = harness.jax_runner(compiled, state, batch)
     model_flops = args.batch_size * flops.training_flops_per_sequence(
         config, args.seq_len, args.num_pred
     )
-    return {
-        "size": args.size,
-        "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
-        "dtype": args.dtype,
-        "devices": mesh.devices.size,
-        "device_kind": jax.devices()[0].device_kind,
-        "backend": jax.default_backend(),
-        "step_seconds": step_s,
-        "tokens_per_sec": args.batch_size * args.seq_len / step_s,
-        "sequences_per_sec": args.batch_size / step_s,
-        "compile_seconds": compile_s,
-        "peak_memory_bytes": peak_memory_bytes(),
-        "model_flops_per_step": model_flops,
-        "peak_flops": total_peak,
-        "peak_flops_source": peak_source,
-        "mfu": model_flops / step_s / total_peak,
-        "loss": float(m["loss"]),
-    }
+
+    def finish(step_s: float, peak: float, peak_source: str) -> dict:
+        total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
+        return {
+            "size": args.size,
+            "seq_len": args.seq_len,
+            "batch_size": args.batch_size,
+            "dtype": args.dtype,
+            "devices": mesh.devices.size,
+            "device_kind": jax.devices()[0].device_kind,
+            "backend": jax.default_backend(),
+            "step_seconds": step_s,
+            "tokens_per_sec": args.batch_size * args.seq_len / step_s,
+            "sequences_per_sec": args.batch_size / step_s,
+            "compile_seconds": compile_s,
+            "peak_memory_bytes": harness.peak_memory_bytes(),
+            "model_flops_per_step": model_flops,
+            "peak_flops": total_peak,
+            "peak_flops_source": peak_source,
+            "mfu": model_flops / step_s / total_peak,
+            "loss": float(holder["metrics"]["loss"]),
+        }
+
+    return run, finish
 
 
-def bench_peer(args) -> dict:
+def setup_peer(args):
     """The same step in transformers' BertForPreTraining (PyTorch)."""
     import torch
     import transformers
@@ -199,25 +196,13 @@ def bench_peer(args) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return loss
+        info["peer_loss"] = loss.item()
 
-    for _ in range(args.warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    step_s = (time.perf_counter() - t0) / args.steps
-    return {
+    info = {
         "peer": f"transformers {transformers.__version__} / torch {torch.__version__} "
-        f"({device}, {torch.get_num_threads()} threads)",
-        "peer_step_seconds": step_s,
-        "peer_tokens_per_sec": args.batch_size * args.seq_len / step_s,
-        "peer_loss": loss.item(),
+        f"({device}, {torch.get_num_threads()} threads)"
     }
+    return harness.torch_runner(step, device), info
 
 
 def parser() -> argparse.ArgumentParser:
@@ -232,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
         help="masked positions per sequence (default: 20 at 128, 80 at 512)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="steps timed per round")
+    p.add_argument("--rounds", type=int, default=3, help="turns (bertjax, peer) timed")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--remat", action="store_true", help="recompute each layer in the backward")
@@ -259,9 +245,19 @@ def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(parser(), argv)
-    result = bench_bertjax(args)
+    run, finish = setup_bertjax(args)
+    runners = {"bertjax": run}
     if args.peer:
-        result.update(bench_peer(args))
+        runners["peer"], peer_info = setup_peer(args)
+    seconds, peak, source = harness.interleaved(
+        runners, warmup=args.warmup, steps=args.steps, rounds=args.rounds
+    )
+    result = finish(seconds["bertjax"], peak, source)
+    result["rounds"] = args.rounds
+    if args.peer:
+        result.update(peer_info)
+        result["peer_step_seconds"] = seconds["peer"]
+        result["peer_tokens_per_sec"] = args.batch_size * args.seq_len / seconds["peer"]
         result["ratio"] = result["tokens_per_sec"] / result["peer_tokens_per_sec"]
     for k, v in result.items():
         print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")

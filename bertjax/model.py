@@ -106,14 +106,39 @@ def padding_mask(batch: Batch) -> jax.Array:
     return mask
 
 
-class Dropout(nn.Module):
-    """Inverted dropout that draws 16 random bits per element (two per 32-bit word).
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection whose output bits each depend on all
+    input bits."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
 
-    Random-bit generation is most of dropout's cost (on CPU it was a fifth of a BERT-base
-    training step with flax's `nn.Dropout`, which draws 32 bits per element); half the words
-    makes BERT's 4 dropouts per layer about 3-4x cheaper. An element is dropped when its 16
-    bits fall below round(rate * 65536), so the rate is quantized to 1/65536 (0.1 becomes
-    0.100006), and kept elements are scaled by the exact inverse keep probability.
+
+def hashed_bits(shape: tuple[int, ...], seeds: jax.Array) -> jax.Array:
+    """32 pseudo-random bits per element of `shape`: a hash of the element's index and two
+    uint32 seeds. Each element is computed on its own (no generator state), so the bits do
+    not depend on how the array is sharded, and XLA fuses them into their consumer."""
+    rows = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+    inner = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for dim in range(len(shape) - 1, 0, -1):
+        inner = inner + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
+        stride = (stride * shape[dim]) % 2**32
+    h = _fmix32(rows * jnp.uint32(0x9E3779B1) ^ seeds[0])
+    return _fmix32(h ^ (inner * jnp.uint32(0x61C88647) + seeds[1]))
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose mask is a hash of the element index and a per-call seed.
+
+    Flax's `nn.Dropout` draws 32 bits per element from the JAX PRNG; on CPU that was a
+    fifth of a BERT-base training step. Here only two uint32 seeds come from the "dropout"
+    RNG stream; the mask is `hashed_bits(...) < rate * 2**32` (the rate exact to 2**-32),
+    computed element-wise inside the fused kernel and recomputable for the backward pass.
+    Kept elements are scaled by the exact inverse keep probability. The masks do not depend
+    on the mesh (nor on `prng_impl`'s generator speed).
     """
 
     rate: float
@@ -122,17 +147,12 @@ class Dropout(nn.Module):
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
-        threshold = min(round(self.rate * 65536), 65536)
-        if threshold >= 65536:
+        threshold = round(self.rate * 2**32)
+        if threshold >= 2**32:
             return jnp.zeros_like(x)
-        last = x.shape[-1]
-        words = jax.random.bits(
-            self.make_rng("dropout"), (*x.shape[:-1], (last + 1) // 2), jnp.uint32
-        )
-        bits = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., ceil(last / 2), 2]
-        bits = bits.reshape(*x.shape[:-1], -1)[..., :last]
-        keep = bits >= jnp.uint16(threshold)
-        return jnp.where(keep, x / (1.0 - threshold / 65536), 0).astype(x.dtype)
+        seeds = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+        keep = hashed_bits(x.shape, seeds) >= jnp.uint32(threshold)
+        return jnp.where(keep, x / (1.0 - threshold / 2**32), 0).astype(x.dtype)
 
 
 class Embeddings(nn.Module):
@@ -170,15 +190,16 @@ class Embeddings(nn.Module):
                 f"{self.config.max_position_embeddings}"
             )
         position_ids = batch.get("position_ids")
-        if position_ids is None:
-            position_ids = jnp.arange(seq_len)[None, :]  # [1, T]
+        if position_ids is None:  # positions 0..T-1: a slice, not a gather
+            table = self.position_embeddings.embedding
+            positions = table[:seq_len][None].astype(self.config.dtype)  # [1, T, D]
+        else:  # packed rows: positions restart at every sequence
+            positions = self.position_embeddings(position_ids)  # [B, T, D]
         segment_ids = batch.get("segment_ids")
         if segment_ids is None:
             segment_ids = jnp.zeros_like(input_ids)
         x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(position_ids)
-            + self.token_type_embeddings(segment_ids)
+            self.word_embeddings(input_ids) + positions + self.token_type_embeddings(segment_ids)
         )  # [B, T, D]
         x = self.LayerNorm(x)
         x = self.dropout(x, deterministic=not train)

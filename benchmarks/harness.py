@@ -1,0 +1,81 @@
+"""Timing shared by the step benchmarks: interleaved rounds, medians, a peak per round.
+
+A CPU shared with other virtual machines changes speed by 10% or more from one minute to
+the next, so timing one system and then the other compares two moments as much as two
+systems. `interleaved` runs the systems in turns (round 1: A then B, round 2: A then B,
+...), each turn timing `steps` steps, and reports each system's median turn. On a CPU
+the matmul peak is measured in every round as well and the highest is kept, so the MFU
+it gives is a lower bound.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+
+from bertjax import flops
+
+
+def jax_runner(compiled: Callable, state, batch) -> tuple[Callable[[int], float], dict]:
+    """A runner for a compiled (donating) step `compiled(state, batch) -> (state, metrics)`;
+    the dict it returns holds the latest metrics."""
+    holder = {"state": state, "metrics": None}
+
+    def run(steps: int) -> float:
+        s = holder["state"]
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            s, m = compiled(s, batch)
+        jax.block_until_ready((s, m))
+        holder["state"], holder["metrics"] = s, m
+        return time.perf_counter() - t0
+
+    return run, holder
+
+
+def torch_runner(step: Callable[[], object], device: str) -> Callable[[int], float]:
+    """A runner for a PyTorch training step function (synchronised on CUDA)."""
+    import torch
+
+    def run(steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def interleaved(
+    runners: dict[str, Callable[[int], float]], *, warmup: int, steps: int, rounds: int
+) -> tuple[dict[str, float], float, str]:
+    """Median seconds per step of each runner, and (peak FLOP/s, its source) per device."""
+    for run in runners.values():
+        if warmup:
+            run(warmup)
+    per_round: dict[str, list[float]] = {name: [] for name in runners}
+    on_cpu = jax.devices()[0].platform == "cpu"
+    peaks = []
+    for _ in range(rounds):
+        if on_cpu:
+            peaks.append(flops.measured_cpu_peak_flops())
+        for name, run in runners.items():
+            per_round[name].append(run(steps) / steps)
+    if on_cpu:
+        peak, source = max(peaks), f"measured fp32 matmul on this CPU (best of {rounds} rounds)"
+    else:
+        peak, source = flops.peak_flops_per_device()
+    return {name: statistics.median(v) for name, v in per_round.items()}, peak, source
+
+
+def peak_memory_bytes() -> int:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
