@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_pred", type=int, default=20)
-    p.add_argument("--prng_impl", default="unsafe_rbg")
+    p.add_argument("--prng_impl", default="threefry2x32")
     args = p.parse_args(argv)
     batch = make_batch(args.batch_size, args.seq_len, args.num_pred, 30522)
     peak, source = flops.peak_flops_per_device()

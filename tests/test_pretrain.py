@@ -120,7 +120,7 @@ def _params(workdir: str):
 
 
 def test_sharded_mesh_matches_single_device(data_dirs, tmp_path):
-    # threefry2x32 draws the same dropout masks whatever the sharding (unsafe_rbg does not).
+    # Dropout masks are hashes of the element index: the same whatever the sharding.
     one = _config(data_dirs, **{"train.num_steps": 3, "train.prng_impl": "threefry2x32"})
     one.mesh.data = 1
     pretrain.train(one, str(tmp_path / "one"), devices=jax.devices()[:1])
