@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -123,27 +122,17 @@ def setup_bertjax(args):
     )
 
     def finish(step_s: float, peak: float, peak_source: str) -> dict:
-        total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
-        return {
-            "size": args.size,
-            "seq_len": args.seq_len,
-            "batch_size": args.batch_size,
-            "num_labels": args.num_labels,
-            "dtype": args.dtype,
-            "devices": mesh.devices.size,
-            "device_kind": jax.devices()[0].device_kind,
-            "backend": jax.default_backend(),
-            "step_seconds": step_s,
-            "tokens_per_sec": args.batch_size * args.seq_len / step_s,
-            "sequences_per_sec": args.batch_size / step_s,
-            "compile_seconds": compile_s,
-            "peak_memory_bytes": harness.peak_memory_bytes(),
-            "model_flops_per_step": model_flops,
-            "peak_flops": total_peak,
-            "peak_flops_source": peak_source,
-            "mfu": model_flops / step_s / total_peak,
-            "loss": float(holder["metrics"]["loss"]),
-        }
+        return harness.jax_result(
+            args,
+            mesh=mesh,
+            compile_seconds=compile_s,
+            model_flops=model_flops,
+            metrics=holder["metrics"],
+            step_seconds=step_s,
+            peak=peak,
+            peak_source=peak_source,
+            num_labels=args.num_labels,
+        )
 
     return run, finish
 
@@ -215,24 +204,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.num_labels < 1 or args.steps < 1 or args.rounds < 1 or args.warmup < 0:
         p.error("--num_labels, --steps and --rounds must be >= 1, --warmup >= 0")
-    run, finish = setup_bertjax(args)
-    runners = {"bertjax": run}
-    if args.peer:
-        runners["peer"], peer_info = setup_peer(args)
-    seconds, peak, source = harness.interleaved(
-        runners, warmup=args.warmup, steps=args.steps, rounds=args.rounds
-    )
-    result = finish(seconds["bertjax"], peak, source)
-    result["rounds"] = args.rounds
-    if args.peer:
-        result.update(peer_info)
-        result["peer_step_seconds"] = seconds["peer"]
-        result["peer_tokens_per_sec"] = args.batch_size * args.seq_len / seconds["peer"]
-        result["ratio"] = result["tokens_per_sec"] / result["peer_tokens_per_sec"]
-    for k, v in result.items():
-        print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
-    if args.json:
-        print(json.dumps(result))
+    harness.compare(args, setup_bertjax, setup_peer)
     return 0
 
 

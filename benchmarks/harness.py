@@ -79,3 +79,68 @@ def peak_memory_bytes() -> int:
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
+
+
+def jax_result(
+    args,
+    *,
+    mesh,
+    compile_seconds: float,
+    model_flops: float,
+    metrics,
+    step_seconds: float,
+    peak: float,
+    peak_source: str,
+    **extra,
+) -> dict:
+    """The figures of a timed bertjax step (`args`: size, seq_len, batch_size, dtype)."""
+    total_peak = peak if jax.devices()[0].platform == "cpu" else peak * mesh.devices.size
+    return {
+        "size": args.size,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        **extra,
+        "dtype": args.dtype,
+        "devices": mesh.devices.size,
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "step_seconds": step_seconds,
+        "tokens_per_sec": args.batch_size * args.seq_len / step_seconds,
+        "sequences_per_sec": args.batch_size / step_seconds,
+        "compile_seconds": compile_seconds,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "model_flops_per_step": model_flops,
+        "peak_flops": total_peak,
+        "peak_flops_source": peak_source,
+        "mfu": model_flops / step_seconds / total_peak,
+        "loss": float(metrics["loss"]),
+    }
+
+
+def compare(args, setup_bertjax: Callable, setup_peer: Callable) -> dict:
+    """Times bertjax (and with `args.peer` the peer) in turns; prints and returns the figures.
+
+    setup_bertjax(args) -> (runner, finish(step_seconds, peak, source) -> dict);
+    setup_peer(args) -> (runner, info dict).
+    """
+    import json
+
+    run, finish = setup_bertjax(args)
+    runners = {"bertjax": run}
+    if args.peer:
+        runners["peer"], peer_info = setup_peer(args)
+    seconds, peak, source = interleaved(
+        runners, warmup=args.warmup, steps=args.steps, rounds=args.rounds
+    )
+    result = finish(seconds["bertjax"], peak, source)
+    result["rounds"] = args.rounds
+    if args.peer:
+        result.update(peer_info)
+        result["peer_step_seconds"] = seconds["peer"]
+        result["peer_tokens_per_sec"] = args.batch_size * args.seq_len / seconds["peer"]
+        result["ratio"] = result["tokens_per_sec"] / result["peer_tokens_per_sec"]
+    for k, v in result.items():
+        print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
+    if args.json:
+        print(json.dumps(result))
+    return result

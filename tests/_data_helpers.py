@@ -56,3 +56,18 @@ def write_corpus(path: str | os.PathLike, documents: list[list[str]]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n\n".join("\n".join(doc) for doc in documents) + "\n")
     return str(path)
+
+
+def model_batch(vocab_size: int, b: int = 2, t: int = 12, p: int = 3, seed: int = 0) -> dict:
+    """A small model input batch: two segments, the second row padded after 7 tokens."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    mask = np.ones((b, t), np.int32)
+    mask[1, 7:] = 0
+    return {
+        "input_ids": rng.integers(1, vocab_size, (b, t)).astype(np.int32) * mask,
+        "input_mask": mask,
+        "segment_ids": (np.arange(t)[None] >= 4).astype(np.int32) * mask,
+        "masked_lm_positions": rng.integers(1, 7, (b, p)).astype(np.int32),
+    }

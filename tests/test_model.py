@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _data_helpers import model_batch
 
 from bertjax.config import model_config_for_size
 from bertjax.model import (
@@ -28,15 +29,7 @@ CONFIG = model_config_for_size(
 
 
 def _batch(b=2, t=12, p=3, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((b, t), np.int32)
-    mask[1, 7:] = 0
-    return {
-        "input_ids": rng.integers(1, CONFIG.vocab_size, (b, t)).astype(np.int32) * mask,
-        "input_mask": mask,
-        "segment_ids": (np.arange(t)[None] >= 4).astype(np.int32) * mask,
-        "masked_lm_positions": rng.integers(1, 7, (b, p)).astype(np.int32),
-    }
+    return model_batch(CONFIG.vocab_size, b, t, p, seed)
 
 
 @pytest.fixture(scope="module")

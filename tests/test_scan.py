@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from _data_helpers import model_batch
 from jax.sharding import PartitionSpec as P
 
 from bertjax import checkpoint as ckpt
@@ -45,15 +46,7 @@ NO_DROPOUT = dict(hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
 
 
 def _batch(b=2, t=12, p=3, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((b, t), np.int32)
-    mask[1, 7:] = 0
-    return {
-        "input_ids": rng.integers(1, CONFIG.vocab_size, (b, t)).astype(np.int32) * mask,
-        "input_mask": mask,
-        "segment_ids": (np.arange(t)[None] >= 4).astype(np.int32) * mask,
-        "masked_lm_positions": rng.integers(1, 7, (b, p)).astype(np.int32),
-    }
+    return model_batch(CONFIG.vocab_size, b, t, p, seed)
 
 
 def _init(config: ModelConfig, seed: int = 0):
@@ -180,7 +173,8 @@ def test_scanned_remat_recomputes_the_same_dropout_masks(params, reference_grads
     lb, gb = _loss_and_grads(config.replace(remat=True), stacked)
     np.testing.assert_allclose(lb, la, rtol=1e-6)
     _assert_trees_close(gb, ga)
-    assert abs(float(la) - float(reference_grads[True][0])) > 1e-4  # dropout was on
+    ref = float(reference_grads[True][0])
+    assert abs(float(la) - ref) > 1e-3 * abs(ref)  # dropout was on
 
 
 def test_lamb_update_is_the_same_for_stacked_layers(params):
