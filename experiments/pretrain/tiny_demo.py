@@ -9,10 +9,10 @@ examples are prepared into WORKDIR/data on the first run.
                  --config.model.dtype=bfloat16 --config.train.batch_size=256
     TPU slice: not useful at this size; see bert_base.py.
 
-Expected (measured, 2 CPU cores): about 4 minutes of training after a 15-second data
-preparation; held-out masked-LM accuracy rises from ~0 to ~16%, against 4.5% for always
+Expected (measured, 2 CPU cores): about 3.5 minutes of training after a 15-second data
+preparation; held-out masked-LM accuracy rises from ~0 to ~15%, against 4.5% for always
 guessing the most frequent masked token (the `mlm_majority_baseline` printed with every
-evaluation); NSP accuracy ~66%.
+evaluation); NSP accuracy ~65%.
 """
 
 from __future__ import annotations
