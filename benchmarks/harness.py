@@ -144,3 +144,27 @@ def compare(args, setup_bertjax: Callable, setup_peer: Callable) -> dict:
     if args.json:
         print(json.dumps(result))
     return result
+
+
+def torch_peer(model, optimizer, inputs: dict, *, device: str, bf16: bool):
+    """(runner, info) for a transformers model's training step: forward (under autocast
+    with `bf16`), backward, global-norm clipping at 1.0 and the optimizer step."""
+    import torch
+    import transformers
+
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+    info = {
+        "peer": f"transformers {transformers.__version__} / torch {torch.__version__} "
+        f"({device}, {torch.get_num_threads()} threads)"
+    }
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        info["peer_loss"] = loss.item()
+
+    return torch_runner(step, device), info

@@ -174,24 +174,7 @@ def setup_peer(args):
             b["next_sentence_labels"][:, 0], dtype=torch.long, device=device
         ),
     }
-    autocast = torch.autocast(
-        device_type=device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"
-    )
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        info["peer_loss"] = loss.item()
-
-    info = {
-        "peer": f"transformers {transformers.__version__} / torch {torch.__version__} "
-        f"({device}, {torch.get_num_threads()} threads)"
-    }
-    return harness.torch_runner(step, device), info
+    return harness.torch_peer(model, opt, inputs, device=device, bf16=args.dtype == "bfloat16")
 
 
 def parser() -> argparse.ArgumentParser:
