@@ -140,25 +140,16 @@ def setup_bertjax(args):
 def setup_peer(args):
     """The same step in transformers' BertForSequenceClassification (PyTorch)."""
     import torch
-    import transformers
 
-    torch.manual_seed(0)
-    layers, hidden, heads, mlp = MODEL_SIZES[args.size]
-    hf_cfg = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=mlp,
+    model, opt, device = harness.hf_bert(
+        "BertForSequenceClassification",
+        args.size,
+        learning_rate=LEARNING_RATE,
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
         num_labels=args.num_labels,
         problem_type="regression" if args.num_labels == 1 else "single_label_classification",
     )
-    model = transformers.BertForSequenceClassification(hf_cfg).train()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01, eps=1e-6)
     b = make_batch(args.batch_size, args.seq_len, args.num_labels, 30522)
     label_dtype = torch.float32 if args.num_labels == 1 else torch.long
     inputs = {

@@ -146,6 +146,31 @@ def compare(args, setup_bertjax: Callable, setup_peer: Callable) -> dict:
     return result
 
 
+def hf_bert(model_class: str, size: str, *, learning_rate: float, **config):
+    """(model in train mode, AdamW, device) for a transformers BERT class of a size from
+    bertjax's size table; `config` adds BertConfig fields (dropout, labels, ...)."""
+    import torch
+    import transformers
+
+    from bertjax.config import MODEL_SIZES
+
+    torch.manual_seed(0)
+    layers, hidden, heads, mlp = MODEL_SIZES[size]
+    hf_cfg = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        **config,
+    )
+    model = getattr(transformers, model_class)(hf_cfg).train()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, eps=1e-6)
+    return model, optimizer, device
+
+
 def torch_peer(model, optimizer, inputs: dict, *, device: str, bf16: bool):
     """(runner, info) for a transformers model's training step: forward (under autocast
     with `bf16`), backward, global-norm clipping at 1.0 and the optimizer step."""

@@ -67,10 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
                 progress=False,
             )
             info = pdata.load_dataset_info(out)
-            records = pinput.PretrainRecordSource(
-                [os.path.join(out, s["file"]) for s in info["shards"]],
-                [s["num_examples"] for s in info["shards"]],
-            )
+            records = pinput.PretrainRecordSource.from_dataset(out, info)
             lengths = pinput.record_lengths(records)
             plan = packing.plan_packs(lengths, t, args.max_sequences)
             slots = packing.max_predictions_per_pack(t, max_pred, 0.15, args.max_sequences)

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 from bertjax import flops, pretrain, sharding  # noqa: E402
-from bertjax.config import MODEL_SIZES, model_config_for_size  # noqa: E402
+from bertjax.config import model_config_for_size  # noqa: E402
 from bertjax.model import BertForPreTraining  # noqa: E402
 from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer  # noqa: E402
 
@@ -146,22 +146,13 @@ def setup_bertjax(args):
 def setup_peer(args):
     """The same step in transformers' BertForPreTraining (PyTorch)."""
     import torch
-    import transformers
 
-    torch.manual_seed(0)
-    layers, hidden, heads, mlp = MODEL_SIZES[args.size]
-    hf_cfg = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=mlp,
+    model, opt, device = harness.hf_bert(
+        "BertForPreTraining",
+        args.size,
+        learning_rate=1e-4,
         attention_probs_dropout_prob=args.attention_dropout,
     )
-    model = transformers.BertForPreTraining(hf_cfg).train()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
     b = make_batch(args.batch_size, args.seq_len, args.num_pred, 30522)
     labels = np.full((args.batch_size, args.seq_len), -100, np.int64)
     np.put_along_axis(labels, b["masked_lm_positions"], b["masked_lm_ids"], axis=1)

@@ -68,6 +68,14 @@ def next_sentence_loss(
     return classification_loss(logits, labels, weights)
 
 
+def pair_next_sentence_loss(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """NSP over every pair of a batch: logits [B, 2] or [B, K, 2] (packed rows), labels of
+    the same leading shape (or [B, 1]); a negative label (no pair) is left out."""
+    labels = labels.reshape(-1)
+    weights = (labels >= 0).astype(jnp.float32)
+    return next_sentence_loss(logits.reshape(-1, 2), jnp.maximum(labels, 0), weights)
+
+
 def regression_loss(
     predictions: jax.Array, targets: jax.Array, weights: jax.Array | None = None
 ) -> dict[str, jax.Array]:
@@ -131,9 +139,7 @@ def pretraining_loss(
     micro-batches passes the whole batch's sums so the total equals the full-batch loss.
     """
     mlm = masked_lm_loss(mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
-    labels = batch["next_sentence_labels"].reshape(-1)
-    nsp_w = (labels >= 0).astype(jnp.float32)
-    nsp = next_sentence_loss(nsp_logits.reshape(-1, 2), jnp.maximum(labels, 0), nsp_w)
+    nsp = pair_next_sentence_loss(nsp_logits, batch["next_sentence_labels"])
     mlm_den = mlm["weight_sum"] if mlm_denominator is None else mlm_denominator
     nsp_den = nsp["weight_sum"] if nsp_denominator is None else nsp_denominator
     mlm_loss = mlm["loss_sum"] / jnp.maximum(mlm_den, 1e-5)

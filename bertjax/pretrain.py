@@ -330,10 +330,7 @@ def eval_step(
     mlm = losses.masked_lm_loss(
         out["mlm_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
     )
-    labels = batch["next_sentence_labels"].reshape(-1)
-    nsp = losses.next_sentence_loss(
-        out["nsp_logits"].reshape(-1, 2), jnp.maximum(labels, 0), (labels >= 0).astype(jnp.float32)
-    )
+    nsp = losses.pair_next_sentence_loss(out["nsp_logits"], batch["next_sentence_labels"])
     return {
         "mlm_loss_sum": mlm["loss_sum"],
         "mlm_correct_sum": mlm["correct_sum"],

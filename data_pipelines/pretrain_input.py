@@ -75,6 +75,16 @@ class PretrainRecordSource:
         self._readers: list[Any] = [None] * len(self._paths)
         self._locks = [threading.Lock() for _ in self._paths]
 
+    @classmethod
+    def from_dataset(
+        cls, data_dir: str | os.PathLike, info: dict[str, Any]
+    ) -> PretrainRecordSource:
+        """The records of a dataset directory, given its `dataset_info.json` contents."""
+        return cls(
+            [os.path.join(str(data_dir), s["file"]) for s in info["shards"]],
+            [s["num_examples"] for s in info["shards"]],
+        )
+
     def __len__(self) -> int:
         return self._starts[-1]
 
@@ -209,24 +219,23 @@ def record_lengths(records: PretrainRecordSource) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_plan(
-    data_dir: str, mtime: float, max_seq_length: int, max_sequences: int, seed: int
-) -> np.ndarray:
+def _cached_plan(data_dir: str, mtime: float, max_sequences: int, seed: int) -> np.ndarray:
     del mtime  # part of the cache key only: a re-created dataset is planned again
     info = pdata.load_dataset_info(data_dir)
-    records = PretrainRecordSource(
-        [os.path.join(data_dir, s["file"]) for s in info["shards"]],
-        [s["num_examples"] for s in info["shards"]],
-    )
-    return packing_lib.plan_packs(record_lengths(records), max_seq_length, max_sequences, seed)
+    records = PretrainRecordSource.from_dataset(data_dir, info)
+    try:
+        return packing_lib.plan_packs(
+            record_lengths(records), int(info["max_seq_length"]), max_sequences, seed
+        )
+    except ValueError as e:
+        raise ValueError(f"{data_dir}: {e}") from e
 
 
 def pack_plan(data_dir: str | os.PathLike, max_sequences: int, seed: int) -> np.ndarray:
     """The packs of a dataset (`packing.plan_packs` over its record lengths), cached."""
     data_dir = os.path.abspath(str(data_dir))
-    info = pdata.load_dataset_info(data_dir)
     mtime = os.path.getmtime(os.path.join(data_dir, pdata.DATASET_INFO))
-    return _cached_plan(data_dir, mtime, int(info["max_seq_length"]), max_sequences, seed)
+    return _cached_plan(data_dir, mtime, max_sequences, seed)
 
 
 def packed_shapes(info: dict[str, Any], max_sequences: int) -> tuple[int, int]:
@@ -334,8 +343,7 @@ def make_pretrain_loader(
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     batch_size = global_batch_size // process_count
 
-    paths = [os.path.join(str(data_dir), s["file"]) for s in info["shards"]]
-    source = PretrainRecordSource(paths, [s["num_examples"] for s in info["shards"]])
+    source = PretrainRecordSource.from_dataset(data_dir, info)
     # The DataLoader strides over one global order (see EpochSeededSampler).
     shard_options = grain.ShardOptions(
         shard_index=process_index, shard_count=process_count, drop_remainder=True
