@@ -4,13 +4,21 @@ A bertjax model directory carries everything a command needs, so each takes just
 `--checkpoint DIR`:
 
     DIR/bertjax_config.json   {"format": "bertjax", "version": 1, "model": {ModelConfig},
-                               "heads": ["mlm", "nsp"], "source": "..."}
+                               "heads": ["pooler", "classifier"], "source": "...",
+                               "task": {"name": "mnli", "kind": "classification",
+                                        "labels": ["entailment", "neutral", "contradiction"]}}
     DIR/params/               Orbax checkpoint of the parameter tree (plain nested dict)
     DIR/vocab.txt | spm.model the tokenizer, with DIR/tokenizer_config.json
 
 A directory is written under a temporary name and renamed when complete, so a crash
 never leaves something that looks like a checkpoint; an existing checkpoint is only
 replaced when the caller asks to overwrite it.
+
+"heads" lists the optional parts the parameters hold (`head_groups`). "task" is present when
+they hold a downstream head (classifier or qa_outputs): what the head's outputs mean, so that
+an export can say it (`check_task` gives the rules). A fine-tuning run records the task it
+trained; an imported checkpoint the one its config names; otherwise it is inferred from the
+parameters (`infer_task`), with labels null.
 
 Model directories always hold the canonical layer_0, layer_1, ... layout (their config
 says scan_layers=False): parameters of a run with `scan_layers` are unstacked when saved,
@@ -108,22 +116,30 @@ def restore_params(path: str, target: Any | None = None) -> Any:
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: parameter checkpoint not found")
     ckptr = ocp.StandardCheckpointer()
-    if target is None:
-        meta = ckptr.metadata(path)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        target = jax.tree_util.tree_map(
-            lambda m: np.zeros(m.shape, m.dtype),
-            tree,
-            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
-        )
-        restored = ckptr.restore(path, target)
-        return jax.tree_util.tree_map(np.asarray, restored)
-    return ckptr.restore(path, target)
+    try:
+        if target is None:
+            meta = ckptr.metadata(path)
+            tree = getattr(meta, "item_metadata", meta)
+            tree = getattr(tree, "tree", tree)
+            target = jax.tree_util.tree_map(
+                lambda m: np.zeros(m.shape, m.dtype),
+                tree,
+                is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
+            )
+            restored = ckptr.restore(path, target)
+            return jax.tree_util.tree_map(np.asarray, restored)
+        return ckptr.restore(path, target)
+    except Exception as e:  # damaged or foreign files surface as many exception types
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(
+            f"{path}: parameter checkpoint cannot be read ({type(e).__name__}: {first})"
+        ) from e
 
 
 def head_groups(params: dict[str, Any]) -> list[str]:
-    """Which optional parts a parameter tree holds: pooler, mlm and nsp heads."""
+    """Which optional parts a parameter tree holds: the pooler, the mlm and nsp heads, and
+    the downstream heads `classifier` (sequence or token classification, regression) and
+    `qa_outputs` (span prediction)."""
     groups = []
     if "pooler" in params.get("bert", {}):
         groups.append("pooler")
@@ -132,7 +148,101 @@ def head_groups(params: dict[str, Any]) -> list[str]:
         groups.append("mlm")
     if "seq_relationship" in cls:
         groups.append("nsp")
+    groups += [head for head in DOWNSTREAM_HEADS if head in params]
     return groups
+
+
+# --- What a downstream head's outputs mean ------------------------------------------------------
+
+DOWNSTREAM_HEADS = ("classifier", "qa_outputs")
+# Task kind -> the head it uses. Sequence kinds read the pooled [CLS] vector
+# (model.BertForSequenceClassification); token_classification and span read every token.
+TASK_KINDS = {
+    "classification": "classifier",  # softmax over the labels
+    "multi_label_classification": "classifier",  # one sigmoid per label
+    "regression": "classifier",  # one output (STS-B)
+    "token_classification": "classifier",  # a label per token (model.BertForTokenClassification)
+    "span": "qa_outputs",  # start and end logits per token (model.BertForQuestionAnswering)
+}
+_TASK_KEYS = ("name", "kind", "labels")
+
+
+def head_outputs(params: dict[str, Any], head: str) -> int | None:
+    """Outputs of a downstream head (its bias length), None when `params` lack it."""
+    bias = params.get(head, {}).get("bias")
+    return None if bias is None else int(np.shape(bias)[-1])
+
+
+def check_task(task: Any, params: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """The normalised task metadata {"name", "kind", "labels"} of a model directory.
+
+    `task` is a mapping with `kind` (one of TASK_KINDS), optional `name` (the task's name,
+    e.g. "mnli"; "" when unknown) and optional `labels`: the class names in class-id order,
+    one per output of the head, unique, or null (names default to LABEL_0, LABEL_1, ...).
+    The head the kind uses must be in `params` with a fitting number of outputs: 1 for
+    regression, 2 for span, at least 2 for classification; sequence kinds also need the
+    pooler. Raises CheckpointError naming `where` and the offending key and value.
+    """
+    if not isinstance(task, dict):
+        raise CheckpointError(f"{where}: 'task' must be an object, got {task!r}")
+    unknown = sorted(set(task) - set(_TASK_KEYS))
+    if unknown:
+        raise CheckpointError(f"{where}: task has unknown keys {unknown}; known {_TASK_KEYS}")
+    kind, name, labels = task.get("kind"), task.get("name", ""), task.get("labels")
+    if kind not in TASK_KINDS:
+        raise CheckpointError(f"{where}: task.kind={kind!r} is not one of {sorted(TASK_KINDS)}")
+    if not isinstance(name, str):
+        raise CheckpointError(f"{where}: task.name={name!r} must be a string")
+    head = TASK_KINDS[kind]
+    n = head_outputs(params, head)
+    if n is None:
+        raise CheckpointError(
+            f"{where}: task.kind={kind!r} needs the {head} head, which the parameters lack "
+            f"(they hold {head_groups(params)})"
+        )
+    fits, wanted = {
+        "regression": (n == 1, "1 output"),
+        "span": (n == 2, "2 outputs"),
+    }.get(kind, (n >= 2, "2 or more outputs"))
+    if not fits:
+        raise CheckpointError(
+            f"{where}: task.kind={kind!r} needs a {head} head with {wanted}; it has {n}"
+        )
+    if kind in ("classification", "multi_label_classification", "regression") and (
+        "pooler" not in params.get("bert", {})
+    ):
+        raise CheckpointError(f"{where}: task.kind={kind!r} reads the pooler, which is missing")
+    if labels is not None:
+        if not isinstance(labels, (list, tuple)) or not all(
+            isinstance(x, str) and x for x in labels
+        ):
+            raise CheckpointError(
+                f"{where}: task.labels={labels!r} must be a list of non-empty strings or null"
+            )
+        if len(labels) != n:
+            raise CheckpointError(
+                f"{where}: task.labels has {len(labels)} names but the {head} head has {n} outputs"
+            )
+        if len(set(labels)) != len(labels):
+            raise CheckpointError(f"{where}: task.labels={list(labels)} has duplicate names")
+        labels = list(labels)
+    return {"name": name, "kind": kind, "labels": labels}
+
+
+def infer_task(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The task metadata a parameter tree implies when nothing names it, or None without a
+    downstream head: qa_outputs -> span; a classifier with the pooler -> classification
+    (regression for one output), without it -> token_classification. Labels are null."""
+    if "qa_outputs" in params:
+        kind = "span"
+    elif "classifier" in params:
+        if "pooler" not in params.get("bert", {}):
+            kind = "token_classification"
+        else:
+            kind = "regression" if head_outputs(params, "classifier") == 1 else "classification"
+    else:
+        return None
+    return {"name": "", "kind": kind, "labels": None}
 
 
 def canonical(params: dict[str, Any], config: ModelConfig) -> tuple[dict[str, Any], ModelConfig]:
@@ -152,13 +262,19 @@ def save_model_dir(
     *,
     tokenizer: Any | None = None,
     source: str = "",
+    task: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> str:
     """Writes a complete bertjax model directory atomically; returns its absolute path.
 
-    `params` are in the layout of `config`; the directory gets the canonical one.
+    `params` are in the layout of `config`; the directory gets the canonical one. `task`
+    says what a downstream head's outputs mean ({"name", "kind", "labels"}, see
+    `check_task`, which raises CheckpointError when it does not fit the parameters); without
+    it, a head's task is inferred (`infer_task`) and recorded with labels null.
     """
     params, config = canonical(_unbox(params), config)
+    where = os.path.join(out_dir, CONFIG_FILE)
+    task = infer_task(params) if task is None else check_task(task, params, where=where)
 
     def write(tmp: str) -> None:
         save_params(os.path.join(tmp, PARAMS_DIR), params)
@@ -169,6 +285,8 @@ def save_model_dir(
             "heads": head_groups(params),
             "source": source,
         }
+        if task is not None:
+            meta["task"] = task
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -216,13 +334,108 @@ def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, An
 
 
 def load_tokenizer_from(path: str):
-    """The tokenizer stored in a model directory, with an error naming the directory."""
+    """The tokenizer stored in a model directory, with an error naming the directory.
+
+    Only the tokenizer is read; callers that also hold the model use
+    `load_model_and_tokenizer` (or `check_vocab_fits`), so every id it can produce has an
+    embedding row.
+    """
     from data_pipelines.tokenizers import load_tokenizer
 
     try:
         return load_tokenizer(path)
     except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(f"{path}: no usable tokenizer in the checkpoint ({e})") from e
+
+
+# --- Token ids against the embedding tables ------------------------------------------------------
+#
+# The one rule for every command that feeds a tokenizer's ids to a model: each id needs a row in
+# the word-embedding table. JAX's gather does not fail on an out-of-range index (on CPU/GPU it
+# returns NaN-filled rows under `jnp.take`'s default mode), so a vocab.txt with more lines than
+# the checkpoint has rows would silently turn every vector of a sequence holding one of the extra
+# tokens into NaN; transformers raises an IndexError there instead. A table with more rows than
+# the vocab has entries is valid (vocabularies padded to a multiple of 8 or 128, unused rows).
+
+
+class VocabMismatchError(CheckpointError):
+    """A tokenizer whose ids do not all have a row in the model's word-embedding table."""
+
+
+def tokenizer_file(tokenizer: Any) -> str:
+    """The vocab.txt / SentencePiece model file a tokenizer was read from ('' if unknown)."""
+    return str(getattr(tokenizer, "vocab_file", "") or getattr(tokenizer, "model_file", ""))
+
+
+def check_vocab_fits(
+    vocab_size: int, embedding_rows: int, *, vocab_source: str, model_source: str
+) -> None:
+    """Raises VocabMismatchError unless every id in [0, vocab_size) has an embedding row.
+
+    Args:
+      vocab_size: number of tokens of the tokenizer (ids 0 .. vocab_size - 1).
+      embedding_rows: rows of the word-embedding table (`ModelConfig.vocab_size`).
+      vocab_source: the file (or dataset) the vocab comes from, named in the error.
+      model_source: the checkpoint / config the table comes from, named in the error.
+    """
+    if vocab_size > embedding_rows:
+        raise VocabMismatchError(
+            f"{vocab_source}: the vocab has {vocab_size} tokens but {model_source} has only "
+            f"{embedding_rows} word-embedding rows (ids {embedding_rows}..{vocab_size - 1} "
+            "have no embedding); use the vocab the model was trained with"
+        )
+
+
+def check_tokenizer_fits(tokenizer: Any, config: ModelConfig, *, model_source: str) -> None:
+    """`check_vocab_fits` for a tokenizer object and a model config."""
+    check_vocab_fits(
+        tokenizer.vocab_size,
+        config.vocab_size,
+        vocab_source=tokenizer_file(tokenizer) or "the tokenizer",
+        model_source=model_source,
+    )
+
+
+def check_sequence_fits(
+    config: ModelConfig, *, max_seq_length: int, num_segments: int, what: str, model_source: str
+) -> None:
+    """Raises CheckpointError unless sequences of `max_seq_length` tokens and `num_segments`
+    segments (1 for single texts, 2 for pairs) have position and token-type embedding rows.
+
+    `what` names the setting that asks for the length (e.g. "--max_seq_length=512").
+    """
+    if max_seq_length > config.max_position_embeddings:
+        raise CheckpointError(
+            f"{what} exceeds the max_position_embeddings={config.max_position_embeddings} of "
+            f"{model_source}"
+        )
+    if num_segments > config.type_vocab_size:
+        raise CheckpointError(
+            f"{model_source}: type_vocab_size={config.type_vocab_size} cannot embed the "
+            f"{num_segments} segments of a sentence pair (segment ids 0..{num_segments - 1})"
+        )
+
+
+def load_model_and_tokenizer(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, Any], Any]:
+    """(config, params, metadata, tokenizer) of a model directory or pre-training workdir,
+    checked so that every token id has an embedding row (VocabMismatchError otherwise)."""
+    config, params, meta = load_model_dir(path)
+    tokenizer = load_tokenizer_from(path)
+    check_tokenizer_fits(tokenizer, config, model_source=os.path.join(path, CONFIG_FILE))
+    return config, params, meta, tokenizer
+
+
+def load_checked_tokenizer(path: str, *, do_lower_case: bool | None = None) -> Any:
+    """A tokenizer from a vocab file or directory (`data_pipelines.tokenizers.load_tokenizer`);
+    when `path` is a bertjax checkpoint, its ids are checked against the checkpoint's
+    embedding table as well."""
+    from data_pipelines.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(path, do_lower_case=do_lower_case)
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        config, _ = load_model_config(path)
+        check_tokenizer_fits(tokenizer, config, model_source=os.path.join(path, CONFIG_FILE))
+    return tokenizer
 
 
 def merge_params(
@@ -326,11 +539,14 @@ class TrainCheckpointer:
         """(newest readable state or None, data iterator positioned to match it).
 
         The state is restored first and the iterator second, so a damaged step never leaves
-        a half-restored pair; when nothing is readable, the iterator is a fresh one.
+        a half-restored pair. With no checkpoint the iterator is a fresh one; when there are
+        checkpoints but none can be restored, CheckpointError is raised rather than starting
+        over in a directory whose checkpoints would then be replaced.
         """
         import grain
 
         log = logging.getLogger(__name__)
+        failures = []
         for step in reversed(self.steps()):
             iterator = make_iterator()
             try:
@@ -348,8 +564,17 @@ class TrainCheckpointer:
                     type(e).__name__,
                     e,
                 )
+                failures.append(
+                    f"{step} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+                )
                 continue
             return state, iterator
+        if failures:
+            raise CheckpointError(
+                f"{self.directory}: none of the checkpoints can be restored (steps "
+                f"{'; '.join(failures)}); they may come from another version of bertjax or another "
+                "config. Nothing was changed: use another --workdir, or move the checkpoints away"
+            )
         return None, make_iterator()
 
     def close(self) -> None:

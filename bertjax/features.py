@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import jax
 import numpy as np
@@ -19,23 +21,34 @@ from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
 from bertjax.model import BertModel
+from data_pipelines import corpus
 
-PAIR_SEPARATOR = " ||| "
+# google-research/bert's extract_features.py: the pattern is matched against the stripped
+# line, and the greedy first group makes the *last* " ||| " the boundary.
+_PAIR = re.compile(r"^(.*) \|\|\| (.*)$")
 
 
-def read_examples(path: str) -> Iterator[tuple[int, str, str | None]]:
-    """(line index, text_a, text_b or None) for each line of a UTF-8 file."""
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not valid UTF-8 ({e})") from e
-            if PAIR_SEPARATOR in line:
-                a, b = line.split(PAIR_SEPARATOR, 1)
-                yield i, a, b
-            else:
-                yield i, line, None
+def split_pair(line: str) -> tuple[str, str | None]:
+    """(text_a, text_b or None) of a stripped line, split as google-research/bert does.
+
+    The boundary is the last " ||| " (spaces included); without one, or with the
+    separator only at an end of the line (stripped away), the line is a single text.
+    """
+    match = _PAIR.match(line)
+    return (match.group(1), match.group(2)) if match else (line, None)
+
+
+def read_examples(
+    path: str, *, errors: Literal["strict", "replace", "ignore"] = "strict"
+) -> Iterator[tuple[int, str, str | None]]:
+    """(line index from 0, text_a, text_b or None) for each line of a UTF-8 text file.
+
+    Lines are read by `data_pipelines.corpus.iter_lines`: stripped, decoded under the
+    `errors` policy, a `CorpusError` naming ``file:line`` for invalid UTF-8 under "strict".
+    Blank lines are examples too (an empty text_a), as in google-research/bert.
+    """
+    for lineno, line in corpus.iter_lines(path, errors=errors):
+        yield (lineno - 1, *split_pair(line))
 
 
 def _layer_indexes(layers: Sequence[int], num_layers: int) -> list[int]:
@@ -59,15 +72,20 @@ def extract_features(
     max_seq_length: int = 128,
     batch_size: int = 32,
     overwrite: bool = False,
+    input_errors: Literal["strict", "replace", "ignore"] = "strict",
 ) -> int:
-    """Writes features.jsonl for every line of input_path; returns the number of lines."""
+    """Writes features.jsonl for every line of input_path; returns the number of lines.
+
+    `input_errors` is the UTF-8 decoding policy of the input (see `read_examples`).
+    """
     from data_pipelines.tokenizers import encode_pair
 
     if os.path.exists(output_path) and not overwrite:
         raise FileExistsError(f"{output_path}: already exists; pass --overwrite to replace it")
     if not os.path.isfile(input_path):
         raise FileNotFoundError(f"{input_path}: input file not found")
-    config, params, _ = ckpt.load_model_dir(checkpoint)
+    # Every id the tokenizer can produce has an embedding row (VocabMismatchError otherwise).
+    config, params, _, tokenizer = ckpt.load_model_and_tokenizer(checkpoint)
     if max_seq_length > config.max_position_embeddings:
         raise ValueError(
             f"--max_seq_length={max_seq_length} exceeds the model's max_position_embeddings="
@@ -75,7 +93,6 @@ def extract_features(
         )
     if max_seq_length < 3:
         raise ValueError(f"--max_seq_length={max_seq_length}: must leave room for [CLS], [SEP]")
-    tokenizer = ckpt.load_tokenizer_from(checkpoint)
     layer_ids = _layer_indexes(layers, config.num_layers)
     model = BertModel(config, add_pooler=False)
     encoder_params = {"params": {k: v for k, v in params["bert"].items() if k != "pooler"}}
@@ -120,7 +137,9 @@ def extract_features(
                     out.write(json.dumps(record) + "\n")
                 pending.clear()
 
-            for line, a, b in tqdm(read_examples(input_path), desc="features", unit=" lines"):
+            for line, a, b in tqdm(
+                read_examples(input_path, errors=input_errors), desc="features", unit=" lines"
+            ):
                 pending.append((line, encode_pair(tokenizer, a, b, max_seq_length)))
                 count += 1
                 if len(pending) == batch_size:

@@ -9,6 +9,7 @@ predict the test splits with the best parameters.
                                 per evaluation (task metrics in percent, score, losses)
     WORKDIR/tensorboard/        the same metrics for TensorBoard
     WORKDIR/best/               bertjax model dir (with the tokenizer) of the best evaluation
+                                and the task's class names (`task_metadata`)
     WORKDIR/eval_results.json   best metrics and score, every evaluation, the config;
                                 "complete": true once the run has finished
     WORKDIR/submission/         GLUE-server files of the test splits (when they exist), predicted
@@ -307,24 +308,20 @@ def init_state(
     return new_train_state(seed_key, model, tx, batch)
 
 
-def load_checkpoint(cfg: Any) -> tuple[ModelConfig, dict[str, Any], Any]:
+def load_checkpoint(cfg: Any, *, num_segments: int = 2) -> tuple[ModelConfig, dict[str, Any], Any]:
     """(model config with the run's overrides, params, tokenizer) of `cfg.init_checkpoint`,
-    checked against the run: `cfg.task.max_seq_length` fits the position embeddings and
-    the tokenizer's ids fit the embedding table."""
-    model_config, loaded, _ = ckpt.load_model_dir(cfg.init_checkpoint)
-    tokenizer = ckpt.load_tokenizer_from(cfg.init_checkpoint)
+    checked against the run: `cfg.task.max_seq_length` and `num_segments` (2 for sentence
+    pairs) fit the position and token-type embeddings, and the tokenizer's ids fit the
+    word-embedding table (`checkpoint.check_vocab_fits`)."""
+    model_config, loaded, _, tokenizer = ckpt.load_model_and_tokenizer(cfg.init_checkpoint)
     model_config = cfg.model.apply(model_config)
-    seq_len = cfg.task.max_seq_length
-    if seq_len > model_config.max_position_embeddings:
-        raise ValueError(
-            f"config.task.max_seq_length={seq_len} exceeds the checkpoint's "
-            f"max_position_embeddings={model_config.max_position_embeddings}"
-        )
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise ckpt.CheckpointError(
-            f"{cfg.init_checkpoint}: tokenizer has {tokenizer.vocab_size} tokens but the model "
-            f"only {model_config.vocab_size} embeddings"
-        )
+    ckpt.check_sequence_fits(
+        model_config,
+        max_seq_length=cfg.task.max_seq_length,
+        num_segments=num_segments,
+        what=f"config.task.max_seq_length={cfg.task.max_seq_length}",
+        model_source=cfg.init_checkpoint,
+    )
     return model_config, loaded, tokenizer
 
 
@@ -458,6 +455,15 @@ def score_splits(
     return metrics, loss_values
 
 
+def task_metadata(spec: glue_data.TaskSpec) -> dict[str, Any]:
+    """The `task` recorded in WORKDIR/best/bertjax_config.json (`checkpoint.check_task`): the
+    task's name, its kind (regression for STS-B, else classification) and its class names in
+    class-id order (`TaskSpec.label_names`), which an export writes as id2label."""
+    if spec.is_regression:
+        return {"name": spec.name, "kind": "regression", "labels": None}
+    return {"name": spec.name, "kind": "classification", "labels": list(spec.label_names)}
+
+
 def predictions_from_logits(task: str, logits: np.ndarray) -> np.ndarray:
     """Class ids [N] (argmax) or regression values [N]."""
     if glue_data.get_task(task).is_regression:
@@ -509,7 +515,9 @@ def finetune(
             "pre-training workdir"
         )
     # Checkpoint and tokenizer.
-    model_config, loaded, tokenizer = load_checkpoint(cfg)
+    model_config, loaded, tokenizer = load_checkpoint(
+        cfg, num_segments=2 if cfg.task.spec.is_pair else 1
+    )
     loaded = _encoder_params(loaded, cfg.init_checkpoint)
     seq_len = cfg.task.max_seq_length
 
@@ -645,6 +653,7 @@ def finetune(
                         model_config,
                         tokenizer=tokenizer,
                         source=f"finetune:{spec.name}:{cfg.init_checkpoint}",
+                        task=task_metadata(spec),
                         overwrite=True,
                     )
             _write_json(

@@ -116,12 +116,16 @@ def check_checkpoint(checkpoint: str, max_seq_length: int) -> None:
             f"{checkpoint}: not a bertjax checkpoint (neither {ckpt.PARAMS_DIR}/ nor "
             f"{ckpt.CHECKPOINTS_DIR}/ beside {ckpt.CONFIG_FILE})"
         )
-    ckpt.load_tokenizer_from(checkpoint)
-    if max_seq_length > config.max_position_embeddings:
-        raise ValueError(
-            f"max_seq_length={max_seq_length} exceeds the checkpoint's "
-            f"max_position_embeddings={config.max_position_embeddings} ({checkpoint})"
-        )
+    tokenizer = ckpt.load_tokenizer_from(checkpoint)
+    source = os.path.join(checkpoint, ckpt.CONFIG_FILE)
+    ckpt.check_tokenizer_fits(tokenizer, config, model_source=source)
+    ckpt.check_sequence_fits(
+        config,
+        max_seq_length=max_seq_length,
+        num_segments=1,
+        what=f"max_seq_length={max_seq_length}",
+        model_source=source,
+    )
 
 
 def check_data(data_dir: str, tasks: Sequence[str], *, want_ax: bool) -> dict[str, Exception]:

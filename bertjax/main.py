@@ -1,16 +1,20 @@
 """`bertjax <command>`: the only place that defines command-line flags.
 
 Each command defines its own absl flags on a fresh `FlagValues`, so `bertjax CMD --help`
-lists exactly that command's flags and `main()` can be called more than once in a process. Errors caused by the user's input (bad files, bad
-values) are reported as one line naming the problem, with a non-zero exit status.
+lists exactly that command's flags and `main()` can be called more than once in a process.
+Errors caused by the user's input (bad files, bad values) are reported as one line naming the
+problem, with exit status 1 (`is_user_error` draws the line); a bug keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dis
 import logging
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 from absl import flags
 
@@ -29,6 +33,18 @@ commands:
 
 `bertjax <command> --help` lists a command's flags.
 """
+
+
+def _define_input_errors(fv: flags.FlagValues) -> None:
+    flags.DEFINE_enum(
+        "input_errors",
+        "strict",
+        ["strict", "replace", "ignore"],
+        "Invalid UTF-8 in the input text: 'strict' stops with an error naming file:line; "
+        "'replace' reads the bytes as U+FFFD, 'ignore' drops them (both warn, naming the "
+        "first such file:line).",
+        flag_values=fv,
+    )
 
 
 def _define_convert(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -80,6 +96,7 @@ def _define_features(fv: flags.FlagValues, argv: list[str]) -> None:
     )
     flags.DEFINE_integer("batch_size", 32, "Sequences per forward pass.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing output file.", flag_values=fv)
+    _define_input_errors(fv)
     flags.mark_flags_as_required(["checkpoint", "input", "output"], flag_values=fv)
 
 
@@ -98,6 +115,7 @@ def _run_features(fv: flags.FlagValues) -> None:
         max_seq_length=fv.max_seq_length,
         batch_size=fv.batch_size,
         overwrite=fv.overwrite,
+        input_errors=fv.input_errors,
     )
     print(f"wrote features of {n} lines to {fv.output}")
 
@@ -300,16 +318,15 @@ def _define_vocab(fv: flags.FlagValues, argv: list[str]) -> None:
         "pad_to_multiple_of", None, "Pad the size up to a multiple (e.g. 128).", flag_values=fv
     )
     flags.DEFINE_bool("overwrite", False, "Replace an existing vocab in --out.", flag_values=fv)
+    _define_input_errors(fv)
     flags.mark_flags_as_required(["input", "out"], flag_values=fv)
 
 
 def _run_vocab(fv: flags.FlagValues) -> None:
-    from data_pipelines.corpus import expand_input_files
     from data_pipelines.tokenizers import train_vocab
 
-    files = expand_input_files(fv.input.split(","))
     tok = train_vocab(
-        files,
+        fv.input,
         kind=fv.kind,
         vocab_size=fv.vocab_size,
         out_dir=fv.out,
@@ -317,6 +334,7 @@ def _run_vocab(fv: flags.FlagValues) -> None:
         num_unused=fv.num_unused,
         pad_to_multiple_of=fv.pad_to_multiple_of,
         overwrite=fv.overwrite,
+        input_errors=fv.input_errors,
     )
     print(f"wrote a {tok.vocab_size}-token {fv.kind} vocab to {fv.out}")
 
@@ -358,14 +376,16 @@ def _define_prepare(fv: flags.FlagValues, argv: list[str]) -> None:
         flag_values=fv,
     )
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.", flag_values=fv)
+    _define_input_errors(fv)
     flags.mark_flags_as_required(["input", "vocab", "output"], flag_values=fv)
 
 
 def _run_prepare(fv: flags.FlagValues) -> None:
+    from bertjax import checkpoint as ckpt
     from data_pipelines.pretraining_data import create_pretraining_data
-    from data_pipelines.tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(fv.vocab, do_lower_case=fv.do_lower_case)
+    # A checkpoint as --vocab: its ids must have rows in its embedding table.
+    tokenizer = ckpt.load_checked_tokenizer(fv.vocab, do_lower_case=fv.do_lower_case)
     info = create_pretraining_data(
         fv.input.split(","),
         tokenizer,
@@ -382,6 +402,7 @@ def _run_prepare(fv: flags.FlagValues) -> None:
         num_workers=fv.num_workers,
         output_format=fv.output_format,
         overwrite=fv.overwrite,
+        input_errors=fv.input_errors,
     )
     print(f"wrote {info.get('num_examples', '?')} examples to {fv.output}")
 
@@ -458,10 +479,58 @@ class UsageError(ValueError):
     """Wrong combination of flags."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from bertjax.checkpoint import CheckpointError
+# The packages whose own exceptions and warnings speak to the user.
+_OWN_PACKAGES = ("bertjax", "data_pipelines", "experiments")
+_RAISE = dis.opmap["RAISE_VARARGS"]
 
-    return (ValueError, FileNotFoundError, FileExistsError, CheckpointError)
+
+def _is_own(module: str | None) -> bool:
+    return module == __name__ or (module or "").split(".")[0] in _OWN_PACKAGES
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether `e` reports a problem with the user's input (one line) rather than a bug.
+
+    User errors are a missing or existing path (FileNotFoundError, FileExistsError), the
+    ValueError subclasses bertjax defines (CorpusError, TokenizerFileError, CheckpointError,
+    UsageError, ...), and a plain ValueError raised by a `raise` statement in bertjax's own
+    code (its checks of argument values). Anything else keeps its traceback: a ValueError
+    raised inside a third-party library or the standard library (bertjax converts the ones
+    user input can cause where it calls the library, naming the file or value), or one raised
+    by an operation in bertjax's code, such as a failed unpacking, is a bug.
+    """
+    if isinstance(e, (FileNotFoundError, FileExistsError)):
+        return True
+    if not isinstance(e, ValueError):
+        return False
+    if type(e) is not ValueError:
+        return _is_own(type(e).__module__)
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    raised = frame.f_code.co_code[tb.tb_lasti] == _RAISE
+    return raised and _is_own(frame.f_globals.get("__name__"))
+
+
+@contextlib.contextmanager
+def _own_warnings_as_lines(command: str) -> Iterator[None]:
+    """Shows bertjax's own warnings (e.g. replaced input bytes) as one line each."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if _is_own(category.__module__):
+            print(f"bertjax {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -489,8 +558,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
     try:
-        run(fv)
-    except _user_errors() as e:
+        with _own_warnings_as_lines(command):
+            run(fv)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if not is_user_error(e):
+            raise
         print(f"bertjax {command}: error: {e}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

@@ -5,7 +5,10 @@ restore -> loop. The same code runs on one CPU, a GPU, or every host of a TPU po
 
 Determinism: the dropout key of step s is fold_in(seed key, s) and the data iterator's
 state is saved with every checkpoint, so a run killed at any point and restarted ends
-with the same parameters as one that never stopped (same config, same devices).
+with the same parameters as one that never stopped (same config, same devices). Each
+global batch holds the same examples in the same rows whatever the number of processes
+(each reads the block of rows its devices hold, `process_batch_block`), so the dropout
+masks, hashes of the global element index, are the same too.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def prepare_data(config: Any, workdir: str) -> PreparedData:
     if data.train_dir:
         info = load_dataset_info(data.train_dir)
         vocab = data.vocab or data.train_dir
+        _check_data_tokenizer(vocab, info, data.train_dir)
         return PreparedData(data.train_dir, data.eval_dir, vocab, info)
     out = os.path.join(workdir, "data")
     train_dir, eval_dir = os.path.join(out, "train"), os.path.join(out, "eval")
@@ -84,6 +88,25 @@ def prepare_data(config: Any, workdir: str) -> PreparedData:
     return PreparedData(
         train_dir, eval_dir if has_eval else data.eval_dir, vocab, load_dataset_info(train_dir)
     )
+
+
+def _check_data_tokenizer(vocab: str, info: dict[str, Any], train_dir: str) -> None:
+    """The tokenizer that goes into the workdir is the one the data was made with
+    (`bertjax prepare` stores it in the dataset directory)."""
+    from data_pipelines.tokenizers import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(vocab)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{train_dir}: the dataset holds no tokenizer ({e}); pass the vocab it was "
+            "prepared with as --config.data.vocab=PATH"
+        ) from None
+    if tokenizer.vocab_size != int(info["vocab_size"]):
+        raise ValueError(
+            f"{vocab}: a {tokenizer.vocab_size}-token vocab, but {train_dir} was prepared with "
+            f"a {info['vocab_size']}-token one; pass the vocab the data was prepared with"
+        )
 
 
 def _prepare_corpus(config: Any, out: str, train_dir: str, eval_dir: str) -> None:
@@ -160,30 +183,66 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def make_train_iterator(data: PreparedData, cfg: PretrainConfig):
+def process_batch_block(mesh: Any, rules: Any, global_batch_size: int) -> tuple[int, int]:
+    """(index, count): this process's rows of a global batch are block `index` of `count`.
+
+    `jax.make_array_from_process_local_data` (`sharding.global_batch`) places a process's
+    local rows on the rows its devices address in the batch sharding, in increasing
+    order. Asked here through that sharding, the rows must form one contiguous block of
+    ``global_batch_size // count`` rows starting at ``index * global_batch_size // count``,
+    which is what the input pipeline reads for (process_index=index,
+    process_count=count). Usually index = jax.process_index() and count =
+    jax.process_count(); processes whose devices replicate the same rows get the same
+    block, and a device order that does not follow the process index is followed too.
+    """
+    g = global_batch_size
+    held = sharding.batch_sharding(mesh, rules, 1).addressable_devices_indices_map((g,))
+    spans = sorted({idx[0].indices(g)[:2] for idx in held.values()})
+    if not spans:
+        raise ValueError(f"process {jax.process_index()} holds no device of the mesh")
+    start, stop = spans[0][0], spans[-1][1]
+    rows = stop - start
+    contiguous = all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))
+    if not contiguous or g % rows or start % rows:
+        raise ValueError(
+            f"process {jax.process_index()} holds rows {spans} of the global batch of {g}: "
+            "not one of equal contiguous blocks; order the mesh devices by process"
+        )
+    return start // rows, g // rows
+
+
+def make_train_iterator(data: PreparedData, cfg: PretrainConfig, mesh: Any, rules: Any):
+    """This process's rows of the training batches (`process_batch_block`)."""
     from data_pipelines.pretrain_input import make_pretrain_iterator
 
+    index, count = process_batch_block(mesh, rules, cfg.train.batch_size)
     return make_pretrain_iterator(
         data.train_dir,
         global_batch_size=cfg.train.batch_size,
         seed=cfg.seed,
         shuffle=True,
         num_epochs=None,
+        process_index=index,
+        process_count=count,
         worker_count=cfg.data.num_workers,
         packing=cfg.data.packing,
         max_sequences_per_pack=cfg.data.max_sequences_per_pack,
     )
 
 
-def make_eval_iterator(data: PreparedData, cfg: PretrainConfig):
+def make_eval_iterator(data: PreparedData, cfg: PretrainConfig, mesh: Any, rules: Any):
+    """This process's rows of the evaluation batches (in record order)."""
     from data_pipelines.pretrain_input import make_pretrain_iterator
 
+    index, count = process_batch_block(mesh, rules, cfg.train.batch_size)
     return make_pretrain_iterator(
         data.eval_dir,
         global_batch_size=cfg.train.batch_size,
         seed=cfg.seed,
         shuffle=False,
         num_epochs=None,
+        process_index=index,
+        process_count=count,
         worker_count=0,
         packing=cfg.data.packing,
         max_sequences_per_pack=cfg.data.max_sequences_per_pack,
@@ -451,8 +510,11 @@ def train(
 
     # Config and data.
     data = prepare_data(config_dict, workdir)
-    vocab_size = int(data.info["vocab_size"])
-    cfg = PretrainConfig.from_config_dict(config_dict, vocab_size=vocab_size)
+    # The embedding table: the init checkpoint's rows, else one row per token of the data.
+    rows = int(data.info["vocab_size"])
+    if config_dict.get("init_checkpoint"):
+        rows = ckpt.load_model_config(str(config_dict.init_checkpoint))[0].vocab_size
+    cfg = PretrainConfig.from_config_dict(config_dict, vocab_size=rows)
     _validate(cfg, data)
     ckpt.check_workdir_model(workdir, cfg.model)
 
@@ -502,9 +564,13 @@ def train(
             abstract,
             state_sharding,
         )
-        restored, train_iter = checkpointer.restore_latest(
-            target, lambda: make_train_iterator(data, cfg)
-        )
+        try:
+            restored, train_iter = checkpointer.restore_latest(
+                target, lambda: make_train_iterator(data, cfg, mesh, rules)
+            )
+        except BaseException:
+            checkpointer.close()
+            raise
         if restored is not None:
             state = restored
             log.info("resumed from step %d in %s", int(state.step), workdir)
@@ -545,16 +611,31 @@ def train(
 
 
 def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
-    info = data.info
-    if cfg.model.vocab_size != int(info["vocab_size"]):
-        raise ValueError(
-            f"config.model.vocab_size={cfg.model.vocab_size} but the data in "
-            f"{data.train_dir} was made with a {info['vocab_size']}-token vocab"
+    """The data fits the model: every token id has an embedding row (the init checkpoint's
+    table too) and the examples fit the position embeddings."""
+    from data_pipelines.pretraining_data import load_dataset_info
+
+    infos = [(data.train_dir, data.info)]
+    if data.eval_dir and os.path.isfile(os.path.join(data.eval_dir, "dataset_info.json")):
+        infos.append((data.eval_dir, load_dataset_info(data.eval_dir)))
+    tables = [(cfg.model.vocab_size, "config.model.vocab_size")]
+    if cfg.init_checkpoint:  # named first: the config's table defaults to the checkpoint's
+        init_config, _ = ckpt.load_model_config(cfg.init_checkpoint)
+        tables.insert(
+            0, (init_config.vocab_size, os.path.join(cfg.init_checkpoint, ckpt.CONFIG_FILE))
         )
-    if int(info["max_seq_length"]) > cfg.model.max_position_embeddings:
-        raise ValueError(
-            f"examples of length {info['max_seq_length']} in {data.train_dir} exceed "
-            f"config.model.max_position_embeddings={cfg.model.max_position_embeddings}"
+    for directory, info in infos:
+        source = os.path.join(directory, "dataset_info.json")
+        for rows, model_source in tables:
+            ckpt.check_vocab_fits(
+                int(info["vocab_size"]), rows, vocab_source=source, model_source=model_source
+            )
+        ckpt.check_sequence_fits(
+            cfg.model,
+            max_seq_length=int(info["max_seq_length"]),
+            num_segments=2,
+            what=f"examples of length {info['max_seq_length']} in {directory}",
+            model_source="config.model",
         )
 
 
@@ -736,7 +817,7 @@ def evaluate(cfg, mesh, rules, params, p_eval, data) -> dict[str, float]:
     frequent masked token of these batches (this process's rows), the bar a model that
     learned nothing about context would reach.
     """
-    it = make_eval_iterator(data, cfg)
+    it = make_eval_iterator(data, cfg, mesh, rules)
     sums: dict[str, float] = {}
     token_counts = np.zeros(cfg.model.vocab_size, np.float64)
     for _ in range(cfg.train.eval_steps):

@@ -9,7 +9,7 @@ state -> loop (train, evaluate on dev each epoch, keep the best) -> prediction f
                                       record per evaluation (metrics in percent, eval loss)
     WORKDIR/tensorboard/              the same for TensorBoard
     WORKDIR/best/                     bertjax model dir (encoder + qa_outputs, tokenizer) of the
-                                      best evaluation
+                                      best evaluation (task kind "span")
     WORKDIR/predictions.json          {question id: answer text} of the best evaluation
                                       (v2.0: "" = no answer, at eval.null_score_diff_threshold)
     WORKDIR/nbest_predictions.json    {id: [{text, probability, start_logit, end_logit}, ...]}
@@ -951,6 +951,7 @@ def finetune_squad(
                         model_config,
                         tokenizer=tokenizer,
                         source=f"finetune:{spec.name}:{cfg.init_checkpoint}",
+                        task={"name": spec.name, "kind": "span", "labels": None},
                         overwrite=True,
                     )
             _write_json(

@@ -26,6 +26,11 @@ Sources
     pieces, cut into sentences by `split_sentences`, and sentences still over the limit
     are cut at whitespace; a `CorpusWarning` names the first such ``file:line``.
 
+  `iter_lines(path)` is the same reader line by line, with line numbers and without the
+  document structure, for files with a line format of their own (`bertjax features`).
+  Every command that reads text (vocab, prepare, features) reads it through these two,
+  under the one ``errors`` policy (the ``--input_errors`` flag).
+
 * **TFDS text datasets** (e.g. ``wikipedia/20230601.en``): `iter_tfds_documents` takes
   one string field of each example (``text`` by default) as a document, splits it into
   paragraphs at line breaks and each paragraph into sentences with `split_sentences`
@@ -77,7 +82,7 @@ from typing import Literal
 Document = list[str]
 
 DEFAULT_MAX_LINE_CHARS = 100_000
-_ERROR_POLICIES = ("strict", "replace", "ignore")
+ERROR_POLICIES = ("strict", "replace", "ignore")  # the UTF-8 decoding policies
 
 
 class CorpusError(ValueError):
@@ -235,17 +240,66 @@ def iter_file_documents(
     Reads 1 MiB blocks and decodes whole blocks of complete lines at once (the fast
     path); a line longer than `max_line_chars` is consumed in pieces cut at spaces.
     """
-    if errors not in _ERROR_POLICIES:
-        raise ValueError(f"errors must be one of {_ERROR_POLICIES}, got {errors!r}")
     if max_line_chars < 16:
         raise ValueError(f"max_line_chars must be >= 16, got {max_line_chars}")
-    reader = _LineReader(str(path), errors, max_line_chars)
+    reader = _LineReader(str(path), _check_errors(errors), max_line_chars)
+    document: Document = []
+    num_documents = 0
+    for line in _read(reader, on_bytes):
+        if line:
+            document.append(line)
+        elif document:
+            num_documents += 1
+            yield document
+            document = []
+    if document:
+        num_documents += 1
+        yield document
+    if reader.first_overlong:
+        warnings.warn(
+            f"{reader.path}:{reader.first_overlong}: line longer than max_line_chars="
+            f"{max_line_chars} was split into sentences",
+            CorpusWarning,
+            stacklevel=2,
+        )
+    if num_documents == 0:
+        warnings.warn(f"{reader.path}: input file holds no document", CorpusWarning, stacklevel=2)
+
+
+def iter_lines(
+    path: str | os.PathLike,
+    *,
+    errors: Literal["strict", "replace", "ignore"] = "strict",
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) for every line of one UTF-8 text file, blank ones too.
+
+    The same reading as `iter_documents` (byte-order mark, ``\\n`` line ends, stripping,
+    the `errors` policy and its `CorpusError` / `CorpusWarning` naming ``file:line``) for
+    files with a line format of their own; lines are whole, however long. Line numbers
+    start at 1.
+    """
+    reader = _LineReader(str(path), _check_errors(errors), None)
+    for line in _read(reader, on_bytes):
+        yield reader.lineno, line
+
+
+def _check_errors(errors: str) -> str:
+    if errors not in ERROR_POLICIES:
+        raise ValueError(f"errors must be one of {ERROR_POLICIES}, got {errors!r}")
+    return errors
+
+
+_BLOCK_BYTES = 1 << 20
+
+
+def _read(reader: _LineReader, on_bytes: Callable[[int], None] | None) -> Iterator[str]:
+    """What `reader` makes of its file's lines, read in 1 MiB blocks; warns of bad bytes."""
     try:
         f = open(reader.path, "rb")  # noqa: SIM115 (closed in finally)
     except OSError as e:
         raise CorpusError(f"{reader.path}: cannot open input file: {e.strerror}") from e
-    document: Document = []
-    num_documents = 0
+    limit = reader.max_line_chars
     try:
         carry = b""
         first = True
@@ -260,9 +314,9 @@ def iter_file_documents(
                 data = carry + block
                 cut = data.rfind(b"\n")
                 if cut < 0:
-                    if len(data) > max_line_chars:  # an overlong line, still open
+                    if limit is not None and len(data) > limit:  # an overlong line, still open
                         piece, carry = _cut_piece(data)
-                        document.extend(reader.overlong_piece(piece))
+                        yield from reader.overlong_piece(piece)
                     else:
                         carry = data
                     continue
@@ -271,43 +325,27 @@ def iter_file_documents(
                 complete, carry = carry, b""
             else:
                 break
-            for line in reader.lines(complete):
-                if line:
-                    document.append(line)
-                elif document:
-                    num_documents += 1
-                    yield document
-                    document = []
-        if document:
-            num_documents += 1
-            yield document
+            yield from reader.lines(complete)
     finally:
         f.close()
     if reader.bad_lines:
         warnings.warn(
-            f"{reader.path}:{reader.first_bad}: invalid UTF-8 bytes handled with "
-            f"errors={errors!r} ({reader.bad_lines} line(s) in this file)",
+            f"{reader.path}:{reader.first_bad}: invalid UTF-8 bytes "
+            f"{'replaced by U+FFFD' if reader.errors == 'replace' else 'dropped'} "
+            f"({reader.bad_lines} line(s) in this file)",
             CorpusWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if reader.first_overlong:
-        warnings.warn(
-            f"{reader.path}:{reader.first_overlong}: line longer than max_line_chars="
-            f"{max_line_chars} was split into sentences",
-            CorpusWarning,
-            stacklevel=2,
-        )
-    if num_documents == 0:
-        warnings.warn(f"{reader.path}: input file holds no document", CorpusWarning, stacklevel=2)
-
-
-_BLOCK_BYTES = 1 << 20
 
 
 class _LineReader:
-    """Decodes complete lines, tracking line numbers, bad bytes and overlong lines."""
+    """Decodes complete lines, tracking line numbers, bad bytes and overlong lines.
 
-    def __init__(self, path: str, errors: str, max_line_chars: int):
+    With `max_line_chars` None, every line is yielded whole; otherwise a longer line
+    is yielded as its sentences (see `iter_documents`).
+    """
+
+    def __init__(self, path: str, errors: str, max_line_chars: int | None):
         self.path = path
         self.errors = errors
         self.max_line_chars = max_line_chars
@@ -328,7 +366,7 @@ class _LineReader:
                 raise CorpusError(
                     f"{self.path}:{line}: invalid UTF-8 (byte {e.start - start} of the line: "
                     f"{data[e.start : e.start + 4]!r}); fix the file or read it with "
-                    "errors='replace'"
+                    "input_errors='replace' or 'ignore'"
                 ) from None
         for k, raw in enumerate(data.split(b"\n")):
             try:
@@ -339,6 +377,7 @@ class _LineReader:
         return data.decode("utf-8", errors=self.errors)
 
     def _sentences(self, text: str) -> list[str]:
+        assert self.max_line_chars is not None
         return [p for s in split_sentences(text) for p in _cut_long(s, self.max_line_chars)]
 
     def overlong_piece(self, piece: bytes) -> list[str]:
@@ -352,13 +391,14 @@ class _LineReader:
 
         An overlong line yields its sentences one per item; a blank line yields "".
         """
+        limit = self.max_line_chars
         for k, line in enumerate(self._decode(data).split("\n")):
             self.lineno += 1
             if k == 0 and self.in_overlong:
                 self.in_overlong = False
                 yield from self._sentences(line)
                 continue
-            if len(line) > self.max_line_chars:
+            if limit is not None and len(line) > limit:
                 self.first_overlong = self.first_overlong or self.lineno
                 yield from self._sentences(line)
                 continue

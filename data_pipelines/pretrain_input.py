@@ -1,7 +1,7 @@
 """Grain input pipeline over pre-training shards written by `pretraining_data`.
 
 `make_pretrain_iterator(data_dir, global_batch_size=..., seed=...)` returns a grain
-`DataLoader` iterator of dicts of numpy arrays with the 7 pre-training features:
+`DatasetIterator` of dicts of numpy arrays with the 7 pre-training features:
 ``input_ids, input_mask, segment_ids`` [B, T] int32, ``masked_lm_positions,
 masked_lm_ids`` [B, P] int32, ``masked_lm_weights`` [B, P] float32 and
 ``next_sentence_labels`` [B] int32, where B = global_batch_size // process_count.
@@ -14,13 +14,26 @@ Design
   directory is incomplete. Records are read with ``ArrayRecordReader.read(i, i + 1)``
   (about 4 µs) rather than grain's `ArrayRecordDataSource`, whose per-index
   ``read([i])`` costs about 150 µs per record on these small records.
-* **Sharding and order.** grain's `IndexSampler` with ``ShardOptions(process_index,
-  process_count, drop_remainder=True)``: each process owns a contiguous, disjoint slice
-  of ``num_examples // process_count`` examples (so every process takes the same number
-  of steps; the last ``num_examples % process_count`` examples, fewer than the number of
-  processes, are never read), shuffles it with `seed` (a new permutation every epoch)
-  and repeats it `num_epochs` times (forever for None). Defaults for the process
-  index/count come from JAX. `drop_remainder` drops the last partial batch.
+* **One global order.** The N examples (packs, with packing) are read as one stream,
+  epoch after epoch: position ``x`` of the stream is example ``perm_e[x mod N]`` of epoch
+  ``e = x // N``, where ``perm_e`` is a permutation of all N examples seeded by
+  (`seed`, e) (grain's `index_shuffle`; the identity without `shuffle`). Global batch
+  ``s`` is stream positions ``[s*G, (s+1)*G)`` in that order (G = global_batch_size), so
+  a global batch may hold the end of one epoch and the start of the next (`GlobalOrder`).
+* **Processes.** Process p of P reads rows ``[p*G/P, (p+1)*G/P)`` of every global batch
+  (`process_rows`): a contiguous block, ordered by `process_index`. Concatenated in
+  process order, the processes' batches are exactly the single-process batch, row for
+  row, so a model whose randomness depends on the global row (dropout) trains
+  identically on any number of hosts. `jax.make_array_from_process_local_data` puts a
+  process's rows where its devices sit in the batch sharding; `bertjax.pretrain` asks
+  that sharding which block a process holds and passes it here as
+  (`process_index`, `process_count`). Defaults come from JAX.
+* **What is dropped.** With ``num_epochs=None`` (training) nothing: the stream is
+  endless. With `num_epochs` set it ends after ``num_epochs * N`` examples; the last
+  ``num_epochs * N mod G`` of them (less than one global batch, the tail of the last
+  epoch's permutation) are dropped with `drop_remainder`, or else form a smaller last
+  batch, of which each process gets its block's part (possibly nothing); that is for
+  reading a whole dataset in one process, since uneven blocks make no global array.
 * **Dynamic masking.** When the dataset was written with ``dynamic_masking=True``, each
   example is masked on the fly by `pretraining_data.mask_example` with the generator
   `pretraining_data.example_rng(seed, epoch, example_index)`: the masks differ between
@@ -28,14 +41,15 @@ Design
   process count, shuffling or worker count. The masking parameters (probability,
   budget, whole-word masking, vocabulary tables) come from ``dataset_info.json``.
 * **Workers.** ``worker_count=0`` decodes (and masks) in the calling process;
-  ``worker_count=N`` uses grain's worker processes. With workers, grain batches within
-  each worker, so which examples share a batch depends on `worker_count` (each epoch
-  still reads every example of the process's slice once); resume with the same value.
-* **Checkpointing.** The returned iterator is grain's `DataLoaderIterator`:
-  ``state = it.get_state()`` (bytes) and ``it.set_state(state)`` on an iterator built
-  with the same arguments resume exactly where it was (the next batches are identical).
-  With Orbax, save it next to the train state with ``grain.checkpoint.CheckpointSave``
-  / ``CheckpointRestore`` (handler ``grain.checkpoint.CheckpointHandler``), e.g.
+  ``worker_count=N`` prepares whole batches in N grain worker processes (``mp_prefetch``:
+  worker i makes batches i, i + N, ... and they are returned in order), so the batches do
+  not depend on `worker_count` either.
+* **Checkpointing.** The returned iterator is a grain `DatasetIterator` over the local
+  batches: ``state = it.get_state()`` (a dict holding the next batch index) and
+  ``it.set_state(state)`` on an iterator built with the same arguments resume exactly
+  where it was (the next batches are identical). With Orbax, save it next to the train
+  state with ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore`` (handler
+  ``grain.checkpoint.CheckpointHandler``), e.g.
   ``ocp.args.Composite(state=..., data=iterator_save_args(it))``; see
   `iterator_save_args` / `iterator_restore_args`. `save_iterator_state` /
   `restore_iterator_state` do the same with a plain JSON file.
@@ -49,11 +63,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import grain.python as grain
+import grain
 import numpy as np
 
 from data_pipelines import features as F
@@ -115,47 +130,6 @@ class PretrainRecordSource:
         return f"PretrainRecordSource({len(self._paths)} shards, {len(self)} records)"
 
 
-class _Decode(grain.MapTransform):
-    """Record bytes -> the 7 features (static masking: stored masks)."""
-
-    def __init__(self, max_seq_length: int, max_predictions_per_seq: int, pad_id: int):
-        self.max_seq_length = max_seq_length
-        self.max_predictions_per_seq = max_predictions_per_seq
-        self.pad_id = pad_id
-
-    def map(self, element: bytes) -> Batch:
-        return pdata.decode_record(
-            element,
-            max_seq_length=self.max_seq_length,
-            max_predictions_per_seq=self.max_predictions_per_seq,
-            pad_id=self.pad_id,
-        )
-
-
-class _DecodeAndMask(grain.RandomMapTransform):
-    """Record bytes -> the 7 features, masked with the per-(epoch, example) generator."""
-
-    def __init__(self, decode: _Decode, spec: pdata.MaskingSpec):
-        self.decode = decode
-        self.spec = spec
-
-    def random_map(self, element: bytes, rng: np.random.Generator) -> Batch:
-        return _mask(self.decode.map(element), self.spec, rng)
-
-
-def _mask(ex: Batch, spec: pdata.MaskingSpec, rng: np.random.Generator) -> Batch:
-    """One decoded example, masked with `rng`."""
-    length = int(ex[F.INPUT_MASK].sum())
-    masked = pdata.mask_example(ex[F.INPUT_IDS], length, spec, rng=rng)
-    return {
-        **ex,
-        F.INPUT_IDS: masked.input_ids,
-        F.MASKED_LM_POSITIONS: masked.masked_lm_positions,
-        F.MASKED_LM_IDS: masked.masked_lm_ids,
-        F.MASKED_LM_WEIGHTS: masked.masked_lm_weights,
-    }
-
-
 class PackedRecordSource:
     """Random access over packs: pack i is the records ``plan[i]`` (see `packing`)."""
 
@@ -174,40 +148,135 @@ class PackedRecordSource:
         return f"PackedRecordSource({len(self)} packs of {self._records!r})"
 
 
-class _DecodeAndPack(grain.MapTransform):
-    """A pack's records -> one packed row (static masking: stored masks)."""
+@functools.lru_cache(maxsize=64)
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The 32-bit `index_shuffle` seed of one epoch's permutation."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint32)[0])
 
-    def __init__(self, decode: _Decode, max_sequences: int, max_predictions: int):
-        self.decode = decode
+
+class GlobalOrder:
+    """Which example sits at each position of the global stream (module docstring).
+
+    ``order(x)`` is ``(epoch, example)`` with ``epoch = x // num_examples`` and
+    ``example = perm_epoch[x % num_examples]``; ``perm_epoch`` is grain's `index_shuffle`
+    seeded by (seed, epoch), the identity when ``shuffle`` is False. It depends on nothing
+    but these three arguments: not on processes, devices or workers.
+    """
+
+    def __init__(self, num_examples: int, *, seed: int, shuffle: bool):
+        if num_examples < 1:
+            raise ValueError("no examples to read")
+        self.num_examples = num_examples
+        self.seed = seed
+        self.shuffle = shuffle
+
+    def __call__(self, position: int) -> tuple[int, int]:
+        epoch, index = divmod(int(position), self.num_examples)
+        if self.shuffle and self.num_examples > 1:
+            index = grain.experimental.index_shuffle(
+                index,
+                max_index=self.num_examples - 1,
+                seed=_epoch_seed(self.seed, epoch),
+                rounds=4,
+            )
+        return epoch, int(index)
+
+
+def process_rows(global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[start, stop) rows of every global batch that a process reads."""
+    rows = global_batch_size // process_count
+    return process_index * rows, (process_index + 1) * rows
+
+
+class _ReadRow:
+    """Local row k -> the decoded (masked, packed) example at its stream position.
+
+    Local row k is row ``start + k % B`` of global batch ``k // B`` (B rows per process
+    starting at row `start` of each global batch), i.e. stream position
+    ``(k // B) * G + start + k % B``.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        order: GlobalOrder,
+        *,
+        global_batch_size: int,
+        rows: tuple[int, int],
+        make: Callable[[Any, np.random.Generator | None], Batch],
+        seed: int,
+        dynamic: bool,
+    ):
+        self.source = source
+        self.order = order
+        self.global_batch_size = global_batch_size
+        self.start, stop = rows
+        self.batch_size = stop - self.start
+        self.make = make
+        self.seed = seed
+        self.dynamic = dynamic
+
+    def position(self, k: int) -> int:
+        step, row = divmod(int(k), self.batch_size)
+        return step * self.global_batch_size + self.start + row
+
+    def __call__(self, k: int) -> Batch:
+        epoch, key = self.order(self.position(k))
+        rng = pdata.example_rng(self.seed, epoch, key) if self.dynamic else None
+        return self.make(self.source[key], rng)
+
+
+class _Example:
+    """Record bytes (+ generator for dynamic masking) -> the 7 features."""
+
+    def __init__(self, info: dict[str, Any]):
+        self.max_seq_length = int(info["max_seq_length"])
+        self.max_predictions_per_seq = int(info["max_predictions_per_seq"])
+        self.pad_id = int(info["pad_id"])
+        self.spec = (
+            pdata.MaskingSpec.from_json(info["masking"]) if info["dynamic_masking"] else None
+        )
+
+    def __call__(self, record: bytes, rng: np.random.Generator | None) -> Batch:
+        ex = pdata.decode_record(
+            record,
+            max_seq_length=self.max_seq_length,
+            max_predictions_per_seq=self.max_predictions_per_seq,
+            pad_id=self.pad_id,
+        )
+        return ex if rng is None else _mask(ex, self.spec, rng)
+
+
+def _mask(ex: Batch, spec: pdata.MaskingSpec, rng: np.random.Generator) -> Batch:
+    """One decoded example, masked with `rng`."""
+    length = int(ex[F.INPUT_MASK].sum())
+    masked = pdata.mask_example(ex[F.INPUT_IDS], length, spec, rng=rng)
+    return {
+        **ex,
+        F.INPUT_IDS: masked.input_ids,
+        F.MASKED_LM_POSITIONS: masked.masked_lm_positions,
+        F.MASKED_LM_IDS: masked.masked_lm_ids,
+        F.MASKED_LM_WEIGHTS: masked.masked_lm_weights,
+    }
+
+
+class _Pack:
+    """A pack's records (+ the pack's generator) -> one packed row; with dynamic masking
+    each pair is masked in turn with the pack's (seed, epoch, pack index) generator."""
+
+    def __init__(self, example: _Example, max_sequences: int, max_predictions: int):
+        self.example = example
         self.max_sequences = max_sequences
         self.max_predictions = max_predictions
 
-    def pack(self, element: tuple[bytes, ...], mask: Any = None) -> Batch:
-        examples = [self.decode.map(record) for record in element]
-        if mask is not None:
-            examples = [mask(ex) for ex in examples]
+    def __call__(self, records: tuple[bytes, ...], rng: np.random.Generator | None) -> Batch:
         return packing_lib.pack_examples(
-            examples,
-            max_seq_length=self.decode.max_seq_length,
+            [self.example(record, rng) for record in records],
+            max_seq_length=self.example.max_seq_length,
             max_sequences=self.max_sequences,
             max_predictions=self.max_predictions,
-            pad_id=self.decode.pad_id,
+            pad_id=self.example.pad_id,
         )
-
-    def map(self, element: tuple[bytes, ...]) -> Batch:
-        return self.pack(element)
-
-
-class _DecodeMaskAndPack(grain.RandomMapTransform):
-    """A pack's records -> one packed row; each pair is masked in turn with the pack's
-    (seed, epoch, pack index) generator."""
-
-    def __init__(self, pack: _DecodeAndPack, spec: pdata.MaskingSpec):
-        self.packer = pack
-        self.spec = spec
-
-    def random_map(self, element: tuple[bytes, ...], rng: np.random.Generator) -> Batch:
-        return self.packer.pack(element, functools.partial(_mask, spec=self.spec, rng=rng))
 
 
 def record_lengths(records: PretrainRecordSource) -> np.ndarray:
@@ -248,57 +317,7 @@ def packed_shapes(info: dict[str, Any], max_sequences: int) -> tuple[int, int]:
     )
 
 
-class EpochSeededSampler:
-    """One global order of the examples, read by every process in its own stride.
-
-    The order is a per-epoch shuffle of *all* examples (grain's `index_shuffle` through
-    `IndexSampler` without sharding). grain's DataLoader asks process p of P for the
-    global positions p, p + P, p + 2P, ...; so step t's global batch (positions
-    [t*B, (t+1)*B)) holds the same examples whatever the number of processes, and a run
-    on two hosts trains on exactly the batches a run on one host would.
-
-    Each record's generator is seeded by (seed, epoch, example index), so a dynamic mask
-    can be reproduced from which example it is and in which epoch.
-    """
-
-    def __init__(
-        self,
-        num_records: int,
-        shard_options: grain.ShardOptions,
-        *,
-        shuffle: bool,
-        num_epochs: int | None,
-        seed: int,
-        seed_records: bool = True,
-    ):
-        self._inner = grain.IndexSampler(
-            num_records=num_records,
-            shard_options=grain.NoSharding(),
-            shuffle=shuffle,
-            num_epochs=num_epochs,
-            seed=seed,
-        )
-        self._shard_options = shard_options  # how the DataLoader strides, not a slice
-        self._num_records = num_records
-        self._seed = seed
-        self._seed_records = seed_records
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-    def __getitem__(self, index: int) -> grain.RecordMetadata:
-        meta = self._inner[index]
-        if not self._seed_records:  # static masking: no generator needed
-            return grain.RecordMetadata(index=meta.index, record_key=meta.record_key)
-        epoch = index // self._num_records
-        rng = pdata.example_rng(self._seed, epoch, int(meta.record_key))
-        return grain.RecordMetadata(index=meta.index, record_key=meta.record_key, rng=rng)
-
-    def __repr__(self) -> str:
-        return f"EpochSeededSampler({self._inner!r}, {self._shard_options!r})"
-
-
-def make_pretrain_loader(
+def make_pretrain_dataset(
     data_dir: str | os.PathLike,
     *,
     global_batch_size: int,
@@ -313,8 +332,8 @@ def make_pretrain_loader(
     read_threads: int = 0,
     packing: bool = False,
     max_sequences_per_pack: int = DEFAULT_MAX_SEQUENCES_PER_PACK,
-) -> grain.DataLoader:
-    """The grain `DataLoader` behind `make_pretrain_iterator` (same arguments)."""
+) -> grain.IterDataset:
+    """The grain `IterDataset` behind `make_pretrain_iterator` (same arguments)."""
     info = pdata.load_dataset_info(data_dir)
     if info["format"] != "arrayrecord":
         raise ValueError(
@@ -341,40 +360,41 @@ def make_pretrain_loader(
         )
     if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
-    batch_size = global_batch_size // process_count
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be None or positive, got {num_epochs}")
 
-    source = PretrainRecordSource.from_dataset(data_dir, info)
-    # The DataLoader strides over one global order (see EpochSeededSampler).
-    shard_options = grain.ShardOptions(
-        shard_index=process_index, shard_count=process_count, drop_remainder=True
-    )
-    if len(source) < process_count:
-        raise ValueError(
-            f"{data_dir}: {len(source)} examples cannot be shared by {process_count} processes"
-        )
-    decode = _Decode(info["max_seq_length"], info["max_predictions_per_seq"], info["pad_id"])
-    spec = pdata.MaskingSpec.from_json(info["masking"]) if info["dynamic_masking"] else None
-    first: grain.Transformation
+    source: Any = PretrainRecordSource.from_dataset(data_dir, info)
+    make: Any = _Example(info)
     if packing:
-        plan = pack_plan(data_dir, max_sequences_per_pack, seed)
-        source = PackedRecordSource(source, plan)
-        if len(source) < process_count:
-            raise ValueError(
-                f"{data_dir}: {len(source)} packs cannot be shared by {process_count} processes"
-            )
-        packer = _DecodeAndPack(
-            decode, max_sequences_per_pack, packed_shapes(info, max_sequences_per_pack)[1]
-        )
-        first = packer if spec is None else _DecodeMaskAndPack(packer, spec)
-    else:
-        first = decode if spec is None else _DecodeAndMask(decode, spec)
-    sampler = EpochSeededSampler(
-        len(source),
-        shard_options,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
+        source = PackedRecordSource(source, pack_plan(data_dir, max_sequences_per_pack, seed))
+        make = _Pack(make, max_sequences_per_pack, packed_shapes(info, max_sequences_per_pack)[1])
+    if not len(source):
+        raise ValueError(f"{data_dir}: no examples")
+    rows = process_rows(global_batch_size, process_index, process_count)
+    read = _ReadRow(
+        source,
+        GlobalOrder(len(source), seed=seed, shuffle=shuffle),
+        global_batch_size=global_batch_size,
+        rows=rows,
+        make=make,
         seed=seed,
-        seed_records=bool(info["dynamic_masking"]),
+        dynamic=bool(info["dynamic_masking"]),
+    )
+    batch_size = rows[1] - rows[0]
+    if num_epochs is None:  # endless: as many batches as an index can count
+        local_rows = sys.maxsize // global_batch_size * batch_size
+    else:
+        full, rest = divmod(num_epochs * len(source), global_batch_size)
+        local_rows = full * batch_size
+        if not drop_remainder:
+            local_rows += min(max(rest - rows[0], 0), batch_size)
+    ds = (
+        grain.MapDataset.range(local_rows)
+        .map(read)
+        .batch(batch_size, drop_remainder=drop_remainder)
+        .to_iter_dataset(
+            grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads)
+        )
     )
     if worker_count:
         # grain's worker processes read absl flags; outside an absl app they are unparsed.
@@ -382,15 +402,12 @@ def make_pretrain_loader(
 
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=[first, grain.Batch(batch_size, drop_remainder=drop_remainder)],
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        shard_options=shard_options,
-        read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=16),
-    )
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
+            )
+        )
+    return ds
 
 
 def make_pretrain_iterator(
@@ -417,26 +434,31 @@ def make_pretrain_iterator(
         global_batch_size // process_count.
       seed: shuffling and dynamic-masking seed, in [0, 2**31). Restoring a saved state
         needs an iterator built with the same arguments.
-      shuffle: shuffle (a new permutation each epoch); False reads in record order.
+      shuffle: shuffle (a new permutation of all examples each epoch); False reads in
+        record order.
       num_epochs: passes over the data; None repeats forever.
-      process_index, process_count: this process's slice; default from JAX.
-      worker_count: grain worker processes (0: decode in this process).
+      process_index, process_count: this process reads rows [process_index * B,
+        (process_index + 1) * B) of every global batch, B = global_batch_size //
+        process_count; default from JAX. Processes that hold the same rows (replicas)
+        pass the same index.
+      worker_count: grain worker processes (0: decode in this process); the batches do
+        not depend on it.
       worker_buffer_size: batches each worker prepares ahead.
-      drop_remainder: drop the last partial batch (with `num_epochs` set); slices per
-        process are always of equal size.
+      drop_remainder: with `num_epochs` set, drop the last partial global batch (else
+        each process yields its part of it, possibly nothing).
       read_threads: grain reader threads; 0 reads in the iterating thread, the fastest for
         local files (reads take ~5 µs; threads only add GIL contention). Raise it for
         slow (network) file systems.
       packing: pack up to `max_sequences_per_pack` pairs per row (`data_pipelines.packing`);
         the rows gain position_ids, attention_segment_ids and next_sentence_positions,
         and next_sentence_labels becomes [B, max_sequences_per_pack] (-1: no pair).
-        Packs, not examples, are then what is shuffled, sharded and counted.
+        Packs, not examples, are then what is shuffled, split into batches and counted.
       max_sequences_per_pack: pairs per packed row at most.
     Returns:
-      grain's `DataLoaderIterator`: iterate for batches; `get_state()` / `set_state()`
+      grain's `DatasetIterator`: iterate for batches; `get_state()` / `set_state()`
       checkpoint it.
     """
-    loader = make_pretrain_loader(
+    dataset = make_pretrain_dataset(
         data_dir,
         global_batch_size=global_batch_size,
         seed=seed,
@@ -451,22 +473,21 @@ def make_pretrain_iterator(
         packing=packing,
         max_sequences_per_pack=max_sequences_per_pack,
     )
-    return iter(loader)
+    return iter(dataset)
 
 
 def save_iterator_state(iterator: Any, path: str | os.PathLike) -> None:
     """Writes the iterator state to a JSON file (atomically)."""
-    state = iterator.get_state()
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(state if isinstance(state, bytes) else json.dumps(state).encode())
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(iterator.get_state(), f)
     os.replace(tmp, path)
 
 
 def restore_iterator_state(iterator: Any, path: str | os.PathLike) -> None:
     """Restores an iterator (built with the same arguments) from `save_iterator_state`."""
-    with open(path, "rb") as f:
-        iterator.set_state(f.read())
+    with open(path, encoding="utf-8") as f:
+        iterator.set_state(json.load(f))
 
 
 def iterator_save_args(iterator: Any) -> Any:

@@ -27,16 +27,21 @@ Masked positions are sorted; positions and labels are padded with 0 (weights 0.0
 Deliberate deviations (documented, tested)
 ------------------------------------------
 * **Streaming windows.** The reference holds the whole corpus in memory and draws a
-  "random next" from any document. Here the document stream is cut into windows of
-  `window_documents` documents (default 10,000; a window also closes at 4M tokens once
-  it has two documents; a final window smaller than half of both is merged into the
-  previous one): a random next comes from another document *of the same window*. Memory
-  is constant in corpus size. Examples are shuffled within each pass over a window and
-  written window by window, pass by pass (the reference shuffles all examples
-  globally); the input pipeline shuffles globally at read time anyway.
+  "random next" from any document. Here the document stream is cut into windows and a
+  random next comes from another document *of the same window*; memory is constant in
+  corpus size. The rule (`_WindowAssembler`): every window holds at least two
+  documents. A window closes after the document that brings it to `window_documents`
+  documents (default 10,000) or to `window_max_tokens` tokens (default 4M), but never
+  before it holds two documents (a huge document waits for the next one); the
+  documents after the last close join the previous window when they are fewer than two
+  or fewer than half of both limits. Documents are never split: a window holding huge
+  documents is as large as they are. Examples are shuffled within each pass over a
+  window and written window by window, pass by pass (the reference shuffles all
+  examples globally); the input pipeline shuffles globally at read time anyway.
 * **Random next is never the same document.** The reference retries 10 times and then
-  silently uses the same document; here the other document is drawn uniformly. A corpus
-  with a single document is rejected (no valid "random next" exists).
+  silently uses the same document; here the other document is drawn uniformly from the
+  rest of the window. An input with fewer than two documents is rejected (no valid
+  "random next" exists).
 * **Truncation in closed form.** How many tokens each side loses is deterministic (the
   reference loop's counts); the front/back split of those removals is Binomial(n, 1/2),
   the same distribution as the reference's one-coin-per-token loop.
@@ -49,8 +54,14 @@ Deliberate deviations (documented, tested)
   the text to the special id; such ids inside text are replaced by [UNK], so [CLS]/[SEP]
   occur only at the structural positions and masking invariants hold.
 * **Randomness** comes from numpy / `random.Random` streams seeded from
-  ``(random_seed, window index, pass)``, so output does not depend on `num_workers` or
-  scheduling and is byte-identical for a fixed seed and input. It does not reproduce
+  ``(random_seed, window index, pass)``. Nothing else on the path from text to records
+  varies between runs: input files are read in the order of their absolute paths
+  (however they were spelled or globbed), windows are cut by the document sequence
+  alone (not by how documents arrive in tokenization chunks), word batches are tokenized in sorted
+  order, results are consumed in submission order whatever finishes first, and
+  TFRecord examples are serialized with sorted feature keys. So for a fixed seed and
+  input the output (every shard and ``dataset_info.json``) is byte-identical whatever
+  `num_workers`, scheduling, hash seed or tokenizer thread count. It does not reproduce
   the reference's exact random stream (which is impossible without its exact call
   order and its slow Python loops); the statistics match (on the test corpus at
   length 128, 20 passes: NSP label mean 0.588-0.593 vs the reference's 0.583-0.589,
@@ -76,7 +87,10 @@ flight, and the parent process reads text and writes the shards. With
 Output
 ------
 ``output_dir/examples-XXXXX-of-YYYYY.array_record`` (or ``.tfrecord``), examples
-dealt round-robin over `num_output_shards` shards in a deterministic order, and
+dealt round-robin over `num_output_shards` shards in a deterministic order, the
+tokenizer the examples were made with (its own `save()`: ``vocab.txt`` or
+``spm.model`` plus ``tokenizer_config.json``, so `load_tokenizer(output_dir)` gives the
+same ids and ``bertjax train --config.data.train_dir=output_dir`` finds it), and
 ``dataset_info.json`` (format, counts per shard, lengths, masking spec, seed, ...).
 Everything is written into a temporary sibling directory that is renamed to
 `output_dir` at the end; ``dataset_info.json`` is written last, so a directory without
@@ -150,7 +164,7 @@ FLAG_WIDE = 2
 HEADER = struct.Struct("<2sBBHHHBx")  # 12 bytes
 ARRAYRECORD_WRITER_OPTIONS = "group_size:1,uncompressed"
 DEFAULT_WINDOW_DOCUMENTS = 10_000
-WINDOW_MAX_TOKENS = 4_000_000  # a window also closes here (once it has two documents)
+WINDOW_MAX_TOKENS = 4_000_000  # default tokens at which a window closes (at two documents)
 TOKENIZE_CHUNK_CHARS = 256_000  # characters of text per tokenization task
 BLOCK_EXAMPLES = 4096  # examples gathered / masked / serialized at a time
 BYTES_PER_WORKER = 8_000_000  # default num_workers: one per 8 MB of input, up to the cores
@@ -835,8 +849,7 @@ def create_pass_records(
     """
     if docs.num_docs < 2:
         raise ValueError(
-            "next sentence prediction needs at least two documents (separate documents by a "
-            f"blank line); the input holds {docs.num_docs}"
+            f"next sentence prediction needs at least two documents with text; got {docs.num_docs}"
         )
     bounds = docs.doc_bounds()
     blobs: list[bytes] = []
@@ -1046,9 +1059,10 @@ class _TFRecordShard:
         feats[F.MASKED_LM_WEIGHTS] = tf.train.Feature(
             float_list=tf.train.FloatList(value=ex[F.MASKED_LM_WEIGHTS].tolist())
         )
-        ordered = {k: feats[k] for k in F.PRETRAINING_FEATURES}
-        example = tf.train.Example(features=tf.train.Features(feature=ordered))
-        self._writer.write(example.SerializeToString())
+        example = tf.train.Example(features=tf.train.Features(feature=feats))
+        # Sorted feature keys: the default order of a protobuf map follows a per-process
+        # hash seed, so the bytes would differ from run to run.
+        self._writer.write(example.SerializeToString(deterministic=True))
 
     def close(self) -> None:
         self._writer.close()
@@ -1078,21 +1092,29 @@ def _chunk_documents(documents: Iterable[list[str]], chunk_chars: int) -> Iterat
 
 
 class _WindowAssembler:
-    """Cuts the stream of tokenized documents into windows.
+    """Cuts the stream of tokenized documents into windows of at least two documents.
 
-    A window closes at `window_documents` documents, or at `max_tokens` tokens once it
-    has two documents; a final window smaller than half of both limits joins the
-    previous one (so no window is left with a single document). The cut points depend
-    only on the document sequence, not on how it arrives in chunks.
+    A window closes after the document that brings it to `window_documents` documents or
+    to `max_tokens` tokens, but only once it holds two documents; so a closed window
+    always has two or more, however large its documents. Only the documents after the
+    last close can be fewer: `finish` puts them into the previous window when they are
+    fewer than two, or fewer than half of both limits. One window with fewer than two
+    documents is left only when the whole stream has fewer than two (the caller rejects
+    that input). The cut points depend only on the document sequence, not on how it
+    arrives in chunks.
     """
 
     def __init__(self, window_documents: int, max_tokens: int):
+        if window_documents < 2:
+            raise ValueError(f"window_documents must be >= 2, got {window_documents}")
+        if max_tokens < 1:
+            raise ValueError(f"window_max_tokens must be >= 1, got {max_tokens}")
         self.window_documents = window_documents
         self.max_tokens = max_tokens
         self.parts: list[TokenizedDocs] = []
         self.docs = 0
         self.tokens = 0
-        self.pending: TokenizedDocs | None = None
+        self.pending: TokenizedDocs | None = None  # the last closed window, held back
 
     def add(self, chunk: TokenizedDocs) -> list[TokenizedDocs]:
         out = []
@@ -1101,9 +1123,8 @@ class _WindowAssembler:
         for i, n_tok in enumerate(counts):
             self.docs += 1
             self.tokens += n_tok
-            if self.docs >= self.window_documents or (
-                self.tokens >= self.max_tokens and self.docs >= 2
-            ):
+            full = self.docs >= self.window_documents or self.tokens >= self.max_tokens
+            if full and self.docs >= 2:
                 self.parts.append(chunk.slice_docs(start, i + 1))
                 start = i + 1
                 out.extend(self._close())
@@ -1118,15 +1139,19 @@ class _WindowAssembler:
         return [previous] if previous is not None else []
 
     def finish(self) -> list[TokenizedDocs]:
-        last = TokenizedDocs.concat(self.parts) if self.parts else None
+        rest = TokenizedDocs.concat(self.parts) if self.parts else None
+        self.parts, self.docs, self.tokens = [], 0, 0
+        previous, self.pending = self.pending, None
+        if rest is None:
+            return [previous] if previous is not None else []
+        if previous is None:
+            return [rest]
         small = (
-            last is not None
-            and last.num_docs < max(2, self.window_documents // 2)
-            and last.num_tokens < self.max_tokens // 2
+            rest.num_docs < self.window_documents // 2 and rest.num_tokens < self.max_tokens // 2
         )
-        if last is not None and self.pending is not None and small:
-            return [TokenizedDocs.concat([self.pending, last])]
-        return [w for w in (self.pending, last) if w is not None and w.num_docs]
+        if rest.num_docs < 2 or small:
+            return [TokenizedDocs.concat([previous, rest])]
+        return [previous, rest]
 
 
 class _SpawnWithoutMainProcess(multiprocessing.context.SpawnProcess):
@@ -1200,13 +1225,17 @@ def _generate(
     *,
     num_workers: int,
     window_documents: int,
+    window_max_tokens: int,
     stats: _Stats,
+    source: str,
 ) -> Iterator[PassResult]:
     """Pass results in (window, pass) order; tasks run on `num_workers` processes.
 
     Two kinds of tasks share one pool: tokenizing chunks of documents, and building the
     examples of a group of passes over a window. At most ``2 * num_workers`` of each
-    kind are in flight, so memory is bounded whatever the corpus size.
+    kind are in flight, so memory is bounded whatever the corpus size. Results are
+    taken in submission order, never in completion order. `source` names the input in
+    the error for a stream of fewer than two documents.
     """
     workers = max(1, num_workers)
     limit = 2 * workers
@@ -1230,7 +1259,7 @@ def _generate(
             return _Lazy(_run_task, kind, args, tokenizer, params, cache)
         return pool.submit(_worker_task, kind, args)
 
-    assembler = _WindowAssembler(window_documents, WINDOW_MAX_TOKENS)
+    assembler = _WindowAssembler(window_documents, window_max_tokens)
     tok_q: collections.deque = collections.deque()
     pair_q: collections.deque = collections.deque()
 
@@ -1258,6 +1287,12 @@ def _generate(
             take_tokenized()
             while len(pair_q) > limit:
                 yield pair_q.popleft().result()
+        if stats.documents < 2:
+            raise ValueError(
+                f"{source}: the input holds {stats.documents} document"
+                f"{'' if stats.documents == 1 else 's'} with text; next sentence prediction "
+                "needs at least two (documents are separated by a blank line)"
+            )
         dispatch(assembler.finish())
         while pair_q:
             yield pair_q.popleft().result()
@@ -1273,6 +1308,13 @@ def _generate(
 
 # ---------------------------------------------------------------------------------------
 # The entry point.
+
+
+def _describe_files(files: Sequence[str]) -> str:
+    """The input files for an error message: all of up to three, else the first."""
+    if len(files) <= 3:
+        return ", ".join(files)
+    return f"{files[0]} and {len(files) - 1} more input files"
 
 
 def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -1314,7 +1356,8 @@ def create_pretraining_data(
     output_format: OutputFormat = "arrayrecord",
     overwrite: bool = False,
     window_documents: int = DEFAULT_WINDOW_DOCUMENTS,
-    errors: Literal["strict", "replace", "ignore"] = "strict",
+    window_max_tokens: int = WINDOW_MAX_TOKENS,
+    input_errors: Literal["strict", "replace", "ignore"] = "strict",
     max_line_chars: int = corpus.DEFAULT_MAX_LINE_CHARS,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -1322,9 +1365,11 @@ def create_pretraining_data(
 
     Args:
       input_files: paths / glob patterns (one sentence per line, blank line between
-        documents); see `data_pipelines.corpus.iter_documents`.
+        documents); see `data_pipelines.corpus.iter_documents`. They are read in the
+        order of their absolute paths; a file named twice is read once.
       tokenizer: a `data_pipelines.tokenizers.Tokenizer`, or a path for `load_tokenizer`.
-      output_dir: created (atomically) with the shards and dataset_info.json.
+      output_dir: created (atomically) with the shards, the tokenizer's files and
+        dataset_info.json.
       max_seq_length .. do_whole_word_mask: as google-research/bert (module docstring).
       dynamic_masking: store unmasked pairs; the input pipeline masks per epoch.
       num_output_shards: number of output files (examples dealt round-robin).
@@ -1332,8 +1377,13 @@ def create_pretraining_data(
         of input; <= 1: everything in this process). The output does not depend on it.
       output_format: "arrayrecord" (training format) or "tfrecord" (interop, needs TF).
       overwrite: replace a non-empty `output_dir`.
-      window_documents: documents per window for picking random-next segments.
-      errors, max_line_chars: text decoding policy (see `corpus.iter_documents`).
+      window_documents, window_max_tokens: a window (the documents random-next
+        segments are drawn from) closes at this many documents or tokens, once it holds
+        two documents (module docstring).
+      input_errors: invalid UTF-8 in the input: "strict" raises `corpus.CorpusError`
+        naming file:line, "replace" / "ignore" replace / drop the bad bytes with a
+        warning (`corpus.iter_documents(errors=...)`).
+      max_line_chars: longer lines are cut (see `corpus.iter_documents`).
       progress: show a tqdm progress bar (bytes of input read).
     Returns:
       The dataset info (also written to output_dir/dataset_info.json).
@@ -1352,6 +1402,12 @@ def create_pretraining_data(
         raise ValueError(f"num_output_shards must be >= 1, got {num_output_shards}")
     if window_documents < 2:
         raise ValueError(f"window_documents must be >= 2, got {window_documents}")
+    if window_max_tokens < 1:
+        raise ValueError(f"window_max_tokens must be >= 1, got {window_max_tokens}")
+    if input_errors not in ("strict", "replace", "ignore"):
+        raise ValueError(
+            f"input_errors must be 'strict', 'replace' or 'ignore', got {input_errors!r}"
+        )
     if output_format not in ("arrayrecord", "tfrecord"):
         raise ValueError(
             f"output_format must be 'arrayrecord' or 'tfrecord', got {output_format!r}"
@@ -1361,7 +1417,10 @@ def create_pretraining_data(
     if not 0 <= random_seed < 2**63:
         raise ValueError(f"random_seed must be a non-negative 63-bit integer, got {random_seed}")
 
-    files = corpus.expand_input_files(input_files)
+    # The order of the files (and so of the documents) is that of their absolute paths,
+    # whatever the spelling of the patterns.
+    by_path = {os.path.abspath(f): f for f in corpus.expand_input_files(input_files)}
+    files = [by_path[k] for k in sorted(by_path)]
     if isinstance(tokenizer, (str, os.PathLike)):
         from data_pipelines.tokenizers import load_tokenizer
 
@@ -1404,8 +1463,13 @@ def create_pretraining_data(
 
             bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pretraining data")
         on_bytes = bar.update if bar is not None else None
-        documents = corpus.iter_documents(
-            files, errors=errors, max_line_chars=max_line_chars, on_bytes=on_bytes
+        # File by file in this order (`iter_documents` would expand and sort the names
+        # again, by their spelling).
+        documents = itertools.chain.from_iterable(
+            corpus.iter_file_documents(
+                f, errors=input_errors, max_line_chars=max_line_chars, on_bytes=on_bytes
+            )
+            for f in files
         )
         stats = _Stats()
         num_random_next = num_predictions = 0
@@ -1416,7 +1480,9 @@ def create_pretraining_data(
             params,
             num_workers=num_workers,
             window_documents=window_documents,
+            window_max_tokens=window_max_tokens,
             stats=stats,
+            source=_describe_files(files),
         )
         try:
             for result in results:
@@ -1433,8 +1499,9 @@ def create_pretraining_data(
         for w in writers:
             w.close()
         num_examples = sum(counts)
-        if num_examples == 0:
-            raise ValueError(f"no documents with text in {files}")
+        # A copy of the tokenizer's files: the dataset carries the tokenizer it was made
+        # with, wherever the source vocabulary goes.
+        tokenizer.save(str(tmp))
         info = {
             "format": output_format,
             "record_encoding": RECORD_ENCODING
@@ -1451,6 +1518,7 @@ def create_pretraining_data(
             "short_seq_prob": short_seq_prob,
             "random_seed": random_seed,
             "window_documents": window_documents,
+            "window_max_tokens": window_max_tokens,
             "vocab_size": int(tokenizer.vocab_size),
             "pad_id": params.pad_id,
             "cls_id": params.cls_id,

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import sentencepiece as spm
@@ -52,6 +54,8 @@ import sentencepiece as spm
 import tokenizers as hf_tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
+
+from data_pipelines import corpus
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -598,20 +602,21 @@ def encode_pair(
 ) -> EncodedPair:
     """BERT classifier input for one text or a pair, truncated and padded as google-research/bert.
 
-    As in its `convert_single_example`, an empty `text_b` counts as no second segment.
+    As in its `convert_single_example`, a `text_b` that is empty or tokenizes to nothing (e.g.
+    only zero-width characters) counts as no second segment: no second [SEP].
     """
-    num_special = 3 if text_b else 2
-    if max_seq_length < num_special:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the special tokens")
     tokens_a, ids_a = tokenizer.tokenize_with_ids(text_a)
     tokens_b, ids_b = tokenizer.tokenize_with_ids(text_b) if text_b else ([], [])
+    num_special = 3 if ids_b else 2
+    if max_seq_length < num_special:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the special tokens")
     len_a, len_b = truncated_pair_lengths(len(ids_a), len(ids_b), max_seq_length - num_special)
     cls, sep = tokenizer.convert_ids_to_tokens([tokenizer.cls_id, tokenizer.sep_id])
 
     tokens = [cls, *tokens_a[:len_a], sep]
     ids = [tokenizer.cls_id, *ids_a[:len_a], tokenizer.sep_id]
     first = len(ids)
-    if text_b:
+    if ids_b:
         tokens += [*tokens_b[:len_b], sep]
         ids += [*ids_b[:len_b], tokenizer.sep_id]
     n = len(ids)
@@ -628,40 +633,60 @@ def encode_pair(
 # ----------------------------------------------------------------------------------------------
 # Training a vocabulary.
 
+# SentencePiece's unigram trainer sums its E-step over threads, so its scores depend on the
+# thread count: it is fixed, not `os.cpu_count()`, so every machine learns the same model.
+SPM_NUM_THREADS = 16
+# SentencePiece trains on at most about this many sentences: a larger corpus is sampled here,
+# with this seed (SentencePiece's own sampling draws a new seed in every process).
+SPM_INPUT_SENTENCE_SIZE = 10_000_000
+SPM_SEED = 12345
+
 
 def train_vocab(
-    files: Sequence[str],
+    files: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     kind: str,
     vocab_size: int,
-    out_dir: str,
+    out_dir: str | os.PathLike,
     do_lower_case: bool = True,
     num_unused: int = 100,
     pad_to_multiple_of: int | None = None,
     limit_alphabet: int = 1000,
     overwrite: bool = False,
+    input_errors: Literal["strict", "replace", "ignore"] = "strict",
 ) -> Tokenizer:
     """Train a WordPiece or SentencePiece (unigram) vocabulary on text files (one sentence a line).
 
+    The text is read by `data_pipelines.corpus.iter_documents` (files and glob patterns; UTF-8
+    under the `input_errors` policy: "strict" raises `CorpusError` naming file:line, "replace"
+    substitutes U+FFFD, "ignore" drops the bad bytes; both warn) and streamed to the trainers;
+    they never open the files themselves. U+FFFD is never learned: both normalizers (BERT's and
+    SentencePiece's nmt_nfkc) remove it, in training as in encoding, so a replaced byte leaves
+    no trace in the vocab or the ids.
+
     `vocab_size` counts everything: the five special tokens, `num_unused` [unusedN] slots and the
     learned pieces; `pad_to_multiple_of` then rounds the size up with extra [unusedN] tokens.
-    WordPiece order follows BERT: [PAD], [unused0..], [UNK], [CLS], [SEP], [MASK], learned pieces,
-    padding. A small corpus may yield fewer WordPiece tokens than asked; SentencePiece instead fails
-    with a ValueError. SentencePiece reserves [PAD]=0, [UNK]=1, then [CLS], [SEP], [MASK] and the
-    [unusedN] slots as control symbols (never produced from text); with `do_lower_case` the model
-    case-folds its input (nmt_nfkc_cf). `limit_alphabet` applies to WordPiece only.
+    WordPiece order follows BERT: [PAD], [unused0..], [UNK], [CLS], [SEP], [MASK], the alphabet,
+    its "##" continuations, the learned pieces, padding. A small corpus may yield fewer WordPiece
+    tokens than asked; SentencePiece instead fails with a ValueError. SentencePiece reserves
+    [PAD]=0, [UNK]=1, then [CLS], [SEP], [MASK] and the [unusedN] slots as control symbols (never
+    produced from text); with `do_lower_case` the model case-folds its input (nmt_nfkc_cf).
+    `limit_alphabet` applies to WordPiece only: the most frequent characters after normalization
+    (ties: the lower code point) form the alphabet.
+
+    Deterministic: the same text and arguments give the same bytes, whatever the process, machine
+    or core count (see `_train_wordpiece` and `_train_sentencepiece`).
 
     Output goes to a temporary sibling directory and is renamed into `out_dir` when complete. An
     `out_dir` already holding a tokenizer is refused unless `overwrite=True`.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    files = [os.fspath(f) for f in files]
-    if not files:
-        raise ValueError("train_vocab needs at least one text file")
-    for f in files:
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"training file not found: {f}")
+    files = corpus.expand_input_files(files)
+    if input_errors not in corpus.ERROR_POLICIES:
+        raise ValueError(
+            f"input_errors must be one of {corpus.ERROR_POLICIES}, got {input_errors!r}"
+        )
     if num_unused < 0:
         raise ValueError(f"num_unused must be >= 0, got {num_unused}")
     if vocab_size <= len(SPECIAL_TOKENS) + num_unused:
@@ -671,6 +696,8 @@ def train_vocab(
         )
     if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
         raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+    if limit_alphabet < 1:
+        raise ValueError(f"limit_alphabet must be >= 1, got {limit_alphabet}")
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     existing = _tokenizer_files(out_dir)
@@ -679,15 +706,19 @@ def train_vocab(
             f"{out_dir} already holds a tokenizer ({', '.join(existing)}); "
             "pass overwrite=True to replace it"
         )
+
+    def documents() -> Iterator[list[str]]:
+        return corpus.iter_documents(files, errors=input_errors)
+
     parent, name = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
         sizes = (vocab_size, num_unused, pad_to_multiple_of)
         if kind == "wordpiece":
-            tok = _train_wordpiece(files, tmp, *sizes, do_lower_case, limit_alphabet)
+            tok = _train_wordpiece(documents, tmp, *sizes, do_lower_case, limit_alphabet)
         else:
-            tok = _train_sentencepiece(files, tmp, *sizes, do_lower_case)
+            tok = _train_sentencepiece(documents, files, tmp, *sizes, do_lower_case)
         tok.save(tmp)
         _publish(tmp, out_dir)
     finally:
@@ -696,7 +727,7 @@ def train_vocab(
 
 
 def _train_wordpiece(
-    files: list[str],
+    documents: Callable[[], Iterator[list[str]]],
     tmp: str,
     vocab_size: int,
     num_unused: int,
@@ -704,21 +735,41 @@ def _train_wordpiece(
     do_lower_case: bool,
     limit_alphabet: int,
 ) -> Tokenizer:
+    """The Rust WordPiece trainer, made deterministic.
+
+    That trainer (BPE underneath) numbers the "##c" continuation pieces as it meets them in a
+    per-process hash order, breaks ties between equally frequent merges by those numbers, and
+    breaks ties at the `limit_alphabet` cut arbitrarily; left alone it learns a different vocab
+    in every process. So the alphabet is chosen here (`_wordpiece_alphabet`, a first pass over
+    the text) and handed over whole, and every continuation piece is registered up front in
+    code-point order: every id the trainer assigns then follows from the text alone.
+    """
+    normalizer = _bert_normalizer(do_lower_case, None, True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    alphabet, continuations = _wordpiece_alphabet(
+        documents(), normalizer, pre_tokenizer, limit_alphabet
+    )
     tk = hf_tokenizers.Tokenizer(
         WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
     )
-    tk.normalizer = _bert_normalizer(do_lower_case, None, True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.normalizer = normalizer
+    tk.pre_tokenizer = pre_tokenizer
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size - num_unused,  # the trainer's count includes the special tokens
-        special_tokens=list(SPECIAL_TOKENS),
-        limit_alphabet=limit_alphabet,
+        special_tokens=[*SPECIAL_TOKENS, *continuations],
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
         continuing_subword_prefix="##",
         show_progress=False,
     )
-    tk.train(files, trainer)
-    learned = sorted(tk.get_vocab().items(), key=lambda kv: kv[1])
-    rest = [t for t, _ in learned if t not in SPECIAL_TOKENS]
+    with warnings.catch_warnings():  # the first pass has reported them
+        warnings.simplefilter("ignore", corpus.CorpusWarning)
+        tk.train_from_iterator(documents(), trainer)  # a document is a batch of sentences
+    vocab = tk.get_vocab()
+    group = {**dict.fromkeys(alphabet, 0), **dict.fromkeys(continuations, 1)}
+    rest = sorted(
+        (t for t in vocab if t not in SPECIAL_TOKENS), key=lambda t: (group.get(t, 2), vocab[t])
+    )
     tokens = [PAD, *(f"[unused{i}]" for i in range(num_unused)), UNK, CLS, SEP, MASK, *rest]
     extra = _round_up(len(tokens), pad_to_multiple_of) - len(tokens)
     tokens += [f"[unused{i}]" for i in range(num_unused, num_unused + extra)]
@@ -728,7 +779,58 @@ def _train_wordpiece(
     return WordPieceTokenizer(vocab_file, do_lower_case=do_lower_case)
 
 
+def _wordpiece_alphabet(
+    documents: Iterable[list[str]],
+    normalizer: normalizers.Normalizer,
+    pre_tokenizer: pre_tokenizers.PreTokenizer,
+    limit: int,
+) -> tuple[list[str], list[str]]:
+    """(alphabet, its "##" continuation pieces), both in code-point order.
+
+    The alphabet is the `limit` most frequent characters of the words the trainer sees
+    (normalized, pre-tokenized text), ties broken by the lower code point. Characters are
+    counted in the raw text (numpy, per 1 MiB of text) and mapped through the normalizer and
+    pre-tokenizer one distinct character at a time; BERT's normalization acts on each character
+    alone, so the counts are those of the normalized text. A continuation piece is made for
+    every alphabet character that can follow another inside a word: not whitespace, not
+    punctuation (which the pre-tokenizer splits off) and not CJK (which the normalizer spaces
+    out).
+    """
+    raw = np.zeros(0x110000, dtype=np.int64)
+    chunk: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        codes = np.frombuffer("\n".join(chunk).encode("utf-32-le"), dtype=np.uint32)
+        raw[:] += np.bincount(codes, minlength=raw.size)
+        chunk.clear()
+
+    for document in documents:
+        chunk.extend(document)
+        size += sum(map(len, document))
+        if size >= 1 << 20:
+            flush()
+            size = 0
+    if chunk:
+        flush()
+
+    counts: dict[str, int] = {}
+    for code in np.flatnonzero(raw).tolist():
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(chr(code)))
+        for word, _ in words:
+            for char in word:
+                counts[char] = counts.get(char, 0) + int(raw[code])
+    ranked = sorted(counts, key=lambda c: (-counts[c], ord(c)))
+    alphabet = sorted(ranked[:limit])
+
+    def continues(char: str) -> bool:
+        return len(pre_tokenizer.pre_tokenize_str(normalizer.normalize_str("a" + char))) == 1
+
+    return alphabet, [f"##{c}" for c in alphabet if continues(c)]
+
+
 def _train_sentencepiece(
+    documents: Callable[[], Iterator[list[str]]],
     files: list[str],
     tmp: str,
     vocab_size: int,
@@ -736,33 +838,84 @@ def _train_sentencepiece(
     pad_to_multiple_of: int | None,
     do_lower_case: bool,
 ) -> Tokenizer:
+    """SentencePiece's unigram trainer on the text stream, made deterministic.
+
+    A fixed thread count (`SPM_NUM_THREADS`); a corpus of more than `SPM_INPUT_SENTENCE_SIZE`
+    sentences sampled here with a fixed seed (`_SentenceStream`), SentencePiece's own sampling
+    off; the model written from memory, so no temporary path is recorded in it.
+    """
     total = _round_up(vocab_size, pad_to_multiple_of)
     unused = [f"[unused{i}]" for i in range(num_unused + total - vocab_size)]
-    prefix = os.path.join(tmp, "spm")
+    fraction = 1.0
+    # A sentence takes at least two bytes, so a smaller corpus cannot exceed the limit.
+    counted = sum(os.path.getsize(f) for f in files) >= 2 * SPM_INPUT_SENTENCE_SIZE
+    if counted:
+        count = sum(len(document) for document in documents())  # a first pass to count them
+        fraction = min(1.0, SPM_INPUT_SENTENCE_SIZE / max(count, 1))
+    stream = _SentenceStream(documents(), fraction)
+    model = io.BytesIO()
     try:
-        spm.SentencePieceTrainer.Train(
-            input=files,
-            model_prefix=prefix,
-            model_type="unigram",
-            vocab_size=total,
-            pad_id=0,
-            pad_piece=PAD,
-            unk_id=1,
-            unk_piece=UNK,
-            bos_id=-1,
-            eos_id=-1,
-            control_symbols=[CLS, SEP, MASK, *unused],
-            normalization_rule_name="nmt_nfkc_cf" if do_lower_case else "nmt_nfkc",
-            input_sentence_size=10_000_000,
-            shuffle_input_sentence=True,
-            num_threads=os.cpu_count() or 1,
-            minloglevel=1,
-        )
+        with warnings.catch_warnings():
+            if counted:  # the first pass has reported them
+                warnings.simplefilter("ignore", corpus.CorpusWarning)
+            spm.SentencePieceTrainer.Train(
+                sentence_iterator=iter(stream),
+                model_writer=model,
+                model_type="unigram",
+                vocab_size=total,
+                pad_id=0,
+                pad_piece=PAD,
+                unk_id=1,
+                unk_piece=UNK,
+                bos_id=-1,
+                eos_id=-1,
+                control_symbols=[CLS, SEP, MASK, *unused],
+                normalization_rule_name="nmt_nfkc_cf" if do_lower_case else "nmt_nfkc",
+                input_sentence_size=0,  # all it is given: `stream` samples
+                num_threads=SPM_NUM_THREADS,
+                minloglevel=1,
+            )
     except RuntimeError as e:
-        raise ValueError(f"SentencePiece training on {files} failed: {str(e).strip()}") from None
-    os.remove(prefix + ".vocab")  # the human-readable listing; the .model is the source of truth
-    os.replace(prefix + ".model", os.path.join(tmp, SPM_FILE))
-    return SentencePieceTokenizer(os.path.join(tmp, SPM_FILE), do_lower_case=do_lower_case)
+        if stream.error is not None:  # the reader's own error, e.g. a CorpusError naming file:line
+            raise stream.error from None
+        message = " ".join(str(e).split())
+        raise ValueError(
+            f"SentencePiece training on {_describe(files)} failed: {message}"
+        ) from None
+    model_file = os.path.join(tmp, SPM_FILE)
+    _atomic_write(model_file, model.getvalue())
+    return SentencePieceTokenizer(model_file, do_lower_case=do_lower_case)
+
+
+class _SentenceStream:
+    """The sentences of a document stream for SentencePiece, each kept with probability
+    `fraction` (a seeded draw per sentence, in stream order).
+
+    SentencePiece reports an exception of the iterator as a RuntimeError holding only its text;
+    the exception itself is kept here so that the caller can raise it unchanged.
+    """
+
+    def __init__(self, documents: Iterator[list[str]], fraction: float):
+        self.documents = documents
+        self.fraction = fraction
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        rng = np.random.default_rng(SPM_SEED)
+        try:
+            for document in self.documents:
+                if self.fraction >= 1.0:
+                    yield from document
+                    continue
+                keep = rng.random(len(document)) < self.fraction
+                yield from (s for s, k in zip(document, keep, strict=True) if k)
+        except Exception as e:
+            self.error = e
+            raise
+
+
+def _describe(files: list[str]) -> str:
+    return files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more file(s)"
 
 
 def _round_up(n: int, multiple: int | None) -> int:

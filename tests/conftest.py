@@ -22,6 +22,20 @@ WORDS = (
 PIECES = ["##s", "##ed", "##ing", "##er", "##ly", "##est", "##a", "##e", "##o", "##n"]
 PUNCT = list(".,!?;:'\"()-")
 SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# The keys of google-research/bert's bert_config.json (modeling.BertConfig).
+GOOGLE_BERT_CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+)
 
 
 def tiny_vocab() -> list[str]:

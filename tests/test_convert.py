@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import make_hf_model
+from conftest import GOOGLE_BERT_CONFIG_KEYS, make_hf_model
 
 from bertjax import checkpoint as ckpt
 from bertjax import convert
@@ -174,22 +174,7 @@ def _write_tf1_checkpoint(model, config_json: dict, out_dir: str) -> None:
 def test_tf1_checkpoint_import_matches_transformers(hf_dir, tmp_path):
     src, model = hf_dir
     hf_cfg = json.load(open(os.path.join(src, "config.json")))
-    bert_cfg = {
-        k: hf_cfg[k]
-        for k in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "hidden_act",
-            "hidden_dropout_prob",
-            "attention_probs_dropout_prob",
-            "max_position_embeddings",
-            "type_vocab_size",
-            "initializer_range",
-        )
-    }
+    bert_cfg = {k: hf_cfg[k] for k in GOOGLE_BERT_CONFIG_KEYS}
     _write_tf1_checkpoint(model, bert_cfg, str(tmp_path))
     config, params = convert.import_tf(str(tmp_path))
     batch = _batch(config.vocab_size, seed=2)

@@ -101,6 +101,39 @@ def test_overlong_lines_are_split_with_a_warning_and_bounded(tmp_path):
     assert "".join(docs[1][:-1]) == "x" * 300_000 and docs[1][-1] == "end"
 
 
+def test_iter_lines_numbers_every_line_and_strips(tmp_path):
+    path = tmp_path / "lines.txt"
+    long = "word " * 50_000  # whole, however long: no sentence splitting here
+    path.write_bytes(
+        b"\xef\xbb\xbf  first. Second sentence.\r\n\n \t \nx ||| y\n" + long.encode() + b"\nlast"
+    )
+    assert list(corpus.iter_lines(str(path))) == [
+        (1, "first. Second sentence."),
+        (2, ""),
+        (3, ""),
+        (4, "x ||| y"),
+        (5, long.strip()),
+        (6, "last"),
+    ]
+
+
+def test_iter_lines_shares_the_decoding_policy(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"one\ntwo\n\nfour \xd7 bytes\nfive \xff\n")
+    with pytest.raises(corpus.CorpusError, match=rf"^{path}:4: invalid UTF-8 .*input_errors"):
+        list(corpus.iter_lines(str(path)))
+    with pytest.warns(corpus.CorpusWarning, match=rf"{path}:4: .* replaced by U\+FFFD \(2 line"):
+        replaced = list(corpus.iter_lines(str(path), errors="replace"))
+    assert replaced[3:] == [(4, "four \ufffd bytes"), (5, "five \ufffd")]
+    with pytest.warns(corpus.CorpusWarning, match=rf"{path}:4: invalid UTF-8 bytes dropped"):
+        ignored = list(corpus.iter_lines(str(path), errors="ignore"))
+    assert ignored[3:] == [(4, "four  bytes"), (5, "five")]
+    with pytest.raises(ValueError, match="errors must be one of"):
+        list(corpus.iter_lines(str(path), errors="surrogateescape"))
+    with pytest.raises(corpus.CorpusError, match="nope.txt: cannot open input file"):
+        list(corpus.iter_lines(str(tmp_path / "nope.txt")))
+
+
 def test_write_documents_round_trips_and_is_atomic(tmp_path):
     docs = [["One.", "Two  with\nnewline."], [], ["  "], ["Three."]]
     out = tmp_path / "sub" / "corpus.txt"

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from bertjax import checkpoint as ckpt
-from bertjax.features import extract_features
+from bertjax.features import extract_features, read_examples, split_pair
 from bertjax.model import BertModel
+from data_pipelines.corpus import CorpusError, CorpusWarning
 from data_pipelines.tokenizers import encode_pair, load_tokenizer
 
 
@@ -64,6 +65,58 @@ def test_non_utf8_line_is_named(bertjax_dir, tmp_path):
     inp = tmp_path / "in.txt"
     inp.write_bytes(b"fine\n\xff\xfe broken\n")
     out = tmp_path / "o.jsonl"
-    with pytest.raises(ValueError, match=r"in.txt:2: not valid UTF-8"):
+    with pytest.raises(CorpusError, match=r"in.txt:2: invalid UTF-8"):
         extract_features(bertjax_dir, str(inp), str(out), layers=[-1], max_seq_length=16)
     assert not out.exists() and not (tmp_path / "o.jsonl.tmp").exists()
+    # "replace" reads the bytes as U+FFFD, which BERT's normalizer drops.
+    with pytest.warns(CorpusWarning, match=r"in.txt:2: invalid UTF-8 bytes replaced"):
+        n = extract_features(
+            bertjax_dir, str(inp), str(out), layers=[-1], max_seq_length=16,
+            input_errors="replace",
+        )  # fmt: skip
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    broken = ["b", "##r", "##o", "##k", "##e", "##n"]
+    assert n == 2 and records[1]["tokens"] == ["[CLS]", *broken, "[SEP]"]
+
+
+# What google-research/bert's extract_features.py makes of each line: it strips the line and
+# matches ^(.*) \|\|\| (.*)$, whose greedy first group puts the boundary at the LAST " ||| ".
+SPLITS = [
+    ("first part ||| second part ||| third part", "first part ||| second part", "third part"),
+    ("a ||| b", "a", "b"),
+    ("  a ||| b  \t", "a", "b"),
+    ("a |||  b", "a", " b"),
+    ("a ||| ||| b", "a |||", "b"),
+    ("a ||| |||", "a", "|||"),
+    ("a |||| ||| b", "a ||||", "b"),
+    (" ||| x", "||| x", None),  # stripped: no space before the separator is left
+    ("x ||| ", "x |||", None),  # stripped: no space after it
+    ("|||", "|||", None),
+    ("x |||y", "x |||y", None),
+    ("x||| y", "x||| y", None),
+    ("a |||| b", "a |||| b", None),
+    ("a\t|||\tb", "a\t|||\tb", None),
+    ("", "", None),
+    ("plain sentence", "plain sentence", None),
+]
+
+
+def test_pairs_split_as_google_research_bert(tmp_path):
+    for line, a, b in SPLITS:
+        assert split_pair(line.strip()) == (a, b), line
+    # read_examples: the lines of a (CRLF) file stripped and split the same way, blank included.
+    path = tmp_path / "in.txt"
+    path.write_bytes("".join(line + "\r\n" for line, _, _ in SPLITS).encode())
+    assert list(read_examples(str(path))) == [(i, a, b) for i, (_, a, b) in enumerate(SPLITS)]
+
+
+def test_three_part_line_has_its_boundary_at_the_last_separator(bertjax_dir, tmp_path):
+    inp = tmp_path / "in.txt"
+    inp.write_text("the cat ||| the dog ||| hello world\n")
+    out = tmp_path / "o.jsonl"
+    extract_features(bertjax_dir, str(inp), str(out), layers=[-1], max_seq_length=32)
+    (record,) = [json.loads(x) for x in out.read_text().splitlines()]
+    pipes = ["[UNK]"] * 3  # "|" is not in the tiny vocab
+    assert record["tokens"] == [
+        "[CLS]", "the", "cat", *pipes, "the", "dog", "[SEP]", "hello", "world", "[SEP]"
+    ]  # fmt: skip

@@ -1,15 +1,20 @@
-"""The `bertjax` command line: dispatch, flag errors, and the convert/features commands."""
+"""The `bertjax` command line: dispatch, flag errors, one-line input errors, convert/features."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from bertjax.main import main
+from bertjax import main as main_module
+from bertjax.main import is_user_error, main
+from data_pipelines.corpus import CorpusError
+from data_pipelines.tokenizers import TokenizerFileError, load_tokenizer
 
 
 def _run(argv, capsys):
@@ -81,6 +86,131 @@ def test_convert_import_export_and_features(hf_dir, tmp_path, capsys):
         capsys,
     )
     assert code == 1 and "not a bertjax checkpoint" in err
+
+
+def _bad_corpus(tmp_path) -> str:
+    """Text whose 4th line holds the byte 0xD7 alone (not UTF-8)."""
+    rng = random.Random(0)
+    words = "the a of cat dog sat mat hello world model data text token word piece".split()
+    lines = [" ".join(rng.choices(words, k=rng.randint(4, 12))).encode() for _ in range(300)]
+    lines[3] = b"the cat \xd7 sat"
+    lines[150] = b""  # two documents
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+VOCAB_KINDS = [
+    ["--kind", "wordpiece", "--vocab_size", "120", "--num_unused", "0"],
+    ["--kind", "sentencepiece", "--vocab_size", "40", "--num_unused", "0"],
+]
+
+
+@pytest.mark.parametrize("kind", VOCAB_KINDS, ids=["wordpiece", "sentencepiece"])
+def test_vocab_invalid_utf8_is_one_line_naming_file_and_line(tmp_path, capsys, kind):
+    bad = _bad_corpus(tmp_path)
+    out = str(tmp_path / "v")
+    code, _, err = _run(["vocab", "--input", bad, "--out", out, *kind], capsys)
+    assert code == 1 and not os.path.exists(out)
+    assert err.splitlines() == [err.strip()] and err.startswith(f"bertjax vocab: error: {bad}:4: ")
+
+    code, _, err = _run(
+        ["vocab", "--input", bad, "--out", out, *kind, "--input_errors=replace"], capsys
+    )
+    assert code == 0, err
+    assert err.strip() == (
+        f"bertjax vocab: warning: {bad}:4: invalid UTF-8 bytes replaced by U+FFFD "
+        "(1 line(s) in this file)"
+    )
+    tok = load_tokenizer(out)
+    assert not [p for p in tok.convert_ids_to_tokens(range(tok.vocab_size)) if "\ufffd" in p]
+
+
+def _error_line(err: str, command: str) -> str:
+    """The one error line of stderr (progress bars aside); no traceback."""
+    lines = [x for x in err.splitlines() if x.startswith(f"bertjax {command}: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err and err.endswith(lines[0] + "\n"), err
+    return lines[0]
+
+
+def test_features_invalid_utf8_is_one_line_naming_file_and_line(bertjax_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"the cat\nthe dog ||| sat\n\nhello \xd7 world\n")
+    out = str(tmp_path / "f.jsonl")
+    argv = ["features", "--checkpoint", bertjax_dir, "--input", str(bad), "--output", out]
+    argv += ["--layers", "-1", "--max_seq_length", "16"]
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and not os.path.exists(out)
+    assert _error_line(err, "features").startswith(f"bertjax features: error: {bad}:4: invalid")
+    code, _, err = _run([*argv, "--input_errors", "ignore"], capsys)
+    assert code == 0, err
+    assert f"bertjax features: warning: {bad}:4: invalid UTF-8 bytes dropped" in err
+    records = [json.loads(x) for x in open(out)]
+    assert [r["tokens"] for r in records][2:] == [
+        ["[CLS]", "[SEP]"],
+        ["[CLS]", "hello", "world", "[SEP]"],
+    ]
+
+
+def test_prepare_invalid_utf8_is_one_line_naming_file_and_line(bertjax_dir, tmp_path, capsys):
+    bad = _bad_corpus(tmp_path)
+    out = str(tmp_path / "d")
+    argv = ["prepare", "--input", bad, "--vocab", bertjax_dir, "--output", out]
+    argv += ["--num_workers", "1", "--dupe_factor", "1"]
+    code, _, err = _run(argv, capsys)
+    assert code == 1 and not os.path.exists(out)
+    assert _error_line(err, "prepare").startswith(f"bertjax prepare: error: {bad}:4: invalid")
+    code, _, err = _run([*argv, "--input_errors", "replace"], capsys)
+    assert code == 0, err
+    assert f"bertjax prepare: warning: {bad}:4: invalid UTF-8 bytes replaced" in err
+
+
+def _raise_in(module: str, source: str) -> BaseException:
+    """The exception `source` raises when run as code of `module`."""
+    try:
+        exec(compile(source, f"<{module}>", "exec"), {"__name__": module})
+    except BaseException as e:
+        return e
+    raise AssertionError("no exception")
+
+
+def test_user_errors_and_bugs_are_told_apart():
+    # Raised on purpose by bertjax's code, or one of its error classes: the user's input.
+    assert is_user_error(_raise_in("bertjax.x", "raise ValueError('--x=3: must be even')"))
+    assert is_user_error(_raise_in("data_pipelines.x", "raise ValueError('bad') from None"))
+    assert is_user_error(CorpusError("f.txt:4: invalid UTF-8"))
+    assert is_user_error(TokenizerFileError("vocab.txt:2: empty line"))
+    assert is_user_error(FileNotFoundError("no such file"))
+    # A ValueError that bertjax's code did not raise itself: a bug (traceback kept).
+    assert not is_user_error(_raise_in("bertjax.x", "a, b = [1, 2, 3]"))
+    assert not is_user_error(_raise_in("bertjax.x", "int('twelve')"))
+    assert not is_user_error(_raise_in("numpy.x", "raise ValueError('shapes do not match')"))
+    assert not is_user_error(_raise_in("bertjax.x", "import json; json.loads('{')"))
+    assert not is_user_error(_raise_in("bertjax.x", "b'\\xd7'.decode('utf-8')"))
+    assert not is_user_error(ValueError("never raised: no traceback"))
+    assert not is_user_error(RuntimeError("not an input error"))
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    define = main_module.COMMANDS["smoke"][0]
+
+    def buggy(fv):
+        np.zeros(3).reshape(2)  # numpy's ValueError, from a bug
+
+    def checked(fv):
+        from bertjax.features import _layer_indexes
+
+        _layer_indexes([5], num_layers=2)  # bertjax's own check of a value
+
+    monkeypatch.setitem(main_module.COMMANDS, "smoke", (define, buggy, ""))
+    with pytest.raises(ValueError, match="cannot reshape"):
+        main(["bertjax", "smoke"])
+    monkeypatch.setitem(main_module.COMMANDS, "smoke", (define, checked, ""))
+    code, _, err = _run(["smoke"], capsys)
+    assert code == 1 and err == (
+        "bertjax smoke: error: --layers: layer 5 is out of range for a 2-layer model "
+        "(valid: -2..1)\n"
+    )
 
 
 def test_console_script_smoke_runs():

@@ -120,46 +120,108 @@ def test_epochs_are_different_permutations(static_dir):
     assert first != records and second != first
 
 
-def test_processes_read_disjoint_strides_that_cover_the_data(static_dir):
+def test_processes_read_contiguous_blocks_of_the_global_batch(static_dir):
     records = _rows(_records(static_dir))
-    n, count = len(records), 3
-    assert n % count  # the interesting case: a remainder
-    per_process = []
-    for index in range(count):
+    n, count, g = len(records), 3, 33
+    b, rest = g // count, n % g
+    assert b < rest < 2 * b  # the partial last batch: a full block, a part, nothing
+
+    def read(index, **kwargs):
         it = _iterator(
             static_dir,
             process_index=index,
             process_count=count,
-            global_batch_size=count,  # one example per process and step
+            global_batch_size=g,
             num_epochs=1,
             shuffle=False,
+            **kwargs,
         )
-        per_process.append([r for batch in it for r in _rows(batch)])
-    # Process p reads positions p, p + 3, ... of the record order: disjoint, equally many per
-    # process (so every process takes the same number of steps), and covering all but the
-    # last n % 3 records.
-    assert [len(rows) for rows in per_process] == [n // count] * count
+        return [_rows(batch) for batch in it]
+
+    # Process p reads rows [11p, 11p + 11) of each global batch of 33 consecutive
+    # records; the last n % 33 records, less than a global batch, are dropped.
     for p in range(count):
-        assert per_process[p] == records[p::count][: n // count]
-    seen = collections.Counter(r for rows in per_process for r in rows)
-    assert seen == collections.Counter(records[: n - n % count])
+        batches = read(p)
+        assert len(batches) == n // g
+        for t, rows in enumerate(batches):
+            assert rows == records[t * g + b * p : t * g + b * (p + 1)]
+    # Without drop_remainder each process also gets its block of the partial batch.
+    tails = [read(p, drop_remainder=False)[n // g :] for p in range(count)]
+    assert tails[0] == [records[n - rest : n - rest + b]]
+    assert tails[1] == [records[n - rest + b : n]]
+    assert tails[2] == []
     # With one process everything is read.
     assert collections.Counter(
         r for b in _iterator(static_dir, num_epochs=1, global_batch_size=1) for r in _rows(b)
     ) == collections.Counter(records)
 
 
-def test_global_batches_do_not_depend_on_the_process_count(static_dir):
-    """The union of the processes' step-t batches is the single process's step-t batch."""
-    one = _iterator(static_dir, global_batch_size=6, seed=3)
-    two = [_iterator(static_dir, global_batch_size=6, seed=3, process_index=p, process_count=2)
-           for p in range(2)]  # fmt: skip
-    three = [_iterator(static_dir, global_batch_size=6, seed=3, process_index=p, process_count=3)
-             for p in range(3)]  # fmt: skip
-    for _ in range(5):
-        want = collections.Counter(_rows(next(one)))
-        assert collections.Counter(r for it in two for r in _rows(next(it))) == want
-        assert collections.Counter(r for it in three for r in _rows(next(it))) == want
+def test_the_global_order_is_a_seeded_permutation_per_epoch(static_dir):
+    """Global batch s is stream positions [s*G, (s+1)*G); position x is example
+    perm_e[x % N] of epoch e = x // N, perm_e seeded by (seed, e)."""
+    records = _rows(_records(static_dir))
+    n = len(records)
+    order = pinput.GlobalOrder(n, seed=3, shuffle=True)
+    stream = [order(x) for x in range(3 * n)]
+    assert [e for e, _ in stream] == [x // n for x in range(3 * n)]
+    perms = [[i for _, i in stream[e * n : (e + 1) * n]] for e in range(3)]
+    for perm in perms:
+        assert sorted(perm) == list(range(n))
+    assert len({tuple(p) for p in [*perms, list(range(n))]}) == 4  # new order every epoch
+    assert [i for _, i in map(pinput.GlobalOrder(n, seed=4, shuffle=True), range(n))] != perms[0]
+    assert [order(x) for x in range(n)] == stream[:n]  # a pure function of the position
+    unshuffled = pinput.GlobalOrder(n, seed=3, shuffle=False)
+    assert [unshuffled(x) for x in range(n, 2 * n)] == [(1, i) for i in range(n)]
+    # The iterator's batches are that stream, cut every G positions (across epochs).
+    g = 48
+    it = _iterator(static_dir, global_batch_size=g, seed=3)
+    want = [records[i] for _, i in stream]
+    for s in range(3 * n // g):
+        assert _rows(next(it)) == want[s * g : (s + 1) * g]
+
+
+def _global_batches(data_dir, count, steps, *, state=None, **kwargs):
+    """The first `steps` global batches (after `state`, one per process) of `count`
+    processes, each the concatenation of the processes' batches in process order."""
+    its = [
+        _iterator(data_dir, process_index=p, process_count=count, **kwargs) for p in range(count)
+    ]
+    if state is not None:
+        for it, s in zip(its, state, strict=True):
+            it.set_state(s)
+    out = []
+    for _ in range(steps):
+        parts = [next(it) for it in its]
+        out.append({k: np.concatenate([b[k] for b in parts]) for k in parts[0]})
+    states = [it.get_state() for it in its]
+    for it in its:
+        it.close()
+    return out, states
+
+
+@pytest.mark.parametrize("which", ["static", "dynamic"])
+def test_global_batches_do_not_depend_on_the_process_count(static_dir, dynamic_dir, which):
+    """Same examples in the same rows (and, dynamic, the same masks) for 1, 2 and 4
+    processes, across an epoch boundary and across a save/restore of the iterators."""
+    data_dir = static_dir if which == "static" else dynamic_dir
+    n = len(_rows(_records(data_dir)))
+    g = 32
+    first, second = n // g - 2, 5  # the second run crosses the epoch boundary
+    one, state = _global_batches(data_dir, 1, first, global_batch_size=g)
+    one_after, _ = _global_batches(data_dir, 1, second, state=state, global_batch_size=g)
+    assert _rows(one_after[2]) != _rows(one[0])
+    for count in (2, 4):
+        many, states = _global_batches(data_dir, count, first, global_batch_size=g)
+        _assert_same_batches(many, one)
+        after, _ = _global_batches(data_dir, count, second, state=states, global_batch_size=g)
+        _assert_same_batches(after, one_after)
+    if which == "dynamic":  # worker processes prepare the same batches, and resume
+        workers, states = _global_batches(data_dir, 1, 3, global_batch_size=g, worker_count=2)
+        _assert_same_batches(workers, one[:3])
+        after, _ = _global_batches(
+            data_dir, 1, 3, state=states, global_batch_size=g, worker_count=2
+        )
+        _assert_same_batches(after, one[3:6])
 
 
 def test_per_process_batch_and_bad_arguments(static_dir, tmp_path):
@@ -263,8 +325,8 @@ def test_dynamic_masking_differs_per_epoch_and_is_reproducible(dynamic_dir):
             seed=5,
         )
     )
-    # Process 1 of 2 reads the odd positions of the global order.
-    np.testing.assert_array_equal(second_half[F.INPUT_IDS], e0[F.INPUT_IDS][1 : 2 * (n // 2) : 2])
+    # Process 1 of 2 reads the second half of the global batch.
+    np.testing.assert_array_equal(second_half[F.INPUT_IDS], e0[F.INPUT_IDS][n // 2 : 2 * (n // 2)])
 
 
 def test_dynamic_whole_word_masking_in_the_pipeline(tmp_path_factory, tok):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 
 import numpy as np
@@ -406,6 +407,8 @@ def test_output_files_and_dataset_info(dataset, corpus_files):
         "examples-00000-of-00003.array_record",
         "examples-00001-of-00003.array_record",
         "examples-00002-of-00003.array_record",
+        "tokenizer_config.json",
+        "vocab.txt",
     ]
     on_disk = pdata.load_dataset_info(out)
     assert (
@@ -435,16 +438,75 @@ def test_output_files_and_dataset_info(dataset, corpus_files):
     assert ex[F.MASKED_LM_WEIGHTS].sum() == on_disk["num_predictions"]
 
 
+@pytest.fixture(scope="module")
+def spm_tok(tmp_path_factory, corpus_files):
+    from data_pipelines.tokenizers import train_vocab
+
+    out = tmp_path_factory.mktemp("spm") / "spm"
+    return train_vocab(corpus_files, kind="sentencepiece", vocab_size=80, num_unused=2, out_dir=out)
+
+
+VARIANTS = {
+    "static": {},
+    "dynamic_masking": {"dynamic_masking": True},
+    "whole_word_mask": {"do_whole_word_mask": True},
+    "tfrecord": {"output_format": "tfrecord"},
+    "sentencepiece": {"do_whole_word_mask": True},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_output_is_byte_identical_for_a_seed_and_any_worker_count(
-    dataset, corpus_files, tok, tmp_path
+    variant, corpus_files, tok, spm_tok, tmp_path
 ):
-    out, _ = dataset
-    again = _create(list(reversed(corpus_files)), tok, tmp_path / "again", num_workers=2)
-    assert again["num_examples"] == dataset[1]["num_examples"]
-    assert _digests(out) == _digests(tmp_path / "again")
+    if variant == "sentencepiece":
+        tok = spm_tok
+    # dupe_factor 3: one task per pass with 3 workers, uneven groups (1 + 2) with 2.
+    kwargs = dict(VARIANTS[variant], dupe_factor=3)
+    runs = {
+        w: _create(corpus_files, tok, tmp_path / f"w{w}", num_workers=w, **kwargs)
+        for w in (1, 2, 3)
+    }
+    assert runs[1]["num_windows"] == 4 and runs[1]["num_examples"] > 1000
+    expected = _digests(tmp_path / "w1")
+    assert len(expected) == 3 + 3  # shards, dataset_info.json, tokenizer config and model
+    assert _digests(tmp_path / "w2") == expected
+    assert _digests(tmp_path / "w3") == expected
+
+
+def test_output_does_not_depend_on_how_the_input_files_are_named(
+    corpus_files, tok, tmp_path, dataset, monkeypatch
+):
+    # The dataset fixture reads /abs/part-1.txt and /abs/part-0.txt. The same files as
+    # relative and absolute paths whose spellings sort the other way round, one of them
+    # named twice; and through a glob.
+    directory = os.path.dirname(corpus_files[0])
+    monkeypatch.chdir(directory)
+    spelled = ["part-0.txt", os.path.join(directory, "part-1.txt"), "./part-1.txt"]
+    _create(spelled, tok, tmp_path / "spelled")
+    _create(["part-*.txt", "part-1.txt"], tok, tmp_path / "glob")
+    assert _digests(tmp_path / "spelled") == _digests(dataset[0])
+    assert _digests(tmp_path / "glob") == _digests(dataset[0])
     _create(corpus_files, tok, tmp_path / "other", random_seed=1)
-    differ = [n for n, h in _digests(tmp_path / "other").items() if _digests(out)[n] != h]
+    differ = [n for n, h in _digests(tmp_path / "other").items() if _digests(dataset[0])[n] != h]
     assert "examples-00000-of-00003.array_record" in differ
+
+
+def test_tfrecord_examples_are_serialized_with_sorted_feature_keys(corpus_files, tok, tmp_path):
+    # The default serialization of a protobuf map follows a hash seed drawn per process,
+    # so two runs would write different bytes; the canonical form (sorted keys) does not.
+    import tensorflow as tf
+
+    info = _create(corpus_files, tok, tmp_path / "tfr", output_format="tfrecord")
+    records = [
+        r.numpy()
+        for s in info["shards"]
+        for r in tf.data.TFRecordDataset(str(tmp_path / "tfr" / s["file"]))
+    ]
+    assert len(records) == info["num_examples"]
+    for record in records:
+        example = tf.train.Example.FromString(record)
+        assert record == example.SerializeToString(deterministic=True)
 
 
 def test_dynamic_masking_stores_unmasked_pairs(corpus_files, tok, tmp_path, dataset):
@@ -522,7 +584,7 @@ def test_failure_leaves_no_output_and_no_temporary_files(corpus_files, tok, tmp_
         _create([*corpus_files, str(bad)], tok, out)
     assert sorted(os.listdir(tmp_path)) == ["zz_bad.txt"]
     with pytest.warns(corpus.CorpusWarning, match=rf"{bad}:3"):
-        info = _create([*corpus_files, str(bad)], tok, out, errors="replace")
+        info = _create([*corpus_files, str(bad)], tok, out, input_errors="replace")
     assert info["num_documents"] == 242
 
 
@@ -534,11 +596,17 @@ def test_bad_inputs_are_rejected_with_their_names(corpus_files, tok, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.warns(corpus.CorpusWarning, match="empty.txt: input file holds no document"):
-        with pytest.raises(ValueError, match="no documents"):
+        with pytest.raises(
+            ValueError, match=f"{re.escape(str(empty))}: the input holds 0 documents"
+        ):
             _create([str(empty)], tok, tmp_path / "o3")
     one = tmp_path / "one.txt"
     one.write_text("a cat sat .\nthe dog ran .\n")
-    with pytest.raises(ValueError, match="at least two documents"):
+    with pytest.raises(
+        ValueError,
+        match=f"^{re.escape(str(one))}: the input holds 1 document with text; next sentence "
+        "prediction needs at least two",
+    ):
         _create([str(one)], tok, tmp_path / "o4")
     with pytest.raises(ValueError, match="max_seq_length"):
         _create(corpus_files, tok, tmp_path / "o5", max_seq_length=4)
@@ -560,3 +628,271 @@ def test_odd_documents_and_long_lines_are_handled(tok, tmp_path):
         list(pdata.read_examples(tmp_path / "out")), max_seq_length=48, max_predictions_per_seq=8
     )
     assert (ex[F.INPUT_MASK].sum(1) <= 48).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Windows: every window holds two documents or more, whatever the stream.
+
+
+def _stream(token_counts):
+    """One one-sentence document per count; document d's tokens all equal 10 + d."""
+    counts = np.asarray(token_counts, dtype=np.int64)
+    tokens = np.repeat(10 + np.arange(counts.size), counts).astype(np.int32)
+    ones = np.ones(counts.size, dtype=np.int64)
+    return pdata.TokenizedDocs(tokens, counts, ones)
+
+
+def _assemble(docs, window_documents, max_tokens, chunk_sizes):
+    asm = pdata._WindowAssembler(window_documents, max_tokens)
+    out, start = [], 0
+    for size in chunk_sizes:
+        stop = min(start + size, docs.num_docs)
+        out += asm.add(docs.slice_docs(start, stop))
+        start = stop
+    assert start == docs.num_docs
+    return out + asm.finish()
+
+
+@pytest.mark.parametrize(
+    "counts, expected",
+    [
+        # At most 4 documents or 4,000 tokens; documents of 4,100 tokens exceed the limit
+        # alone, those of 2,600 tokens exceed half of it.
+        ([3, 4100, 2600], [3]),  # the last document joins the window it follows
+        ([4100, 2600, 3], [3]),  # the huge first document waits for a second one
+        ([3, 3, 4100], [3]),
+        ([3, 3, 3, 3, 4100], [5]),  # a full window takes in the lone last document
+        ([4100, 4100, 4100], [3]),
+        ([4100, 4100, 4100, 4100], [2, 2]),
+        ([3, 3000, 3000, 3, 3], [3, 2]),
+        ([3, 3, 3, 3, 3, 3, 3, 3, 3], [4, 5]),
+        ([4100], [1]),  # one document: one window (the caller rejects such an input)
+    ],
+)
+def test_window_rule_for_huge_documents_anywhere(counts, expected):
+    for chunks in ([1] * len(counts), [len(counts)]):
+        windows = _assemble(_stream(counts), 4, 4000, chunks)
+        assert [w.num_docs for w in windows] == expected
+
+
+def test_windows_never_hold_fewer_than_two_documents_whatever_the_stream():
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        num_docs = int(rng.integers(1, 14))
+        window_documents = int(rng.integers(2, 6))
+        max_tokens = int(rng.integers(1, 60))
+        # Mostly small documents, some far larger than the token limit, anywhere.
+        huge = rng.random(num_docs) < 0.3
+        counts = np.where(huge, rng.integers(100, 400, num_docs), rng.integers(1, 6, num_docs))
+        docs = _stream(counts)
+        one_chunk = _assemble(docs, window_documents, max_tokens, [num_docs])
+        chunks = rng.integers(1, 4, num_docs)
+        random_chunks = _assemble(docs, window_documents, max_tokens, chunks)
+        for windows in (one_chunk, random_chunks):
+            sizes = [w.num_docs for w in windows]
+            if num_docs >= 2:
+                assert min(sizes) >= 2, (counts.tolist(), window_documents, max_tokens, sizes)
+            else:
+                assert sizes == [1]
+            assert max(sizes) < window_documents + max(2, window_documents // 2)
+            # Nothing lost, duplicated or reordered.
+            assert np.concatenate([w.tokens for w in windows]).tolist() == docs.tokens.tolist()
+        assert [w.num_docs for w in one_chunk] == [w.num_docs for w in random_chunks]
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: random-next segments come from another document.
+
+
+def _word_vocab(directory, num_words):
+    """A vocab of the specials and the words w0 .. w{num_words-1} (ids 5 + k)."""
+    path = os.path.join(str(directory), "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join([*SPECIAL_TOKENS, *(f"w{k}" for k in range(num_words))]) + "\n")
+    return load_tokenizer(path)
+
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _document_text(word, num_tokens, per_line=100):
+    """`num_tokens` copies of `word`, `per_line` to a line (one sentence a line)."""
+    full, rest = divmod(num_tokens, per_line)
+    line = " ".join([word] * per_line) + "\n"
+    return line * full + (" ".join([word] * rest) + "\n" if rest else "")
+
+
+def _write_word_documents(path, token_counts, first=0):
+    """Document d of the file is made of the word w{first + d} only."""
+    text = "\n".join(_document_text(f"w{first + d}", n) for d, n in enumerate(token_counts))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return str(path)
+
+
+def _check_pairs_by_document(out, tok, max_seq_length, max_predictions):
+    """Every example: A and B each from one document; B from another one exactly when
+    the label says random next. Returns (labels, document of A, document of B)."""
+    ex = pdata.decode_records(
+        list(pdata.read_examples(out)),
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=max_predictions,
+    )
+    ids = _unmasked_ids(ex)  # a word's id identifies its document: id 5 + d
+    length = ex[F.INPUT_MASK].sum(1, keepdims=True)
+    pos = np.arange(ids.shape[1])[None, :]
+    seg = ex[F.SEGMENT_IDS]
+    in_a = (seg == 0) & (pos > 0) & (pos < length) & (ids != tok.sep_id)
+    in_b = (seg == 1) & (pos < length - 1)
+    docs = []
+    for part in (in_a, in_b):
+        assert part.any(axis=1).all()
+        lo = np.where(part, ids, np.iinfo(np.int32).max).min(1)
+        hi = np.where(part, ids, -1).max(1)
+        np.testing.assert_array_equal(lo, hi)  # one document per segment
+        docs.append(lo - 5)
+    labels = ex[F.NEXT_SENTENCE_LABELS]
+    np.testing.assert_array_equal(labels == 1, docs[0] != docs[1])
+    return labels, docs[0], docs[1]
+
+
+def test_reported_corpus_prepares_at_the_default_limits(tmp_path):
+    # One file: a one-sentence document, then 4.1M and 2.6M tokens of lines of 100
+    # one-letter words. The window reaches the 4M-token limit with the second document;
+    # the third, over half the limit but alone, joins it.
+    tok = _word_vocab(tmp_path, 3)
+    text = "w0 w0 w0\n\n" + _document_text("w1", 4_100_000) + "\n" + _document_text("w2", 2_600_000)
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    info = pdata.create_pretraining_data(
+        [str(path)], tok, tmp_path / "out", dupe_factor=1, num_output_shards=1, progress=False
+    )
+    assert info["window_documents"] == pdata.DEFAULT_WINDOW_DOCUMENTS
+    assert info["window_max_tokens"] == pdata.WINDOW_MAX_TOKENS == 4_000_000
+    assert info["num_documents"] == 3 and info["num_windows"] == 1
+    labels, doc_a, doc_b = _check_pairs_by_document(tmp_path / "out", tok, 128, 20)
+    assert info["num_random_next"] == labels.sum()
+    assert set(doc_a[labels == 1]) == {0, 1, 2}  # each document's random nexts: elsewhere
+    assert (labels[doc_a == 0] == 1).all()  # a one-sentence document: always random next
+
+
+@pytest.mark.parametrize(
+    "counts, num_windows",
+    [
+        ([3, 4100, 2600], 1),  # the reported shape at a 4,000-token limit
+        ([40] * 7 + [9000], 2),  # a huge last document
+        ([9000] + [40] * 7, 3),  # a huge first document: waits for the next one
+        ([40] * 4 + [9000], 1),  # a huge document right after a full window
+        ([40, 40, 9000, 40, 40, 40, 9000], 2),
+        ([9000, 9000], 1),
+    ],
+)
+def test_any_corpus_of_two_or_more_documents_prepares(counts, num_windows, tmp_path):
+    tok = _word_vocab(tmp_path, len(counts))
+    path = _write_word_documents(tmp_path / "corpus.txt", counts)
+    info = _create(
+        [path],
+        tok,
+        tmp_path / "out",
+        dupe_factor=3,
+        window_documents=4,
+        window_max_tokens=4000,
+        max_seq_length=64,
+    )
+    assert info["num_documents"] == len(counts) and info["num_windows"] == num_windows
+    labels, doc_a, _ = _check_pairs_by_document(tmp_path / "out", tok, 64, 8)
+    assert set(doc_a) == set(range(len(counts)))
+    assert set(doc_a[labels == 1]) == set(range(len(counts)))
+
+
+def test_many_files_of_one_document_each(tmp_path):
+    sizes = np.random.default_rng(4).integers(1, 600, 11).tolist()
+    tok = _word_vocab(tmp_path, len(sizes))
+    files = [
+        _write_word_documents(tmp_path / f"part-{d:02d}.txt", [n], first=d)
+        for d, n in enumerate(sizes)
+    ]
+    info = _create(
+        files, tok, tmp_path / "out", dupe_factor=4, window_documents=3, window_max_tokens=300
+    )
+    assert info["num_documents"] == 11 and info["num_windows"] >= 4
+    labels, doc_a, _ = _check_pairs_by_document(tmp_path / "out", tok, 48, 8)
+    assert set(doc_a[labels == 1]) == set(range(11))
+    # A single document spread over no matter how many files is still one document.
+    lonely = [files[0]] + [str(tmp_path / f"z-empty-{k}.txt") for k in range(3)]
+    for name in lonely[1:]:
+        open(name, "w").close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", corpus.CorpusWarning)
+        with pytest.raises(
+            ValueError, match=f"^{re.escape(files[0])} and 3 more input files: the input holds 1 "
+        ):
+            _create(lonely, tok, tmp_path / "one")
+
+
+# ---------------------------------------------------------------------------------------
+# The dataset carries its tokenizer.
+
+
+def _tokenizer_round_trip(src, out_dir, sentences):
+    copy = load_tokenizer(out_dir)
+    assert type(copy) is type(src) and copy.kind == src.kind
+    assert copy.vocab_size == src.vocab_size and copy.do_lower_case == src.do_lower_case
+    assert copy.encode_batch(sentences) == src.encode_batch(sentences)
+    assert pdata.load_dataset_info(out_dir)["vocab_size"] == src.vocab_size
+
+
+def test_dataset_directory_holds_its_wordpiece_tokenizer(corpus_files, tmp_path):
+    vocab_dir = tmp_path / "vocab"
+    vocab_dir.mkdir()
+    vocab = write_vocab(vocab_dir)
+    # A cased reading of the lowercase vocab: "The" is [UNK] unless lowercased, so the
+    # copy must keep the setting the examples were made with.
+    src = load_tokenizer(vocab, do_lower_case=False)
+    _create(corpus_files, src, tmp_path / "data")
+    sentences = ["The cat sat .", "the cats walked", "Red CAR"]
+    assert src.encode("The") == [src.unk_id]
+    _tokenizer_round_trip(src, tmp_path / "data", sentences)
+    # The copy does not depend on where the source vocab was: it may move away.
+    os.rename(vocab_dir, tmp_path / "moved")
+    _tokenizer_round_trip(src, tmp_path / "data", sentences)
+
+
+def test_dataset_directory_holds_its_sentencepiece_tokenizer(corpus_files, spm_tok, tmp_path):
+    src = spm_tok
+    info = _create(corpus_files, src, tmp_path / "data")
+    assert info["tokenizer_kind"] == "sentencepiece"
+    assert "spm.model" in os.listdir(tmp_path / "data")
+    _tokenizer_round_trip(src, tmp_path / "data", ["the cats sat on the mat .", "Red roads"])
+
+
+# ---------------------------------------------------------------------------------------
+# Invalid UTF-8 in the input.
+
+
+def test_input_errors_policy(tok, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"red car .\nblue road .\n\nthe \xff cat sat .\nthe dog ran .\n")
+    with pytest.raises(corpus.CorpusError, match=rf"^{re.escape(str(bad))}:4: invalid UTF-8"):
+        _create([str(bad)], tok, tmp_path / "strict")
+    with pytest.raises(corpus.CorpusError, match=rf"{re.escape(str(bad))}:4"):
+        _create([str(bad)], tok, tmp_path / "strict", input_errors="strict")
+    assert not (tmp_path / "strict").exists()
+    # The policy reaches the reader of every file.
+    seen = []
+    read = corpus.iter_file_documents
+
+    def spy(path, **kwargs):
+        seen.append((os.path.basename(path), kwargs["errors"]))
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(corpus, "iter_file_documents", spy)
+    for policy in ("replace", "ignore"):
+        with pytest.warns(corpus.CorpusWarning, match=rf"{re.escape(str(bad))}:4: invalid UTF-8"):
+            info = _create([str(bad)], tok, tmp_path / policy, input_errors=policy)
+        assert info["num_documents"] == 2 and info["num_sentences"] == 4
+    assert seen == [("bad.txt", "replace"), ("bad.txt", "ignore")]
+    with pytest.raises(
+        ValueError, match="input_errors must be 'strict', 'replace' or 'ignore', got 'skip'"
+    ):
+        _create([str(bad)], tok, tmp_path / "x", input_errors="skip")

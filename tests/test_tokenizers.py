@@ -5,6 +5,8 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import tokenizers as tk
+from data_pipelines.corpus import CorpusError, CorpusWarning
 
 SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PUNCT = list("!?.,'-\"()[]:;$%&*+/<=>@^_`{|}~#")
@@ -283,6 +286,10 @@ def test_encode_pair_layout(small_wp):
     # As in google-research/bert, an empty second text means a single segment.
     assert tk.encode_pair(small_wp, "hello", "", 6).tokens == ["[CLS]", "hello", "[SEP]"]
     assert tk.encode_pair(small_wp, "x x x x", "", 5).tokens == ["[CLS]", "x", "x", "x", "[SEP]"]
+    # ... and so does one that tokenizes to nothing (zero-width space, control characters).
+    blank = tk.encode_pair(small_wp, "x x x x", "\u200b \x00", 5)
+    assert blank.tokens == ["[CLS]", "x", "x", "x", "[SEP]"]
+    assert blank.segment_ids.tolist() == [0] * 5
     with pytest.raises(ValueError):
         tk.encode_pair(small_wp, "a", "b", 2)
 
@@ -455,12 +462,174 @@ def test_train_argument_errors(tmp_path):
     corpus = _corpus(tmp_path / "corpus.txt", lines=10)
     with pytest.raises(ValueError, match="kind"):
         tk.train_vocab([str(corpus)], kind="bpe", vocab_size=100, out_dir=str(tmp_path / "o"))
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+    with pytest.raises(CorpusError, match=r"missing.txt: no such input file"):
         tk.train_vocab(
             [str(tmp_path / "missing.txt")], kind="wordpiece", vocab_size=200, out_dir=str(tmp_path)
         )
+    with pytest.raises(ValueError, match="input_errors must be one of"):
+        tk.train_vocab(
+            [str(corpus)], kind="wordpiece", vocab_size=200, out_dir=str(tmp_path / "o"),
+            input_errors="surrogateescape",
+        )  # fmt: skip
     with pytest.raises(ValueError, match="no room"):
         tk.train_vocab([str(corpus)], kind="wordpiece", vocab_size=100, out_dir=str(tmp_path / "o"))
+
+
+# A corpus full of ties: 200 words seen exactly 5 times each (equally frequent merges) and
+# characters of equal counts around the alphabet cut, plus a few frequent words.
+def _tied_corpus(path: Path) -> Path:
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = sorted({"".join(rng.choices(letters, k=rng.randint(3, 7))) for _ in range(200)})
+    lines = []
+    for _ in range(5):
+        rng.shuffle(words)
+        lines += [
+            " ".join(["the", *words[i : i + 8], "of", "and"]) + " ." for i in range(0, 200, 8)
+        ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+_TRAIN_IN_SUBPROCESS = """
+import sys
+from data_pipelines import tokenizers
+kind, corpus, out, size, sample = sys.argv[1:]
+if sample != "all":  # sample the corpus down to about this many sentences
+    tokenizers.SPM_INPUT_SENTENCE_SIZE = int(sample)
+tokenizers.train_vocab(
+    [corpus], kind=kind, vocab_size=int(size), out_dir=out, num_unused=0, limit_alphabet=18
+)
+"""
+
+
+@pytest.mark.parametrize(
+    "kind,sample",
+    [("wordpiece", "all"), ("sentencepiece", "all"), ("sentencepiece", "500")],
+    ids=["wordpiece", "sentencepiece", "sentencepiece-sampled"],
+)
+def test_training_is_deterministic_across_processes(tmp_path, kind, sample):
+    """Each process has its own hash seeds (the Rust trainer's HashMaps) and SentencePiece its own
+    sampling seed: 3 runs, one output."""
+    if kind == "wordpiece":
+        text, size, frequent = _tied_corpus(tmp_path / "corpus.txt"), 300, ["the", "of", "and"]
+    else:
+        text, size, frequent = _corpus(tmp_path / "corpus.txt"), 200, ["capital", "words", "here"]
+    root = Path(__file__).resolve().parent.parent
+    outs = []
+    for run in range(3):
+        out = tmp_path / f"v{run}"
+        subprocess.run(
+            [sys.executable, "-c", _TRAIN_IN_SUBPROCESS, kind, str(text), str(out), str(size),
+             sample],
+            cwd=root, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        outs.append(out)
+    name = "vocab.txt" if kind == "wordpiece" else "spm.model"
+    first = (outs[0] / name).read_bytes()
+    assert all((o / name).read_bytes() == first for o in outs[1:])
+
+    # Still a good vocab: the asked size, the frequent words whole, the corpus covered.
+    tok = tk.load_tokenizer(str(outs[0]))
+    assert tok.vocab_size == size
+    start = "" if kind == "wordpiece" else "\u2581"
+    assert tok.tokenize(" ".join(frequent)) == [start + w for w in frequent]
+    words = sorted(set(text.read_text(encoding="utf-8").split()))
+    if kind == "sentencepiece":
+        assert all(tok.unk_id not in ids for ids in tok.encode_batch(words))
+    else:
+        tokens = first.decode().split("\n")[:-1]
+        alphabet = [t for t in tokens if len(t) == 1]
+        # limit_alphabet=18 of 27 characters: the most frequent, ties to the lower code point
+        # (the cut falls among c, j, p, y, all seen 180 times).
+        counts = {c: text.read_text().count(c) for c in "abcdefghijklmnopqrstuvwxyz."}
+        assert sorted(c for c in counts if counts[c] == 180) == ["c", "j", "p", "y"]
+        assert alphabet == sorted(sorted(counts, key=lambda c: (-counts[c], c))[:18])
+        assert "c" in alphabet and "j" in alphabet and "p" not in alphabet
+        # A word is [UNK] exactly when it holds a character left out of the alphabet.
+        for w, ids in zip(words, tok.encode_batch(words), strict=True):
+            assert (ids == [tok.unk_id]) == (not set(w) <= set(alphabet)), w
+        # The continuation of every kept letter is there, and nothing else is a bare "##c".
+        assert sorted(t for t in tokens if t.startswith("##") and len(t) == 3) == sorted(
+            f"##{c}" for c in alphabet if c != "."
+        )
+
+
+@pytest.mark.parametrize("do_lower_case", [True, False])
+def test_wordpiece_alphabet_is_that_of_the_normalized_words(do_lower_case):
+    """The alphabet counted character by character is the one of the normalized words."""
+    from tokenizers import pre_tokenizers
+
+    lines = [
+        *TRICKY,
+        "\u01c4emo \u03a3\u0391\u03a3 \ufb01ne \u1e9e \u00c5str\u00f6m \uff46\uff55\uff4c\uff4c",
+    ]
+    normalizer = tk._bert_normalizer(do_lower_case, None, True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: dict[str, int] = {}
+    inner: set[str] = set()
+    for line in lines:  # what the Rust trainer sees: whole lines normalized and split
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)):
+            for char in word:
+                counts[char] = counts.get(char, 0) + 1
+            inner.update(word[1:])
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    for limit in (5, 17, 40, 10_000):
+        alphabet, continuations = tk._wordpiece_alphabet([lines], normalizer, pre_tokenizer, limit)
+        assert alphabet == sorted(ranked[:limit])
+    assert {f"##{c}" for c in inner} <= set(continuations)  # every one the trainer could meet
+    assert not {"##!", "##(", "##\u201c", "##\u6211", "##\u5317"} & set(continuations)
+    assert {"!", "(", "\u201c", "\u6211"} <= set(alphabet)  # punctuation, CJK: words alone
+
+
+def test_sentencepiece_sample_is_seeded_and_about_the_asked_size():
+    documents = [[f"s{d}.{i}" for i in range(d % 7 + 1)] for d in range(1000)]  # 3,997 sentences
+    n = sum(map(len, documents))
+    everything = list(tk._SentenceStream(iter(documents), 1.0))
+    assert everything == [s for d in documents for s in d]
+    half = list(tk._SentenceStream(iter(documents), 0.5))
+    assert half == list(tk._SentenceStream(iter(documents), 0.5))  # the same draw every time
+    assert abs(len(half) - n / 2) < 5 * (n / 4) ** 0.5  # binomial: within 5 sigma
+    kept = set(half)
+    assert kept < set(everything) and half == [s for s in everything if s in kept]  # in order
+
+
+def _bad_corpus(path: Path) -> Path:
+    """A corpus whose 4th line, and every 20th after it, holds the byte 0xD7 alone (not UTF-8).
+
+    Often enough that SentencePiece, reading the file itself, learns the U+FFFD it decodes as.
+    """
+    lines = _corpus(path.with_name("good.txt"), lines=400).read_bytes().split(b"\n")
+    for i in range(3, len(lines), 20):
+        lines[i] = b"ka to \xd7 ri mu."
+    path.write_bytes(b"\n".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
+def test_invalid_utf8_in_training_text(tmp_path, kind):
+    bad = _bad_corpus(tmp_path / "bad.txt")
+    size = 150
+    with pytest.raises(CorpusError, match=rf"{bad}:4: invalid UTF-8"):
+        tk.train_vocab([str(bad)], kind=kind, vocab_size=size, out_dir=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
+
+    # "replace": the byte reads as U+FFFD, which the normalizers drop: never learned.
+    with pytest.warns(CorpusWarning, match=rf"{bad}:4: invalid UTF-8 bytes replaced"):
+        tok = tk.train_vocab(
+            [str(bad)], kind=kind, vocab_size=size, out_dir=str(tmp_path / "r"),
+            input_errors="replace",
+        )  # fmt: skip
+    pieces = tok.convert_ids_to_tokens(range(tok.vocab_size))
+    assert not [p for p in pieces if "\ufffd" in p]
+    assert tok.encode("ka \ufffd ri") == tok.encode("ka ri")  # the normalizer drops it
+    with pytest.warns(CorpusWarning, match=rf"{bad}:4: invalid UTF-8 bytes dropped"):
+        ignored = tk.train_vocab(
+            [str(bad)], kind=kind, vocab_size=size, out_dir=str(tmp_path / "i"),
+            input_errors="ignore",
+        )  # fmt: skip
+    # What is learned from the repaired text is the same either way.
+    assert ignored.convert_ids_to_tokens(range(ignored.vocab_size)) == pieces
 
 
 # ----------------------------------------------------------------------------------------------
