@@ -96,6 +96,18 @@ def write_atomically(out_dir: str, write: Callable[[str], None], *, overwrite: b
     return out_dir
 
 
+def check_output_spares(out: str, *inputs: str) -> None:
+    """Raises CheckpointError when writing `out` (which --overwrite replaces whole) would
+    replace or remove one of `inputs`: the same directory, or one that contains an input."""
+    out_real = os.path.realpath(out)
+    for path in inputs:
+        real = os.path.realpath(path)
+        if real == out_real or real.startswith(out_real.rstrip(os.sep) + os.sep):
+            raise CheckpointError(
+                f"{out}: the output would replace the input {path}; choose another output"
+            )
+
+
 def _unbox(tree: Any) -> Any:
     import flax.linen as nn
 
@@ -333,6 +345,13 @@ def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, An
     return config, params, meta
 
 
+def has_tokenizer(path: str) -> bool:
+    """Whether a checkpoint directory holds a tokenizer model file (vocab.txt or *.model)."""
+    return os.path.isfile(os.path.join(path, "vocab.txt")) or any(
+        n.endswith(".model") for n in os.listdir(path)
+    )
+
+
 def load_tokenizer_from(path: str):
     """The tokenizer stored in a model directory, with an error naming the directory.
 
@@ -394,6 +413,32 @@ def check_tokenizer_fits(tokenizer: Any, config: ModelConfig, *, model_source: s
         vocab_source=tokenizer_file(tokenizer) or "the tokenizer",
         model_source=model_source,
     )
+
+
+def check_same_tokenizer(a: Any, b: Any, *, a_source: str, b_source: str) -> None:
+    """Raises VocabMismatchError unless two tokenizers give every text the same ids: same kind,
+    same pieces under the same ids, same lowercasing. Used where ids made by one tokenizer
+    (prepared data) meet embedding rows learned with another (an init checkpoint): a smaller
+    but different vocab fits the table and would silently look up the wrong rows."""
+    if a.kind != b.kind or a.vocab_size != b.vocab_size:
+        raise VocabMismatchError(
+            f"{a_source}: a {a.vocab_size}-token {a.kind} vocab, but {b_source} was trained with "
+            f"a {b.vocab_size}-token {b.kind} vocab; the ids would point at the wrong embedding "
+            "rows (prepare the data with the checkpoint's vocab)"
+        )
+    ids = range(a.vocab_size)
+    pieces_a, pieces_b = a.convert_ids_to_tokens(ids), b.convert_ids_to_tokens(ids)
+    if pieces_a != pieces_b:
+        i = next(i for i, (x, y) in enumerate(zip(pieces_a, pieces_b, strict=True)) if x != y)
+        raise VocabMismatchError(
+            f"{a_source}: id {i} is {pieces_a[i]!r} but {pieces_b[i]!r} in {b_source}; the ids "
+            "would point at the wrong embedding rows (prepare the data with the checkpoint's vocab)"
+        )
+    if a.do_lower_case != b.do_lower_case:
+        raise VocabMismatchError(
+            f"{a_source}: do_lower_case={a.do_lower_case} but {b_source} has "
+            f"do_lower_case={b.do_lower_case}"
+        )
 
 
 def check_sequence_fits(
@@ -557,16 +602,15 @@ class TrainCheckpointer:
                     step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator))
                 )
             except Exception as e:  # damaged files surface as many exception types
+                # The first line only: Orbax/TensorStore messages carry kilobytes of spec JSON.
+                reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
                 log.error(
-                    "%s/%d: checkpoint cannot be restored (%s: %s); trying an older one",
+                    "%s/%d: checkpoint cannot be restored (%s); trying an older one",
                     self.directory,
                     step,
-                    type(e).__name__,
-                    e,
+                    reason,
                 )
-                failures.append(
-                    f"{step} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
-                )
+                failures.append(f"{step} ({reason})")
                 continue
             return state, iterator
         if failures:

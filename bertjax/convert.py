@@ -713,7 +713,11 @@ def read_tf(
     except Exception as e:
         raise ConversionError(f"{prefix}: cannot read TF checkpoint ({e})") from e
     names = [n for n in reader.get_variable_to_shape_map() if not _TF_IGNORED.search(n)]
-    tensors = {n: reader.get_tensor(n) for n in names}
+    try:
+        tensors = {n: reader.get_tensor(n) for n in names}
+    except Exception as e:  # a truncated or damaged data file
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConversionError(f"{prefix}: cannot read the TF checkpoint's tensors ({first})") from e
     return (config, *_params_and_task(tensors, values, config, prefix, cfg_path, skip_unknown))
 
 
@@ -870,6 +874,7 @@ def convert_to_bertjax(
 ) -> str:
     """`bertjax convert --from hf|tf --src DIR --out DIR`: parameters, config, the task of a
     downstream head (`read_hf` / `read_tf`) and the tokenizer beside the checkpoint."""
+    ckpt.check_output_spares(out, src)
     if ckpt.holds_checkpoint(out) and not overwrite:
         raise ConversionError(f"{out}: output directory is not empty; pass --overwrite")
     if kind == "hf":
@@ -906,6 +911,7 @@ def convert_to_bertjax(
 def convert_from_bertjax(kind: str, src: str, out: str, *, overwrite: bool = False) -> str:
     """`bertjax convert --to hf|tf --src CKPT --out DIR`: the parameters, the config, the
     task metadata of a downstream head (bertjax_config.json's "task") and the tokenizer."""
+    ckpt.check_output_spares(out, src)
     if ckpt.holds_checkpoint(out) and not overwrite:
         raise ConversionError(f"{out}: output directory is not empty; pass --overwrite")
     config, params, meta = ckpt.load_model_dir(src)

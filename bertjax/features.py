@@ -52,6 +52,8 @@ def read_examples(
 
 
 def _layer_indexes(layers: Sequence[int], num_layers: int) -> list[int]:
+    if not layers:
+        raise ValueError("--layers is empty: give one or more layers, e.g. -1,-2,-3,-4")
     out = []
     for layer in layers:
         if not -num_layers <= layer < num_layers:
@@ -80,6 +82,12 @@ def extract_features(
     """
     from data_pipelines.tokenizers import encode_pair
 
+    if batch_size < 1:
+        raise ValueError(f"--batch_size={batch_size}: must be >= 1")
+    if os.path.realpath(output_path) == os.path.realpath(input_path):
+        raise FileExistsError(f"{output_path}: the output would replace the input; choose another")
+    if os.path.isdir(output_path):
+        raise FileExistsError(f"{output_path}: is a directory; --output takes a file path")
     if os.path.exists(output_path) and not overwrite:
         raise FileExistsError(f"{output_path}: already exists; pass --overwrite to replace it")
     if not os.path.isfile(input_path):

@@ -612,8 +612,10 @@ def train(
 
 def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
     """The data fits the model: every token id has an embedding row (the init checkpoint's
-    table too) and the examples fit the position embeddings."""
+    table too), the init checkpoint was trained with the data's tokenizer, and the examples
+    fit the position embeddings."""
     from data_pipelines.pretraining_data import load_dataset_info
+    from data_pipelines.tokenizers import load_tokenizer
 
     infos = [(data.train_dir, data.info)]
     if data.eval_dir and os.path.isfile(os.path.join(data.eval_dir, "dataset_info.json")):
@@ -636,6 +638,13 @@ def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
             num_segments=2,
             what=f"examples of length {info['max_seq_length']} in {directory}",
             model_source="config.model",
+        )
+    if cfg.init_checkpoint and ckpt.has_tokenizer(cfg.init_checkpoint):
+        ckpt.check_same_tokenizer(  # the checkpoint's rows were learned with its own ids
+            load_tokenizer(data.tokenizer_path),
+            ckpt.load_tokenizer_from(cfg.init_checkpoint),
+            a_source=data.tokenizer_path,
+            b_source=cfg.init_checkpoint,
         )
 
 

@@ -352,11 +352,13 @@ class _LineReader:
         self.lineno = 0  # lines completed
         self.in_overlong = False  # the current line was partly consumed as pieces
         self.bad_lines = 0
+        self.bad_rows: set[int] = set()  # lines of the last decoded block with invalid bytes
         self.first_bad = 0
         self.first_overlong = 0
 
     def _decode(self, data: bytes) -> str:
         """Decodes lines (starting at line lineno + 1), applying the error policy."""
+        self.bad_rows = set()
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -374,6 +376,7 @@ class _LineReader:
             except UnicodeDecodeError:
                 self.bad_lines += 1
                 self.first_bad = self.first_bad or self.lineno + k + 1
+                self.bad_rows.add(k)
         return data.decode("utf-8", errors=self.errors)
 
     def _sentences(self, text: str) -> list[str]:
@@ -392,7 +395,9 @@ class _LineReader:
         An overlong line yields its sentences one per item; a blank line yields "".
         """
         limit = self.max_line_chars
-        for k, line in enumerate(self._decode(data).split("\n")):
+        text = self._decode(data)
+        bad_rows = self.bad_rows
+        for k, line in enumerate(text.split("\n")):
             self.lineno += 1
             if k == 0 and self.in_overlong:
                 self.in_overlong = False
@@ -402,7 +407,10 @@ class _LineReader:
                 self.first_overlong = self.first_overlong or self.lineno
                 yield from self._sentences(line)
                 continue
-            yield line.strip()
+            line = line.strip()
+            if not line and k in bad_rows and limit is not None:
+                continue  # only undecodable bytes, dropped: no document boundary in documents
+            yield line
 
 
 def _cut_piece(data: bytes) -> tuple[bytes, bytes]:

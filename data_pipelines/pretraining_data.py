@@ -1009,13 +1009,43 @@ def load_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
             f"{data_dir}: no {DATASET_INFO}; not a finished pre-training dataset "
             "(was create_pretraining_data interrupted?)"
         )
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid dataset_info.json ({e})") from None
+    required = ("format", "shards", "num_examples", "vocab_size", "max_seq_length")
+    missing = [k for k in required if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
     for shard in info["shards"]:
         shard_path = os.path.join(str(data_dir), shard["file"])
         if not os.path.isfile(shard_path):
             raise FileNotFoundError(f"{path} lists {shard['file']}, which is missing")
+        if info["format"] == "arrayrecord" and shard["num_examples"]:
+            _check_shard(shard_path, int(shard["num_examples"]))
     return info
+
+
+def _check_shard(path: str, expected: int) -> None:
+    """An ArrayRecord shard that holds the number of records dataset_info.json lists (a
+    truncated or damaged file would otherwise fail, or read wrong, in the middle of training)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    try:
+        reader = ArrayRecordReader(path)
+        try:
+            found = reader.num_records()
+        finally:
+            reader.close()
+    except Exception as e:  # the reader reports a damaged footer in several ways
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: damaged ArrayRecord shard ({first})") from None
+    if found != expected:
+        raise ValueError(
+            f"{path}: holds {found} records but dataset_info.json lists {expected}; "
+            "the shard is damaged or from another dataset"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1427,6 +1457,12 @@ def create_pretraining_data(
         tokenizer = load_tokenizer(os.fspath(tokenizer))
     output_dir = Path(output_dir).absolute()
     _prepare_output_dir(output_dir, overwrite)
+    inside = [f for f in files if Path(os.path.realpath(f)).is_relative_to(output_dir.resolve())]
+    if inside:  # replacing the output directory would delete them
+        raise FileExistsError(
+            f"{output_dir}: the output directory holds the input file {inside[0]}; "
+            "choose another output"
+        )
 
     params = ExampleParams.from_tokenizer(
         tokenizer,

@@ -700,6 +700,8 @@ def train_vocab(
         raise ValueError(f"limit_alphabet must be >= 1, got {limit_alphabet}")
 
     out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir}: exists and is not a directory; --out takes a directory")
     existing = _tokenizer_files(out_dir)
     if existing and not overwrite:
         raise FileExistsError(
@@ -716,7 +718,7 @@ def train_vocab(
     try:
         sizes = (vocab_size, num_unused, pad_to_multiple_of)
         if kind == "wordpiece":
-            tok = _train_wordpiece(documents, tmp, *sizes, do_lower_case, limit_alphabet)
+            tok = _train_wordpiece(documents, files, tmp, *sizes, do_lower_case, limit_alphabet)
         else:
             tok = _train_sentencepiece(documents, files, tmp, *sizes, do_lower_case)
         tok.save(tmp)
@@ -728,6 +730,7 @@ def train_vocab(
 
 def _train_wordpiece(
     documents: Callable[[], Iterator[list[str]]],
+    files: list[str],
     tmp: str,
     vocab_size: int,
     num_unused: int,
@@ -741,31 +744,44 @@ def _train_wordpiece(
     per-process hash order, breaks ties between equally frequent merges by those numbers, and
     breaks ties at the `limit_alphabet` cut arbitrarily; left alone it learns a different vocab
     in every process. So the alphabet is chosen here (`_wordpiece_alphabet`, a first pass over
-    the text) and handed over whole, and every continuation piece is registered up front in
-    code-point order: every id the trainer assigns then follows from the text alone.
+    the text) and handed over whole, and the continuation pieces the words make (the vocab of a
+    pass without merges) are registered up front in code-point order: every id the trainer
+    assigns then follows from the text alone. That costs one more pass of the trainer's word
+    count over the text.
     """
     normalizer = _bert_normalizer(do_lower_case, None, True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    alphabet, continuations = _wordpiece_alphabet(
-        documents(), normalizer, pre_tokenizer, limit_alphabet
+    alphabet = _wordpiece_alphabet(documents(), normalizer, pre_tokenizer, limit_alphabet)
+    if not alphabet:
+        names = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        raise corpus.CorpusError(f"{names}: the input holds no text to learn a vocab from")
+
+    def train(size: int, specials: list[str]) -> dict[str, int]:
+        tk = hf_tokenizers.Tokenizer(
+            WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
+        )
+        tk.normalizer = normalizer
+        tk.pre_tokenizer = pre_tokenizer
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=size,  # the trainer's count includes the special tokens
+            special_tokens=specials,
+            initial_alphabet=alphabet,
+            limit_alphabet=len(alphabet),
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+        with warnings.catch_warnings():  # the alphabet pass has reported them
+            warnings.simplefilter("ignore", corpus.CorpusWarning)
+            tk.train_from_iterator(documents(), trainer)  # a document is a batch of sentences
+        return tk.get_vocab()
+
+    # A pass without merges gives the set of continuation pieces the words of the text make
+    # (only their numbering follows hash order); registered in code-point order, they get
+    # fixed ids in the pass that learns the vocab.
+    continuations = sorted(
+        t for t in train(0, list(SPECIAL_TOKENS)) if t.startswith("##") and t[2:] in alphabet
     )
-    tk = hf_tokenizers.Tokenizer(
-        WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
-    )
-    tk.normalizer = normalizer
-    tk.pre_tokenizer = pre_tokenizer
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size - num_unused,  # the trainer's count includes the special tokens
-        special_tokens=[*SPECIAL_TOKENS, *continuations],
-        initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    with warnings.catch_warnings():  # the first pass has reported them
-        warnings.simplefilter("ignore", corpus.CorpusWarning)
-        tk.train_from_iterator(documents(), trainer)  # a document is a batch of sentences
-    vocab = tk.get_vocab()
+    vocab = train(vocab_size - num_unused, [*SPECIAL_TOKENS, *continuations])
     group = {**dict.fromkeys(alphabet, 0), **dict.fromkeys(continuations, 1)}
     rest = sorted(
         (t for t in vocab if t not in SPECIAL_TOKENS), key=lambda t: (group.get(t, 2), vocab[t])
@@ -784,17 +800,14 @@ def _wordpiece_alphabet(
     normalizer: normalizers.Normalizer,
     pre_tokenizer: pre_tokenizers.PreTokenizer,
     limit: int,
-) -> tuple[list[str], list[str]]:
-    """(alphabet, its "##" continuation pieces), both in code-point order.
+) -> list[str]:
+    """The alphabet, in code-point order.
 
     The alphabet is the `limit` most frequent characters of the words the trainer sees
     (normalized, pre-tokenized text), ties broken by the lower code point. Characters are
     counted in the raw text (numpy, per 1 MiB of text) and mapped through the normalizer and
     pre-tokenizer one distinct character at a time; BERT's normalization acts on each character
-    alone, so the counts are those of the normalized text. A continuation piece is made for
-    every alphabet character that can follow another inside a word: not whitespace, not
-    punctuation (which the pre-tokenizer splits off) and not CJK (which the normalizer spaces
-    out).
+    alone, so the counts are those of the normalized text.
     """
     raw = np.zeros(0x110000, dtype=np.int64)
     chunk: list[str] = []
@@ -821,12 +834,7 @@ def _wordpiece_alphabet(
             for char in word:
                 counts[char] = counts.get(char, 0) + int(raw[code])
     ranked = sorted(counts, key=lambda c: (-counts[c], ord(c)))
-    alphabet = sorted(ranked[:limit])
-
-    def continues(char: str) -> bool:
-        return len(pre_tokenizer.pre_tokenize_str(normalizer.normalize_str("a" + char))) == 1
-
-    return alphabet, [f"##{c}" for c in alphabet if continues(c)]
+    return sorted(ranked[:limit])
 
 
 def _train_sentencepiece(

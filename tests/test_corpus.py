@@ -268,3 +268,19 @@ def test_embedded_corpus_is_deterministic(embedded, tmp_path):
     again = corpus.write_embedded_corpus(tmp_path / "again.txt")
     with open(embedded.path, "rb") as a, open(again.path, "rb") as b:
         assert a.read() == b.read()
+
+
+def test_a_line_of_undecodable_bytes_is_no_document_boundary(tmp_path):
+    """Dropped ("ignore") or replaced, a line of invalid bytes between two sentences of a
+    document leaves one document, as with "replace"."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"first sentence .\n\xd7\xd7\nsecond sentence .\n\nother doc .\n")
+    for errors in ("replace", "ignore"):
+        with pytest.warns(corpus.CorpusWarning, match="c.txt:2"):
+            docs = list(corpus.iter_documents([str(path)], errors=errors))
+        assert len(docs) == 2, (errors, docs)
+        assert docs[0][0] == "first sentence ." and docs[0][-1] == "second sentence ."
+        assert docs[1] == ["other doc ."]
+    with pytest.warns(corpus.CorpusWarning):  # iter_lines keeps every line, numbered
+        lines = list(corpus.iter_lines(str(path), errors="ignore"))
+    assert lines[1] == (2, "")

@@ -226,3 +226,56 @@ def test_console_script_smoke_runs():
     loss_line = [x for x in res.stdout.splitlines() if x.startswith("loss=")][0]
     mlm = float(loss_line.split("mlm_loss=")[1].split()[0])
     assert 6.0 < mlm < 8.0  # ~ln(1024) for a fresh model over a 1024-token vocab
+
+
+def test_outputs_never_replace_their_inputs(bertjax_dir, tmp_path, capsys):
+    """--overwrite replaces an output, never the input it is made from."""
+    import shutil
+
+    ck = str(tmp_path / "ck")
+    shutil.copytree(bertjax_dir, ck)
+    before = sorted(os.listdir(ck))
+    for out in (ck, str(tmp_path)):  # the source itself, and a directory holding it
+        code, _, err = _run(
+            ["convert", "--to", "hf", "--src", ck, "--out", out, "--overwrite"], capsys
+        )
+        assert code == 1 and "would replace the input" in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(ck)) == before
+
+    text = tmp_path / "s.txt"
+    text.write_text("the cat sat\n")
+    code, _, err = _run(
+        [
+            "features",
+            "--checkpoint",
+            ck,
+            "--input",
+            str(text),
+            "--output",
+            str(text),
+            "--overwrite",
+        ],
+        capsys,
+    )
+    assert code == 1 and "would replace the input" in err
+    assert text.read_text() == "the cat sat\n"
+    for flags, message in (
+        (["--output", str(tmp_path)], "is a directory"),
+        (["--output", str(tmp_path / "f.jsonl"), "--layers", ""], "--layers is empty"),
+        (["--output", str(tmp_path / "f.jsonl"), "--batch_size", "0"], "--batch_size=0"),
+    ):
+        argv = ["features", "--checkpoint", ck, "--input", str(text), "--max_seq_length", "32"]
+        code, _, err = _run([*argv, *flags], capsys)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+    data = tmp_path / "data"
+    data.mkdir()
+    corpus = data / "corpus.txt"
+    corpus.write_text("the cat sat .\nthe dog ran .\n\nhello world .\nhe was fast .\n")
+    code, _, err = _run(
+        ["prepare", "--input", str(corpus), "--vocab", ck, "--output", str(data), "--overwrite",
+         "--num_workers", "1"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and "holds the input file" in err
+    assert corpus.read_text().startswith("the cat sat")

@@ -896,3 +896,28 @@ def test_input_errors_policy(tok, tmp_path, monkeypatch):
         ValueError, match="input_errors must be 'strict', 'replace' or 'ignore', got 'skip'"
     ):
         _create([str(bad)], tok, tmp_path / "x", input_errors="skip")
+
+
+def test_damaged_dataset_files_are_reported_by_name(corpus_files, tok, tmp_path):
+    import shutil
+
+    out = tmp_path / "data"
+    _create(corpus_files, tok, out)
+    info = pdata.load_dataset_info(out)
+    shard = next(s["file"] for s in info["shards"] if s["num_examples"])
+
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    data = (cut / shard).read_bytes()
+    (cut / shard).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(str(cut / shard))):
+        pdata.load_dataset_info(cut)
+
+    bad_json = tmp_path / "bad_json"
+    shutil.copytree(out, bad_json)
+    (bad_json / "dataset_info.json").write_text('{"format": "arrayrecord", ')
+    with pytest.raises(ValueError, match="not a valid dataset_info.json"):
+        pdata.load_dataset_info(bad_json)
+    (bad_json / "dataset_info.json").write_text('{"format": "arrayrecord"}')
+    with pytest.raises(ValueError, match=r"missing keys \['shards'"):
+        pdata.load_dataset_info(bad_json)

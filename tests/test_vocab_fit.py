@@ -236,3 +236,32 @@ def test_padded_embedding_table_works_in_every_command(tmp_path, capsys):
     write_sst2(glue_data, n_train=16, n_dev=8, n_test=4)
     r = ft.finetune(tiny_config(ck, glue_data, "sst2", num_epochs=1.0), str(tmp_path / "ft"))
     assert np.isfinite(r["metrics"]["accuracy"])
+
+
+def test_init_checkpoint_trained_with_another_vocab_is_refused(bertjax_dir, tmp_path):
+    """A smaller vocab fits the table but its ids would pick the wrong rows: refused."""
+    from bertjax import pretrain
+    from data_pipelines.pretraining_data import create_pretraining_data
+    from data_pipelines.tokenizers import load_tokenizer
+    from experiments.pretrain import tiny_demo
+
+    tokens = open(os.path.join(bertjax_dir, "vocab.txt"), encoding="utf-8").read().split("\n")[:-1]
+    other = tmp_path / "other"
+    other.mkdir()
+    swapped = tokens[:-2] + [tokens[-1], tokens[-2]]  # same size, two ids swapped
+    (other / "vocab.txt").write_text("".join(t + "\n" for t in swapped))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat .\nthe dog ran .\n\nhello world .\nhe was fast .\n")
+    data = str(tmp_path / "data")
+    create_pretraining_data(
+        [str(corpus)], load_tokenizer(str(other / "vocab.txt")), data, max_seq_length=16,
+        max_predictions_per_seq=3, dupe_factor=1, num_workers=1, progress=False,
+    )  # fmt: skip
+    c = tiny_demo.get_config()
+    c.data.corpus, c.data.train_dir, c.data.eval_dir = "", data, ""
+    c.init_checkpoint = bertjax_dir
+    c.train.num_steps = 1
+    n = len(tokens)
+    with pytest.raises(ckpt.VocabMismatchError, match=f"id {n - 2} is {swapped[-2]!r}"):
+        pretrain.train(c, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
