@@ -225,6 +225,12 @@ def _run_smoke(fv: flags.FlagValues) -> None:
     from bertjax.losses import pretraining_loss
     from bertjax.model import BertForPreTraining
 
+    if fv.batch_size < 1 or fv.seq_len < 4:
+        raise UsageError(
+            f"--batch_size={fv.batch_size} --seq_len={fv.seq_len}: need a batch of at least 1 "
+            "and at least 4 tokens ([CLS], two segments, [SEP])"
+        )
+
     config = model_config_for_size(fv.size, vocab_size=1024)
     model = BertForPreTraining(config)
     rng = np.random.default_rng(0)
@@ -550,13 +556,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: bertjax {command} [flags]\n\n{fv.get_help()}")
         sys.exit(0)
     try:
-        fv([f"bertjax {command}", *argv[2:]])
+        extra = fv([f"bertjax {command}", *argv[2:]])[1:]
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections reports an unknown --config.x.y key as AttributeError/KeyError.
         print(f"bertjax {command}: {e}\n(see `bertjax {command} --help`)", file=sys.stderr)
         sys.exit(2)
+    if extra:
+        print(
+            f"bertjax {command}: unexpected argument(s) {extra}; every input is a --flag\n"
+            f"(see `bertjax {command} --help`)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # backend probing
     try:
         with _own_warnings_as_lines(command):
             run(fv)

@@ -504,7 +504,12 @@ def iter_tfds_documents(
     """
     import tensorflow_datasets as tfds  # heavy import (TensorFlow): only when used
 
-    ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False, download=download)
+    try:
+        ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False, download=download)
+    except Exception as e:  # unknown name or split, not prepared without download=True, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        hint = "" if download else " (pass --download to download and prepare it)"
+        raise CorpusError(f"tfds:{name}[{split}]: cannot load the dataset: {first}{hint}") from e
     count = 0
     for index, example in enumerate(tfds.as_numpy(ds)):
         value = example
@@ -551,6 +556,7 @@ def write_tfds_corpus(
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"corpus-{i:05d}-of-{num_shards:05d}.txt" for i in range(num_shards)]
     tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
@@ -582,6 +588,8 @@ def write_tfds_corpus(
             f.close()
             if tmp.exists():
                 tmp.unlink()
+        if created and not any(out_dir.iterdir()):  # a failed export leaves nothing behind
+            out_dir.rmdir()
     return [str(p) for p in paths]
 
 

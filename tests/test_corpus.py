@@ -284,3 +284,10 @@ def test_a_line_of_undecodable_bytes_is_no_document_boundary(tmp_path):
     with pytest.warns(corpus.CorpusWarning):  # iter_lines keeps every line, numbered
         lines = list(corpus.iter_lines(str(path), errors="ignore"))
     assert lines[1] == (2, "")
+
+
+def test_unknown_tfds_dataset_is_one_error_and_leaves_no_directory(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(corpus.CorpusError, match=r"tfds:no_such_dataset_xyz\[train\]"):
+        corpus.write_tfds_corpus("no_such_dataset_xyz", out, data_dir=str(tmp_path / "tfds"))
+    assert not out.exists()

@@ -279,3 +279,11 @@ def test_outputs_never_replace_their_inputs(bertjax_dir, tmp_path, capsys):
     )  # fmt: skip
     assert code == 1 and "holds the input file" in err
     assert corpus.read_text().startswith("the cat sat")
+
+
+def test_stray_arguments_and_bad_smoke_sizes_are_refused(capsys):
+    code, _, err = _run(["smoke", "stray", "--size", "tiny"], capsys)
+    assert code == 2 and "unexpected argument(s) ['stray']" in err
+    for flags in (["--seq_len", "0"], ["--batch_size", "0"]):
+        code, _, err = _run(["smoke", *flags], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "--seq_len" in err, err
