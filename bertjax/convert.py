@@ -41,7 +41,10 @@ Class ids keep bertjax's order, which id2label states (for MNLI it is not the or
 google-research/bert's MnliProcessor; see data_pipelines/glue.py).
 An export's tokenizer is what transformers' `save_pretrained` writes for a BERT tokenizer
 (vocab.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json) with the
-checkpoint's own options, so transformers tokenizes every string as bertjax does. An import
+checkpoint's own options, so transformers tokenizes every string as bertjax does. A
+SentencePiece (unigram) tokenizer is exported as spm.model plus a tokenizer.json that rebuilds it
+for the Rust library, loaded by PreTrainedTokenizerFast; `_sentencepiece_backend` names the
+corners where its ids differ. An import
 reads vocab.txt, or, where only tokenizer.json is there (transformers 5 writes no
 vocab.txt), the WordPiece vocabulary and options of tokenizer.json.
 
@@ -614,26 +617,58 @@ HF_SPECIAL_TOKENS = {
 
 
 def _write_hf_tokenizer(tokenizer: Any, out_dir: str, config: ModelConfig) -> None:
-    """vocab.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json.
+    """vocab.txt or spm.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json.
 
-    tokenizer.json is the Rust tokenizer bertjax tokenizes with (normalizer with the
+    WordPiece: tokenizer.json is the Rust tokenizer bertjax tokenizes with (normalizer with the
     checkpoint's lowercasing, accent and CJK options, pre-tokenizer, WordPiece model,
     decoder, special tokens) plus BERT's post-processor ([CLS] A [SEP], [CLS] A [SEP] B [SEP]
     with segment ids 0 and 1), without padding or truncation (transformers sets those per
     call); tokenizer_config.json gives the same options to transformers' BertTokenizer.
+
+    SentencePiece (unigram): tokenizer.json rebuilds the model for the Rust library
+    (`_sentencepiece_backend`) with the same post-processor; tokenizer_config.json names
+    PreTrainedTokenizerFast, which loads tokenizer.json as it is, and keeps bertjax's own keys
+    (kind, do_lower_case, model_file) so that the export also loads back into bertjax.
     """
     tokenizer.save(out_dir)
-    if getattr(tokenizer, "kind", "wordpiece") != "wordpiece":
-        log.warning(
-            "a %s tokenizer has no Hugging Face BertTokenizer equivalent; "
-            "its files are copied as they are",
-            tokenizer.kind,
-        )
-        return
-    from tokenizers import Tokenizer, processors
+    kind = getattr(tokenizer, "kind", "wordpiece")
+    if kind == "wordpiece":
+        from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(tokenizer.backend.to_str())  # a copy: the original is shared
-    cls, sep = HF_SPECIAL_TOKENS["cls_token"], HF_SPECIAL_TOKENS["sep_token"]
+        backend = Tokenizer.from_str(tokenizer.backend.to_str())  # a copy: the original is shared
+        special_tokens = HF_SPECIAL_TOKENS
+        tokenizer_config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": bool(tokenizer.do_lower_case),
+            "strip_accents": tokenizer.strip_accents,
+            "tokenize_chinese_chars": bool(tokenizer.tokenize_chinese_chars),
+            "do_basic_tokenize": True,
+            "never_split": None,
+            "clean_up_tokenization_spaces": True,
+        }
+    else:
+        backend = _sentencepiece_backend(tokenizer, out_dir) if kind == "sentencepiece" else None
+        if backend is None:
+            log.warning(
+                "a %s tokenizer has no Hugging Face tokenizer equivalent here; "
+                "its files are copied as they are",
+                kind,
+            )
+            return
+        roles = ("unk", "sep", "pad", "cls", "mask")
+        pieces = tokenizer.convert_ids_to_tokens([getattr(tokenizer, f"{r}_id") for r in roles])
+        special_tokens = {f"{r}_token": p for r, p in zip(roles, pieces, strict=True)}
+        tokenizer_config = {
+            **tokenizer.config(),
+            "model_file": _spm_file(),
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            # BERT's inputs; PreTrainedTokenizerFast returns no token_type_ids unless told.
+            "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+            "clean_up_tokenization_spaces": False,
+        }
+    from tokenizers import processors
+
+    cls, sep = special_tokens["cls_token"], special_tokens["sep_token"]
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0",
         pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
@@ -642,21 +677,104 @@ def _write_hf_tokenizer(tokenizer: Any, out_dir: str, config: ModelConfig) -> No
     backend.no_padding()
     backend.no_truncation()
     backend.save(os.path.join(out_dir, "tokenizer.json"))
-    _write_json(os.path.join(out_dir, "special_tokens_map.json"), HF_SPECIAL_TOKENS)
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), special_tokens)
     _write_json(
         os.path.join(out_dir, "tokenizer_config.json"),
         {
-            "tokenizer_class": "BertTokenizer",
-            "do_lower_case": bool(tokenizer.do_lower_case),
-            "strip_accents": tokenizer.strip_accents,
-            "tokenize_chinese_chars": bool(tokenizer.tokenize_chinese_chars),
-            "do_basic_tokenize": True,
-            "never_split": None,
-            "clean_up_tokenization_spaces": True,
+            **tokenizer_config,
             "model_max_length": config.max_position_embeddings,
-            **HF_SPECIAL_TOKENS,
+            **special_tokens,
         },
     )
+
+
+def _spm_file() -> str:
+    from data_pipelines.tokenizers import SPM_FILE
+
+    return SPM_FILE
+
+
+def _sentencepiece_backend(tokenizer: Any, out_dir: str):
+    """The Rust `tokenizers` equivalent of a SentencePiece unigram model (None for one it
+    cannot express: BPE, or whitespace as a suffix).
+
+    Read from the ModelProto bytes (`sentencepiece_model_pb2`): a Unigram model with the
+    same pieces, scores and unknown id; SentencePiece's normalizer as a sequence: Lowercase
+    where bertjax lowercases the text before encoding, the model's `precompiled_charsmap`
+    (NFKC, control characters removed, other spaces made " "), then the whitespace rules
+    SentencePiece applies to the normalized text (remove_extra_whitespaces: spaces stripped
+    at both ends and runs of them collapsed; add_dummy_prefix: "▁" before non-empty text;
+    escape_whitespaces: " " -> "▁", trailing "▁" dropped as SentencePiece drops them);
+    Metaspace to split before each "▁" and to decode (splitting changes nothing when no piece
+    holds "▁" past its start, as with SentencePiece's default split_by_whitespace); control
+    and unknown pieces as special added tokens, user-defined ones as added tokens.
+
+    Tested for models `train_vocab` writes (cased and lowercased): the ids of
+    `SentencePieceTokenizer.encode` on mixed-script text and on every Basic Multilingual
+    Plane character. Known differences:
+
+    * a special token's string in the text ("[MASK]", "[unused3]", or a form that normalizes
+      to one, such as "［MASK］" in a cased model): transformers matches special tokens in the
+      text (and the Unigram model may produce one), and the text after one is normalized as
+      a string of its own, so its first piece starts a word; SentencePiece never produces
+      control symbols from text.
+    * a grapheme cluster shorter than 6 UTF-8 bytes that goes on past the shortest charsmap
+      entry matching its start (e + U+0301 + U+0327, a full-width letter + U+0301):
+      tokenizers' Precompiled replaces the whole cluster by that entry's output, dropping
+      the rest; SentencePiece takes the longest entry and goes on after it.
+    * do_lower_case with a model that does not case-fold itself (not `train_vocab`'s, whose
+      nmt_nfkc_cf folds): Python's `str.lower` gives a word-final "ς" for "Σ", the Rust
+      Lowercase "σ".
+
+    Byte fallback and user-defined pieces are carried over but not tested.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import Unigram
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(os.path.join(out_dir, _spm_file()), "rb") as f:
+        proto.ParseFromString(f.read())
+    trainer, norm = proto.trainer_spec, proto.normalizer_spec
+    if trainer.model_type != trainer.UNIGRAM or trainer.treat_whitespace_as_suffix:
+        return None
+    piece_types = proto.SentencePiece
+    backend = Tokenizer(
+        Unigram(
+            [(p.piece, p.score) for p in proto.pieces],
+            unk_id=tokenizer.unk_id,
+            byte_fallback=trainer.byte_fallback,
+        )
+    )
+    steps = [normalizers.Lowercase()] if tokenizer.do_lower_case else []
+    if norm.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
+    if norm.remove_extra_whitespaces:
+        steps += [
+            normalizers.Replace(Regex(r"\A +| +\z"), ""),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    if norm.add_dummy_prefix:
+        steps.append(normalizers.Prepend(" "))  # Prepend leaves an empty string empty
+    if norm.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+        if norm.remove_extra_whitespaces:
+            steps.append(normalizers.Replace(Regex(r"▁+\z"), ""))
+    backend.normalizer = normalizers.Sequence(steps)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    special = (piece_types.CONTROL, piece_types.UNKNOWN)
+    backend.add_special_tokens(
+        [
+            AddedToken(p.piece, special=True, normalized=False)
+            for p in proto.pieces
+            if p.type in special
+        ]
+    )
+    user = [p.piece for p in proto.pieces if p.type == piece_types.USER_DEFINED]
+    if user:
+        backend.add_tokens([AddedToken(p, special=False, normalized=False) for p in user])
+    return backend
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:

@@ -33,7 +33,12 @@ from bertjax.model import (
     BertForTokenClassification,
 )
 from data_pipelines import glue as glue_data
-from data_pipelines.tokenizers import WordPieceTokenizer, encode_pair, load_tokenizer
+from data_pipelines.tokenizers import (
+    WordPieceTokenizer,
+    encode_pair,
+    load_tokenizer,
+    train_vocab,
+)
 
 CASE_A = "Café naïve Ångström"
 # Accents (composed and decomposed), CJK, Greek, Cyrillic, punctuation, emoji, control and
@@ -258,6 +263,133 @@ def test_case_a_minilm_strip_accents_false_survives_export(tmp_path):
         exported = json.load(f)
     assert exported["strip_accents"] is False and exported["model_max_length"] == 512
     _assert_same_tokenization(src, out)
+
+
+# --- SentencePiece --------------------------------------------------------------------------
+
+# What the SentencePiece vocab is trained on: mixed scripts and cases, so both exports learn
+# pieces of every script in SP_TEXTS (and miss others, which become [UNK]).
+SP_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Café naïve Ångström résumé déjà vu. "
+    "中文字符和日本語のテキスト、한국어 문장입니다。 Ελληνικά: ΣΟΦΙΑ σοφία ὁδός λόγος. "
+    "Привет, МИР! ёлка Ёж москва. Ｆｕｌｌｗｉｄｔｈ ＡＢＣ ｆｏｒｍｓ and ﬁ ligatures Straße. "
+    "emoji 🙂 👍 and symbols © ® ½. Numbers 12345 and 67890, prices $3.50 €4."
+).split()
+# TEXTS without the special tokens written in the text (a difference the export documents),
+# plus SentencePiece's whitespace rules: runs, tabs and newlines, both ends, nothing left.
+SP_TEXTS = tuple(t for t in TEXTS if "[" not in t) + (
+    "  leading and trailing spaces  ",
+    "multiple    spaces\t\ttabs\n\nnewlines \r\n end",
+    "\u3000ideographic\u3000spaces\u3000and\u00a0no-break\u2003em ",
+    "ΟΔΟΣ ΣΟΦΟΣ λόγος. ǅ ß ẞ ﬀ ㎏ ①",
+    "literal ▁ marks▁ ▁start x ¨ y",
+    "Tiếng Việt có dấu",
+    "",
+    "   ",
+    "\x00\x07\u200b",
+)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["lower", "cased"])
+def sentencepiece_export(request, bertjax_dir, tmp_path_factory):
+    """(bertjax's SentencePiece tokenizer, its `convert --to hf` export): the tiny model
+    saved with a unigram vocab from `train_vocab`, lowercasing or not."""
+    d = tmp_path_factory.mktemp("sentencepiece")
+    rng = np.random.default_rng(0)
+    corpus = d / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(SP_CORPUS, 8)) for _ in range(400)) + "\n")
+    tok = train_vocab(
+        [str(corpus)],
+        kind="sentencepiece",
+        vocab_size=140,
+        num_unused=2,
+        out_dir=str(d / "vocab"),
+        do_lower_case=request.param,
+    )
+    config, params, _ = ckpt.load_model_dir(bertjax_dir)
+    src = ckpt.save_model_dir(str(d / "bertjax"), params, config, tokenizer=tok, source="test")
+    return tok, convert.convert_from_bertjax("hf", src, str(d / "hf"))
+
+
+def test_sentencepiece_export_tokenizes_as_bertjax(sentencepiece_export, tmp_path):
+    tok, out = sentencepiece_export
+    assert sorted(os.listdir(out)) == [
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "spm.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    tok_config = _read_json(os.path.join(out, "tokenizer_config.json"))
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_config["model_max_length"] == 64
+    specials = _read_json(os.path.join(out, "special_tokens_map.json"))
+    assert specials == convert.HF_SPECIAL_TOKENS
+    assert {k: tok_config[k] for k in specials} == specials
+
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    raw = tokenizers.Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    assert [hf.unk_token_id, hf.pad_token_id, hf.cls_token_id, hf.sep_token_id] == [
+        tok.unk_id,
+        tok.pad_id,
+        tok.cls_id,
+        tok.sep_id,
+    ]
+    assert hf.mask_token_id == tok.mask_id
+    known = set()
+    for text in SP_TEXTS:
+        ids = tok.encode(text)
+        known.update(i for i in ids if i != tok.unk_id)
+        assert hf(text)["input_ids"] == [tok.cls_id, *ids, tok.sep_id], text
+        assert raw.encode(text).ids == [tok.cls_id, *ids, tok.sep_id], text
+    assert len(known) > 60  # most of the vocab, not a text set of unknowns
+    nonempty = [t for t in SP_TEXTS if tok.encode(t)]
+    for a, b in zip(nonempty, nonempty[1:] + nonempty[:1], strict=True):
+        want = encode_pair(tok, a, b, 128)
+        n = int(want.input_mask.sum())
+        got = hf(a, b)
+        assert got["input_ids"] == want.input_ids[:n].tolist(), (a, b)
+        assert got["token_type_ids"] == want.segment_ids[:n].tolist(), (a, b)
+
+    # The export imports back: the same SentencePiece model and lowercasing.
+    back = load_tokenizer(out)
+    assert back.kind == "sentencepiece" and back.do_lower_case == tok.do_lower_case
+    bj = convert.convert_to_bertjax("hf", out, str(tmp_path / "bertjax"))
+    again = ckpt.load_tokenizer_from(bj)
+    assert again.do_lower_case == tok.do_lower_case
+    for text in SP_TEXTS:
+        assert back.encode(text) == again.encode(text) == tok.encode(text), text
+
+
+def test_sentencepiece_export_matches_on_every_bmp_character(sentencepiece_export):
+    """Every Basic Multilingual Plane character, inside a word and alone, 64 to a text."""
+    tok, out = sentencepiece_export
+    raw = tokenizers.Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    chars = [chr(c) for c in range(1, 0x10000) if not 0xD800 <= c < 0xE000]
+    texts = [" ".join(f"a{c}b {c}" for c in chars[i : i + 64]) for i in range(0, len(chars), 64)]
+    got = raw.encode_batch_fast(texts, add_special_tokens=False)
+    bad = [
+        t
+        for t, want, enc in zip(texts, tok.encode_batch(texts), got, strict=True)
+        if enc.ids != want
+    ]
+    assert not bad, [ascii(t[:40]) for t in bad[:3]]
+
+
+def test_sentencepiece_export_differences_are_the_documented_ones(sentencepiece_export):
+    """The corners `convert._sentencepiece_backend` names: special tokens written in the
+    text, and a short grapheme cluster whose start SentencePiece's table maps."""
+    tok, out = sentencepiece_export
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf("[MASK]")["input_ids"] == [tok.cls_id, tok.mask_id, tok.sep_id]
+    assert tok.mask_id not in tok.encode("[MASK]")
+    # e + U+0301 + U+0327: SentencePiece maps "e\u0301" to "é" and keeps the cedilla, an
+    # unknown piece; tokenizers' Precompiled maps the whole cluster to "é".
+    e_acute = tok.encode("e\u0301")
+    assert tok.unk_id not in e_acute
+    assert tok.encode("e\u0301\u0327") == [*e_acute, tok.unk_id]
+    assert hf("e\u0301\u0327")["input_ids"] == [tok.cls_id, *e_acute, tok.sep_id]
 
 
 # --- Downstream heads ------------------------------------------------------------------------
