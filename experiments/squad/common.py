@@ -18,6 +18,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from data_pipelines.bucketing import DEFAULT_MULTIPLE
 from experiments.pretrain.common import mesh_config
 
 
@@ -66,6 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.num_epochs = 3.0  # passes over the training features (0 = only evaluate the ckpt)
     c.train.eval_every_epoch = True  # evaluate on dev after every epoch (else only at the end)
     c.train.log_every = 50  # steps between metric fetches / log lines
+    c.train.checkpoint_every = 1000  # steps between resume checkpoints (and one at SIGTERM)
+    c.train.keep_checkpoints = 2  # newest resume checkpoints kept (all removed once complete)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.bucket_multiple = DEFAULT_MULTIPLE  # pad batches to a multiple of it (0 = max_seq_len)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.n_best_size = 20  # start and end positions tried per feature; n-best list length
