@@ -15,6 +15,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from absl import flags
 
@@ -139,18 +140,25 @@ def _define_finetune(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
 
 
-def _run_finetune(fv: flags.FlagValues) -> None:
+def _run_loop(command: str, loop: Callable[..., Any], *args: Any) -> Any:
+    """Runs a training loop: preemption (SIGTERM, a checkpoint saved) exits 143, a stop for
+    non-finite values exits 1 with one line."""
     from bertjax import trainer
-    from bertjax.finetune import RESULTS_FILE, finetune
 
     try:
-        out = finetune(fv.config, fv.workdir)
+        return loop(*args)
     except trainer.Preempted as e:
         print(str(e))
         sys.exit(143)
     except trainer.NonFiniteError as e:
-        print(f"bertjax finetune: error: {e}", file=sys.stderr)
+        print(f"bertjax {command}: error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _run_finetune(fv: flags.FlagValues) -> None:
+    from bertjax.finetune import RESULTS_FILE, finetune
+
+    out = _run_loop("finetune", finetune, fv.config, fv.workdir)
     if out.get("already_complete"):
         print(
             f"{fv.workdir} already holds the finished run of this config; nothing to do. "
@@ -460,14 +468,7 @@ def _run_train(fv: flags.FlagValues) -> None:
     sharding.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
     from bertjax import pretrain
 
-    try:
-        last = pretrain.train(fv.config, fv.workdir)
-    except pretrain.Preempted as e:
-        print(str(e))
-        sys.exit(143)
-    except pretrain.NonFiniteError as e:
-        print(f"bertjax train: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    last = _run_loop("train", pretrain.train, fv.config, fv.workdir)
     if last:
         print("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
     else:
