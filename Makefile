@@ -11,6 +11,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_ARGS ?=
 TEST_ARGS ?=
+# Test processes (pytest-xdist): one per core, at most 4; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto --maxprocesses=4
 
 .PHONY: run test lint bench clean
 
@@ -37,7 +39,7 @@ lint: $(VENV)/.installed-dev
 test: lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
 	  TF_CPP_MIN_LOG_LEVEL=2 HF_HUB_OFFLINE=1 \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider $(TEST_ARGS)
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(TEST_ARGS)
 
 # Side-by-side benchmarks (not tests). BENCH_ARGS / FINETUNE_BENCH_ARGS add flags to the
 # pre-training and fine-tuning step benchmarks.
@@ -47,6 +49,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/finetune_step.py $(FINETUNE_BENCH_ARGS)
 	$(BIN)/python benchmarks/finetune_e2e.py --num_train 128 --num_dev 64 --epochs 1
+	$(BIN)/python benchmarks/ner_e2e.py
 	$(BIN)/python benchmarks/profile_step.py --size base --seq_len 128 --batch_size 8 --steps 2
 	$(BIN)/python benchmarks/step_breakdown.py
 	$(BIN)/python benchmarks/packing.py

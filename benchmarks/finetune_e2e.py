@@ -62,9 +62,11 @@ LayerNorm and biases, global-norm clipping, dropout) and the same number of step
 examples are shuffled every epoch (`numpy.random.default_rng(seed).permutation`, as
 transformers' Trainer samples at random) and each batch is padded to its longest row
 (`DataCollatorWithPadding`); a short last batch stays short. bertjax batches as its engine
-does (with length bucketing, `config.data.bucket_multiple`, when the engine has it; the
-engine's own padding figures are kept in the JSON as `engine_bucketing`). `train_s` runs from the first batch's collation to the last optimizer step
-(`loss.item()` every step); `step_s` is the median step after the first; `total_s` adds
+does: GLUE's default packs each step's 32 examples into rows of max_seq_length
+(`config.data.packing`; `--config.data.packing=False` gives length buckets of
+`config.data.bucket_multiple`); the engine's own padding figures are kept in the JSON as
+`engine_bucketing`. `train_s` runs from the first batch's collation to the last optimizer
+step (`loss.item()` every step); `step_s` is the median step after the first; `total_s` adds
 tokenization, model loading and evaluation.
 Seeds: `--seed` drives each framework's own head initialisation and dropout, so the
 heads start from different values.
@@ -445,7 +447,9 @@ def observe_bertjax() -> Iterator[Observed]:
     def global_batch(mesh, rules, local):
         mask = np.asarray(local[INPUT_MASK])
         weight = np.asarray(local.get(ft.WEIGHT, np.ones(len(mask))))
-        real = int(mask[weight > 0].sum())
+        # Packed rows ([R, K] weights) hold only real tokens in their mask; otherwise the
+        # weight-0 rows that fill up a last batch are copies and count as padding.
+        real = int(mask.sum() if weight.ndim == 2 else mask[weight > 0].sum())
         seen.batches.append((time.perf_counter(), LABEL in local, mask.shape, real))
         return original(mesh, rules, local)
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bertjax import storage
 from bertjax.config import ModelConfig, read_json
 
 CONFIG_FILE = "bertjax_config.json"
@@ -52,57 +51,46 @@ class CheckpointError(ValueError):
 
 
 def is_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
-        os.path.join(path, PARAMS_DIR)
+    return storage.isfile(storage.join(path, CONFIG_FILE)) and storage.isdir(
+        storage.join(path, PARAMS_DIR)
     )
 
 
 def holds_checkpoint(path: str) -> bool:
     """Whether `path` already holds a bertjax model directory or foreign model files."""
-    if not os.path.exists(path):
-        return False
-    if not os.path.isdir(path):
-        return True
-    return bool(os.listdir(path))
+    return storage.holds_files(path)
 
 
 def write_atomically(out_dir: str, write: Callable[[str], None], *, overwrite: bool) -> str:
-    """Calls write(tmp_dir), then renames tmp_dir to out_dir.
+    """Calls write(tmp_dir), then publishes tmp_dir as out_dir (`storage.publish_dir`: a
+    rename locally; into a bucket an upload with bertjax_config.json, the marker of a
+    complete model directory, last).
 
     Refuses a non-empty out_dir unless overwrite; with overwrite, the old directory is
     only removed after the new one is complete.
     """
-    out_dir = os.path.abspath(out_dir)
-    if holds_checkpoint(out_dir) and not overwrite:
-        raise CheckpointError(
-            f"{out_dir}: output directory is not empty; pass --overwrite to replace it"
-        )
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
-        os.rmdir(old)
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    return storage.publish_dir(
+        out_dir,
+        write,
+        overwrite=overwrite,
+        marker=CONFIG_FILE,
+        exists_error=lambda out: CheckpointError(
+            f"{out}: output directory is not empty; pass --overwrite to replace it"
+        ),
+    )
 
 
 def check_output_spares(out: str, *inputs: str) -> None:
     """Raises CheckpointError when writing `out` (which --overwrite replaces whole) would
     replace or remove one of `inputs`: the same directory, or one that contains an input."""
-    out_real = os.path.realpath(out)
+
+    def real(p: str) -> str:
+        return storage.abspath(p).rstrip("/") if storage.is_remote(p) else os.path.realpath(p)
+
+    out_real = real(out)
     for path in inputs:
-        real = os.path.realpath(path)
-        if real == out_real or real.startswith(out_real.rstrip(os.sep) + os.sep):
+        real_in = real(path)
+        if real_in == out_real or real_in.startswith(out_real.rstrip(os.sep) + os.sep):
             raise CheckpointError(
                 f"{out}: the output would replace the input {path}; choose another output"
             )
@@ -117,15 +105,15 @@ def _unbox(tree: Any) -> Any:
 def save_params(path: str, params: Any) -> None:
     """Writes a parameter tree with Orbax (blocking)."""
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), _unbox(params))
+    ckptr.save(storage.abspath(path), _unbox(params))
     ckptr.wait_until_finished()
 
 
 def restore_params(path: str, target: Any | None = None) -> Any:
     """Restores a parameter tree; `target` (arrays or ShapeDtypeStructs with shardings)
     places it directly on devices, otherwise it is restored as host numpy arrays."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
+    path = storage.abspath(path)
+    if not storage.isdir(path):
         raise CheckpointError(f"{path}: parameter checkpoint not found")
     ckptr = ocp.StandardCheckpointer()
     try:
@@ -176,7 +164,7 @@ TASK_KINDS = {
     "token_classification": "classifier",  # a label per token (model.BertForTokenClassification)
     "span": "qa_outputs",  # start and end logits per token (model.BertForQuestionAnswering)
 }
-_TASK_KEYS = ("name", "kind", "labels")
+_TASK_KEYS = ("name", "kind", "labels", "tagger")  # tagger: a feature-based NER head (ner.py)
 
 
 def head_outputs(params: dict[str, Any], head: str) -> int | None:
@@ -238,7 +226,13 @@ def check_task(task: Any, params: dict[str, Any], *, where: str) -> dict[str, An
         if len(set(labels)) != len(labels):
             raise CheckpointError(f"{where}: task.labels={list(labels)} has duplicate names")
         labels = list(labels)
-    return {"name": name, "kind": kind, "labels": labels}
+    tagger = task.get("tagger")
+    if tagger is not None and (kind != "token_classification" or not isinstance(tagger, dict)):
+        raise CheckpointError(
+            f"{where}: task.tagger={tagger!r} must be an object, on a token_classification task"
+        )
+    out = {"name": name, "kind": kind, "labels": labels}
+    return {**out, "tagger": dict(tagger)} if tagger is not None else out
 
 
 def infer_task(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -285,11 +279,11 @@ def save_model_dir(
     it, a head's task is inferred (`infer_task`) and recorded with labels null.
     """
     params, config = canonical(_unbox(params), config)
-    where = os.path.join(out_dir, CONFIG_FILE)
+    where = storage.join(out_dir, CONFIG_FILE)
     task = infer_task(params) if task is None else check_task(task, params, where=where)
 
     def write(tmp: str) -> None:
-        save_params(os.path.join(tmp, PARAMS_DIR), params)
+        save_params(storage.join(tmp, PARAMS_DIR), params)
         meta = {
             "format": "bertjax",
             "version": FORMAT_VERSION,
@@ -299,9 +293,7 @@ def save_model_dir(
         }
         if task is not None:
             meta["task"] = task
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
+        storage.write_json(storage.join(tmp, CONFIG_FILE), meta)
         if tokenizer is not None:
             tokenizer.save(tmp)
 
@@ -310,8 +302,8 @@ def save_model_dir(
 
 def load_model_config(path: str) -> tuple[ModelConfig, dict[str, Any]]:
     """The ModelConfig and metadata of a model directory."""
-    cfg_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
+    cfg_path = storage.join(path, CONFIG_FILE)
+    if not storage.isfile(cfg_path):
         raise CheckpointError(
             f"{path}: not a bertjax checkpoint ({CONFIG_FILE} missing); import foreign "
             "checkpoints first with `bertjax convert --from hf|tf`"
@@ -334,9 +326,9 @@ def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, An
     """(config, params as numpy, metadata) of a model directory or a pre-training workdir
     (its newest checkpoint); the params are in the canonical layout (scan_layers=False)."""
     config, meta = load_model_config(path)
-    if os.path.isdir(os.path.join(path, PARAMS_DIR)):
-        params = restore_params(os.path.join(path, PARAMS_DIR))
-    elif os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+    if storage.isdir(storage.join(path, PARAMS_DIR)):
+        params = restore_params(storage.join(path, PARAMS_DIR))
+    elif storage.isdir(storage.join(path, CHECKPOINTS_DIR)):
         step, params = restore_workdir_params(path)
         meta = {**meta, "step": step}
     else:
@@ -347,8 +339,8 @@ def load_model_dir(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, An
 
 def has_tokenizer(path: str) -> bool:
     """Whether a checkpoint directory holds a tokenizer model file (vocab.txt or *.model)."""
-    return os.path.isfile(os.path.join(path, "vocab.txt")) or any(
-        n.endswith(".model") for n in os.listdir(path)
+    return storage.isfile(storage.join(path, "vocab.txt")) or any(
+        n.endswith(".model") for n in storage.listdir(path)
     )
 
 
@@ -466,7 +458,7 @@ def load_model_and_tokenizer(path: str) -> tuple[ModelConfig, dict[str, Any], di
     checked so that every token id has an embedding row (VocabMismatchError otherwise)."""
     config, params, meta = load_model_dir(path)
     tokenizer = load_tokenizer_from(path)
-    check_tokenizer_fits(tokenizer, config, model_source=os.path.join(path, CONFIG_FILE))
+    check_tokenizer_fits(tokenizer, config, model_source=storage.join(path, CONFIG_FILE))
     return config, params, meta, tokenizer
 
 
@@ -477,9 +469,9 @@ def load_checked_tokenizer(path: str, *, do_lower_case: bool | None = None) -> A
     from data_pipelines.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(path, do_lower_case=do_lower_case)
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+    if storage.isfile(storage.join(path, CONFIG_FILE)):
         config, _ = load_model_config(path)
-        check_tokenizer_fits(tokenizer, config, model_source=os.path.join(path, CONFIG_FILE))
+        check_tokenizer_fits(tokenizer, config, model_source=storage.join(path, CONFIG_FILE))
     return tokenizer
 
 
@@ -542,8 +534,8 @@ RUN_CONFIG_FILE = "run_config.json"
 
 
 def is_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)) and os.path.isfile(
-        os.path.join(path, CONFIG_FILE)
+    return storage.isdir(storage.join(path, CHECKPOINTS_DIR)) and storage.isfile(
+        storage.join(path, CONFIG_FILE)
     )
 
 
@@ -560,7 +552,7 @@ class TrainCheckpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data")
         )
@@ -627,8 +619,8 @@ class TrainCheckpointer:
 
 def check_workdir_model(workdir: str, config: ModelConfig) -> None:
     """Refuses a workdir whose checkpoints hold a model of another shape."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(workdir, CONFIG_FILE)
+    if not storage.isfile(path):
         return
     existing, _ = load_model_config(workdir)
     diff = existing.shape_differences(config)
@@ -637,8 +629,8 @@ def check_workdir_model(workdir: str, config: ModelConfig) -> None:
             f"{workdir}: holds checkpoints of a different model (workdir, config): {diff}; "
             "use another --workdir"
         )
-    checkpoints = os.path.join(workdir, CHECKPOINTS_DIR)
-    has_steps = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+    checkpoints = storage.join(workdir, CHECKPOINTS_DIR)
+    has_steps = storage.isdir(checkpoints) and bool(storage.listdir(checkpoints))
     if has_steps and existing.scan_layers != config.scan_layers:
         raise CheckpointError(
             f"{workdir}: its checkpoints hold scan_layers={existing.scan_layers} parameters but "
@@ -658,39 +650,31 @@ def write_workdir_files(workdir: str, cfg: Any, config_dict: Any, tokenizer_path
         "heads": list(HEAD_GROUPS),
         "source": "pretrain",
     }
-    _write_json_atomic(os.path.join(workdir, CONFIG_FILE), meta)
-    _write_json_atomic(os.path.join(workdir, RUN_CONFIG_FILE), json.loads(config_dict.to_json()))
-    if tokenizer_path and not os.path.isfile(os.path.join(workdir, "tokenizer_config.json")):
+    storage.write_json(storage.join(workdir, CONFIG_FILE), meta)
+    storage.write_json(storage.join(workdir, RUN_CONFIG_FILE), json.loads(config_dict.to_json()))
+    if tokenizer_path and not storage.isfile(storage.join(workdir, "tokenizer_config.json")):
         from data_pipelines.tokenizers import load_tokenizer
 
         load_tokenizer(tokenizer_path).save(workdir)
 
 
-def _write_json_atomic(path: str, value: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def restore_workdir_params(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
     """(step, params as numpy) of a pre-training workdir's newest (or given) checkpoint, in
     the canonical layout (unstacked when the workdir's config has scan_layers)."""
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+    directory = storage.join(storage.abspath(workdir), CHECKPOINTS_DIR)
     manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
     steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(f"{directory}: no finished checkpoints")
     step = steps[-1] if step is None else step
-    path = os.path.join(directory, str(step), "state")
+    path = storage.join(directory, str(step), "state")
     meta = ocp.StandardCheckpointer().metadata(path)
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
     restored = ocp.StandardCheckpointer().restore(path, _zeros_like_meta(tree))
     manager.close()
     params = jax.tree_util.tree_map(np.asarray, restored["params"])
-    if os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+    if storage.isfile(storage.join(workdir, CONFIG_FILE)):
         params, _ = canonical(params, load_model_config(workdir)[0])
     return step, params
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
+
+from bertjax import storage
 
 # name: (num_layers, hidden_size, num_heads, intermediate_size)
 # The small sizes are the "well-read students" BERT miniatures (Turc et al., 2019).
@@ -253,11 +254,10 @@ def model_config_to_bert_json(config: ModelConfig) -> dict[str, Any]:
 
 def read_json(path: str) -> dict[str, Any]:
     """Loads a JSON object from `path` with an error that names the file."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+        value = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(value, dict):

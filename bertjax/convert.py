@@ -55,7 +55,6 @@ read with `torch.load(weights_only=True)`; configs are parsed as JSON, never eva
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -66,6 +65,7 @@ import jax
 import numpy as np
 
 from bertjax import checkpoint as ckpt
+from bertjax import storage
 from bertjax.config import (
     ModelConfig,
     model_config_from_bert_json,
@@ -581,6 +581,11 @@ def export_hf(
     from safetensors.numpy import save_file
 
     task = export_task(params, task, where=where)
+    if task is not None and task.get("tagger"):
+        raise ConversionError(
+            f"{where}: a feature-based tagger (frozen encoder, {task['tagger']}) has no "
+            "transformers class; export a fine-tuned NER model (freeze_encoder=False)"
+        )
     arch = hf_architecture(params, task)
     unused = sorted(set(ckpt.head_groups(params)) - _ARCHITECTURE_GROUPS[arch])
     if unused:
@@ -778,9 +783,7 @@ def _sentencepiece_backend(tokenizer: Any, out_dir: str):
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
+    storage.write_json(path, value)
 
 
 # --- Google TF1 -------------------------------------------------------------------------------
@@ -921,12 +924,12 @@ def _tokenizer_or_none(src: str, scratch: str | None = None):
     """
     from data_pipelines.tokenizers import load_tokenizer
 
-    has_model_file = any(os.path.isfile(os.path.join(src, f)) for f in _MODEL_FILES) or any(
-        f.endswith(".model") for f in os.listdir(src)
+    has_model_file = any(storage.isfile(storage.join(src, f)) for f in _MODEL_FILES) or any(
+        f.endswith(".model") for f in storage.listdir(src)
     )
-    if scratch and not has_model_file and os.path.isfile(os.path.join(src, "tokenizer.json")):
+    if scratch and not has_model_file and storage.isfile(storage.join(src, "tokenizer.json")):
         return _tokenizer_from_tokenizer_json(src, scratch)
-    if not any(os.path.isfile(os.path.join(src, f)) for f in _TOKENIZER_FILES):
+    if not any(storage.isfile(storage.join(src, f)) for f in _TOKENIZER_FILES):
         log.warning(
             "%s: no tokenizer files (%s); the checkpoint will have no vocab and "
             "commands that tokenize text will need one",
@@ -995,12 +998,23 @@ def convert_to_bertjax(
     ckpt.check_output_spares(out, src)
     if ckpt.holds_checkpoint(out) and not overwrite:
         raise ConversionError(f"{out}: output directory is not empty; pass --overwrite")
+    if kind not in ("hf", "tf"):
+        raise ConversionError(f"unknown source format {kind!r}; use hf or tf")
+    # safetensors, torch and TF's checkpoint reader open local files: a bucket source is
+    # read from a temporary local copy.
+    with storage.local_copy(src) as local_src:
+        return _convert_to_bertjax(
+            kind, local_src, out, storage.abspath(src), overwrite, skip_unknown
+        )
+
+
+def _convert_to_bertjax(
+    kind: str, src: str, out: str, source: str, overwrite: bool, skip_unknown: bool
+) -> str:
     if kind == "hf":
         config, params, task = read_hf(src, skip_unknown=skip_unknown)
-    elif kind == "tf":
-        config, params, task = read_tf(src, skip_unknown=skip_unknown)
     else:
-        raise ConversionError(f"unknown source format {kind!r}; use hf or tf")
+        config, params, task = read_tf(src, skip_unknown=skip_unknown)
     tok_dir = src if os.path.isdir(src) else (os.path.dirname(src) or ".")
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = _tokenizer_or_none(tok_dir, scratch)
@@ -1020,7 +1034,7 @@ def convert_to_bertjax(
             params,
             config,
             tokenizer=tokenizer,
-            source=f"{kind}:{os.path.abspath(src)}",
+            source=f"{kind}:{source}",
             task=task,
             overwrite=overwrite,
         )

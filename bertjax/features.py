@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
+from bertjax import storage
 from bertjax.model import BertModel
 from data_pipelines import corpus
 
@@ -84,13 +85,17 @@ def extract_features(
 
     if batch_size < 1:
         raise ValueError(f"--batch_size={batch_size}: must be >= 1")
-    if os.path.realpath(output_path) == os.path.realpath(input_path):
+
+    def real(p: str) -> str:
+        return storage.abspath(p) if storage.is_remote(p) else os.path.realpath(p)
+
+    if real(output_path) == real(input_path):
         raise FileExistsError(f"{output_path}: the output would replace the input; choose another")
-    if os.path.isdir(output_path):
+    if storage.isdir(output_path):
         raise FileExistsError(f"{output_path}: is a directory; --output takes a file path")
-    if os.path.exists(output_path) and not overwrite:
+    if storage.exists(output_path) and not overwrite:
         raise FileExistsError(f"{output_path}: already exists; pass --overwrite to replace it")
-    if not os.path.isfile(input_path):
+    if not storage.isfile(input_path):
         raise FileNotFoundError(f"{input_path}: input file not found")
     # Every id the tokenizer can produce has an embedding row (VocabMismatchError otherwise).
     config, params, _, tokenizer = ckpt.load_model_and_tokenizer(checkpoint)
@@ -111,11 +116,10 @@ def extract_features(
         stacked = jax.numpy.stack(out["hidden_states"][1:])  # [layers, B, T, D]
         return stacked[np.array(layer_ids)].astype(jax.numpy.float32)
 
-    tmp = output_path + ".tmp"
     count = 0
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
+    # The lines appear at output_path only once all are written (`storage.atomic_open`).
+    with storage.local_copy(input_path) as local_input:
+        with storage.atomic_open(output_path, "w", encoding="utf-8") as out:
             pending: list[tuple[int, object]] = []
 
             def flush():
@@ -146,7 +150,7 @@ def extract_features(
                 pending.clear()
 
             for line, a, b in tqdm(
-                read_examples(input_path, errors=input_errors), desc="features", unit=" lines"
+                read_examples(local_input, errors=input_errors), desc="features", unit=" lines"
             ):
                 pending.append((line, encode_pair(tokenizer, a, b, max_seq_length)))
                 count += 1
@@ -154,9 +158,4 @@ def extract_features(
                     flush()
             if pending:
                 flush()
-        os.replace(tmp, output_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return count

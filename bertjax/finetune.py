@@ -1,5 +1,5 @@
 """The downstream fine-tuning engine, on a device mesh; tasks plug in (GLUE here, SQuAD in
-squad.py).
+squad.py, NER in ner.py).
 
 `finetune(config, workdir)` reads like pretrain.py: config -> checkpoint and tokenizer -> the
 task and its data -> mesh -> model and optimizer -> sharded state -> restore -> loop (train,
@@ -32,7 +32,12 @@ one of an epoch filled up with weight-0 copies of a real row. With `data.bucket_
 the step is compiled once per bucket length instead of running every row at max_seq_length;
 padding is masked, so a row's loss and outputs do not depend on its bucket. The training
 batches of an epoch are a pure function of (seed, epoch); evaluation and prediction run in
-length order and come back in input order.
+length order and come back in input order. With `data.packing` (sequence-level tasks:
+GLUE) a batch's `train.batch_size` examples share rows of max_seq_length tokens instead,
+several per row, each with its own positions, [CLS] and attention (`Batching`,
+`bucketing.pack`): the step computes on far fewer padding tokens, an example's loss and
+outputs are those it has alone in a row, and the number of examples per step, hence the
+recipe, is unchanged.
 
 Resume: a run restarted on its workdir continues from the newest checkpoint: the train
 state, the position in the loop (epoch, batch) and the best-so-far record. Killed at any
@@ -53,7 +58,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -66,7 +70,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
-from bertjax import glue_metrics, sharding, trainer
+from bertjax import glue_metrics, sharding, storage, trainer
 from bertjax.config import ModelConfig, from_group
 from bertjax.model import BertForSequenceClassification, stack_layers
 from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
@@ -111,10 +115,14 @@ class DataConfig:
     """How rows are batched (data_pipelines/bucketing.py)."""
 
     bucket_multiple: int = bucketing.DEFAULT_MULTIPLE  # 0: every batch at max_seq_length
+    packing: bool = False  # several examples per row of max_seq_length (sequence-level tasks)
+    packed_shapes: int = 2  # packing: the most row counts (compiled shapes) of the train step
 
     def __post_init__(self):
         if self.bucket_multiple < 0:
             raise ValueError(f"config.data.bucket_multiple={self.bucket_multiple}: must be >= 0")
+        if self.packed_shapes < 1:
+            raise ValueError(f"config.data.packed_shapes={self.packed_shapes}: must be >= 1")
 
     def buckets(self, max_seq_length: int) -> tuple[int, ...]:
         """The bucket lengths for rows of at most `max_seq_length` tokens."""
@@ -149,10 +157,13 @@ class TrainLoopConfig:
         return self.eval_batch_size or self.batch_size
 
 
-def resolve_common(config: Any, *, groups: Sequence[str], train_cls: type) -> dict[str, Any]:
-    """The groups every fine-tuning config shares, resolved: model, optim, warmup_fraction,
-    train (`train_cls`), data, mesh, seed, init_checkpoint. `groups` are the task's own
-    top-level keys (e.g. task, eval); any other key is an error, as is warmup_steps."""
+def resolve_common(
+    config: Any, *, groups: Sequence[str], train_cls: type, model_cls: type = ModelOverrides
+) -> dict[str, Any]:
+    """The groups every fine-tuning config shares, resolved: model (`model_cls`), optim,
+    warmup_fraction, train (`train_cls`), data, mesh, seed, init_checkpoint. `groups` are the
+    task's own top-level keys (e.g. task, eval); any other key is an error, as is
+    warmup_steps."""
     top = {"model", "optim", "train", "data", "mesh", "seed", "init_checkpoint", *groups}
     unknown = sorted(set(config.keys()) - top)
     if unknown:
@@ -164,7 +175,7 @@ def resolve_common(config: Any, *, groups: Sequence[str], train_cls: type) -> di
     if "warmup_steps" in optim:
         raise ValueError("config.optim.warmup_steps: use warmup_fraction for fine-tuning")
     return dict(
-        model=from_group(ModelOverrides, config.model, "config.model"),
+        model=from_group(model_cls, config.model, "config.model"),
         optim=OptimConfig.from_config_dict({**optim, "warmup_steps": 0}),
         warmup_fraction=warmup_fraction,
         train=from_group(train_cls, config.train, "config.train"),
@@ -270,19 +281,21 @@ class Objective(Protocol):
 @dataclasses.dataclass(frozen=True)
 class SequenceObjective:
     """A row-level head on the pooled vector: softmax cross-entropy and accuracy over the
-    `label` classes, or (regression) the squared error of one output."""
+    `label` classes, or (regression) the squared error of one output. Packed rows
+    (`Batching.packing`) hold K examples: labels, weights and the returned values are then
+    [B, K] instead of [B]."""
 
     regression: bool = False
 
     def row_counts(self, batch: dict[str, jax.Array]) -> jax.Array:
-        return jnp.ones(batch[LABEL].shape[:1], jnp.float32)
+        return jnp.ones(batch[LABEL].shape, jnp.float32)  # [B], or [B, K] packed
 
     def row_losses(
         self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
     ) -> dict[str, jax.Array]:
-        logits = outputs["logits"].astype(jnp.float32)  # [B, L]
+        logits = outputs["logits"].astype(jnp.float32)  # [B, L], or [B, K, L] packed
         if self.regression:
-            return {"loss": jnp.square(logits[:, 0] - batch[LABEL].astype(jnp.float32))}
+            return {"loss": jnp.square(logits[..., 0] - batch[LABEL].astype(jnp.float32))}
         labels = batch[LABEL]
         return {
             "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
@@ -329,6 +342,8 @@ class Task(Protocol):
     outputs: tuple[str, ...]  # model outputs that predictions collect
     token_outputs: bool  # the outputs are per token ([N, T, ...]), not per row
     output_files: tuple[str, ...]  # names under WORKDIR the task writes (cleared when fresh)
+    # Optional: `frozen`, top-level parameter groups that do not train (`freeze`; NER's
+    # feature-based mode freezes "bert").
 
     def load_data(self, *, training: bool) -> Split | None:
         """Reads and featurizes every split the run uses (raising on bad files before the
@@ -366,12 +381,24 @@ class TaskFamily:
 
 
 def task_family(config: Any) -> TaskFamily:
-    """The family of `config.task.name`: SQuAD (squad_v1, squad_v2) or GLUE (the rest)."""
-    from bertjax import squad  # squad.py builds on this module
+    """The family of `config.task.name`: SQuAD (squad_v1, squad_v2), NER (ner.py's task names)
+    or GLUE (the rest)."""
+    from bertjax import ner, squad  # squad.py and ner.py build on this module
 
     if squad.is_squad_config(config):
         return squad.FAMILY
+    if ner.is_ner_config(config):
+        return ner.FAMILY
     return GLUE
+
+
+def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.GradientTransformation:
+    """`tx` for the top-level parameter groups other than `frozen`; those get no update (not
+    even weight decay) and no optimizer state. A task lists its frozen groups in `frozen`."""
+    if not frozen:
+        return tx
+    labels = lambda params: {k: "frozen" if k in frozen else "train" for k in params}  # noqa: E731
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 # --- Batches ------------------------------------------------------------------------------------
@@ -406,6 +433,89 @@ def bucketing_figures(
     figures["examples_per_bucket"] = {str(k): v for k, v in figures["examples_per_bucket"].items()}
     figures["padding_fraction_unbucketed"] = 1.0 - float(np.sum(lengths)) / max(slots, 1)
     return figures
+
+
+PACKED_SLOTS = 32  # packing: the most examples one row holds (K)
+
+
+@dataclasses.dataclass
+class Batching:
+    """How a run cuts its splits into batches (data_pipelines/bucketing.py).
+
+    Bucketed (the default): `batch_size` rows per training batch, `eval_batch` per
+    prediction batch, each padded to a bucket length. Packed (`packing`, sequence-level
+    tasks): a training batch's `batch_size` examples share rows of `max_length` tokens,
+    padded to one of `row_counts` rows (at most `max_shapes` counts, multiples of
+    `row_multiple`, chosen by `plan` for the whole run); prediction batches are packed
+    rows of the whole split, about `eval_batch` examples' worth each.
+    """
+
+    batch_size: int
+    eval_batch: int
+    buckets: tuple[int, ...]
+    max_length: int
+    packing: bool = False
+    row_multiple: int = 1  # packed training rows: data-parallel size x grad_accum_steps
+    eval_row_multiple: int = 1  # packed prediction rows: data-parallel size
+    max_shapes: int = 2
+    row_counts: tuple[int, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"buckets": list(self.buckets), "packing": self.packing}
+        if self.packing:
+            out.update(row_counts=list(self.row_counts), max_examples_per_row=PACKED_SLOTS)
+        return out
+
+    def _packed_epoch(self, lengths: np.ndarray, seed: int, epoch: int) -> list[bucketing.Batch]:
+        return bucketing.packed_train_batches(
+            lengths, self.batch_size, seed=seed, epoch=epoch, length=self.max_length,
+            max_slots=PACKED_SLOTS,
+        )  # fmt: skip
+
+    def plan(self, lengths: np.ndarray, *, seed: int, num_epochs: int) -> None:
+        """Packed: chooses the training row counts from every epoch's batches."""
+        if self.packing:
+            needed = [
+                b.num_rows
+                for epoch in range(1, num_epochs + 1)
+                for b in self._packed_epoch(lengths, seed, epoch)
+            ]
+            self.row_counts = bucketing.choose_row_counts(
+                needed, multiple=self.row_multiple, max_shapes=self.max_shapes
+            )
+
+    def train_epoch(self, lengths: np.ndarray, *, seed: int, epoch: int) -> list[bucketing.Batch]:
+        """The training batches of `epoch` (every example once; see `bucketing`)."""
+        if not self.packing:
+            return bucketing.train_batches(
+                lengths, self.batch_size, seed=seed, epoch=epoch, buckets=self.buckets
+            )
+        if not self.row_counts:
+            raise RuntimeError("Batching.plan must run before packed training batches")
+        return bucketing.round_rows(self._packed_epoch(lengths, seed, epoch), self.row_counts)
+
+    def eval(self, lengths: np.ndarray) -> list[bucketing.Batch]:
+        """Prediction batches covering every example once."""
+        if not self.packing:
+            return bucketing.eval_batches(lengths, self.eval_batch, buckets=self.buckets)
+        mean = float(np.mean(lengths)) if len(lengths) else 1.0
+        rows = max(1, math.ceil(self.eval_batch * mean / self.max_length))
+        rows = -(-rows // self.eval_row_multiple) * self.eval_row_multiple
+        return bucketing.packed_eval_batches(
+            lengths, rows_per_batch=rows, length=self.max_length, max_slots=PACKED_SLOTS
+        )
+
+    def host(
+        self, arrays: dict[str, np.ndarray], batch: bucketing.Batch, keys: Sequence[str], *,
+        training: bool,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """The host arrays of `batch` (`take`, or `bucketing.take_packed` with `weight`)."""
+        if batch.packing is None:
+            return take(arrays, batch, self.batch_size if training else self.eval_batch, keys)
+        return bucketing.take_packed(
+            arrays, batch, keys, max_slots=PACKED_SLOTS, token_keys=MODEL_INPUTS,
+            weight_key=WEIGHT,
+        )  # fmt: skip
 
 
 # --- Steps --------------------------------------------------------------------------------------
@@ -616,17 +726,14 @@ def write_json(path: str, value: Any, *, indent: int | None = 2, sort_keys: bool
     """Writes JSON atomically (temporary name, then rename), on process 0 only."""
     if jax.process_index() != 0:
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with storage.atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -678,12 +785,12 @@ class _Predictor:
     """Predictions of a task's outputs over a split, in length-bucketed batches; records the
     bucketing figures of each split it sees."""
 
-    def __init__(self, task: Task, p_predict, mesh, rules, batch_size: int, buckets):
+    def __init__(self, task: Task, p_predict, mesh, rules, batching: Batching):
         self.task, self.p_predict = task, p_predict
         self.mesh, self.rules = mesh, rules
-        self.batch_size, self.buckets = batch_size, buckets
+        self.batching, self.batch_size = batching, batching.eval_batch
         self.figures: dict[str, dict[str, Any]] = {}
-        self.lengths: set[int] = set()
+        self.lengths: set[Any] = set()  # compiled batch shapes
 
     def __call__(self, params: Any) -> Predict:
         return functools.partial(self.predict, params)
@@ -691,7 +798,7 @@ class _Predictor:
     def predict(self, params: Any, split: Split) -> dict[str, np.ndarray]:
         if split.size == 0:
             raise ValueError(f"{split.task or self.task.name} {split.name}: no rows to predict")
-        batches = bucketing.eval_batches(split.lengths, self.batch_size, buckets=self.buckets)
+        batches = self.batching.eval(split.lengths)
         key = f"{split.task or self.task.name} {split.name}"
         if key not in self.figures:
             self.figures[key] = bucketing_figures(
@@ -705,9 +812,9 @@ class _Predictor:
             )  # fmt: skip
         outs = []  # dispatched batch after batch, fetched once at the end
         for b in batches:
-            host = take(split.arrays, b, self.batch_size, MODEL_INPUTS)
+            host = self.batching.host(split.arrays, b, MODEL_INPUTS, training=False)
             outs.append(self.p_predict(params, trainer.global_batch(self.mesh, self.rules, host)))
-            self.lengths.add(b.length)
+            self.lengths.add(b.shape)
         per_batch: dict[str, list[np.ndarray]] = {k: [] for k in self.task.outputs}
         for out in jax.device_get(outs):
             for k in self.task.outputs:
@@ -732,7 +839,7 @@ class _Prepared:
     loaded: dict[str, Any]
     mesh: Any
     rules: Any
-    buckets: tuple[int, ...]
+    batching: Batching
 
 
 def _prepare(config_dict: Any, *, training: bool, devices) -> _Prepared:
@@ -760,8 +867,23 @@ def _prepare(config_dict: Any, *, training: bool, devices) -> _Prepared:
                 f"config.train.batch_size={batch_size} must split into grad_accum_steps={accum} "
                 f"micro-batches, each divisible by the data-parallel size {dp}"
             )
-    buckets = cfg.data.buckets(cfg.task.max_seq_length)
-    return _Prepared(cfg, task, train, model_config, tokenizer, loaded, mesh, rules, buckets)
+    if cfg.data.packing and task.token_outputs:
+        raise ValueError(
+            f"config.data.packing=True: packing is for tasks with one prediction per example "
+            f"(GLUE); {task.name} predicts per token"
+        )
+    dp = sharding.data_parallel_size(mesh, rules)
+    batching = Batching(
+        batch_size=cfg.train.batch_size,
+        eval_batch=cfg.train.eval_batch,
+        buckets=cfg.data.buckets(cfg.task.max_seq_length),
+        max_length=cfg.task.max_seq_length,
+        packing=cfg.data.packing,
+        row_multiple=dp * (cfg.optim.grad_accum_steps if training else 1),
+        eval_row_multiple=dp,
+        max_shapes=cfg.data.packed_shapes,
+    )
+    return _Prepared(cfg, task, train, model_config, tokenizer, loaded, mesh, rules, batching)
 
 
 def _clear_outputs(workdir: str, names: Sequence[str]) -> None:
@@ -769,11 +891,11 @@ def _clear_outputs(workdir: str, names: Sequence[str]) -> None:
     if jax.process_index() != 0:
         return
     for name in names:
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+        path = storage.join(workdir, name)
+        if storage.isdir(path):
+            storage.rmtree(path)
+        elif storage.exists(path):
+            storage.remove(path)
 
 
 def _p_predict(task: Task, mesh, state_sharding):
@@ -828,8 +950,8 @@ def evaluate_checkpoint(
     cfg, task, mesh, rules = run.cfg, run.task, run.mesh, run.rules
     log.info("%s: evaluating %s; %s", task.name, cfg.init_checkpoint, task.describe())
 
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = storage.abspath(workdir)
+    storage.makedirs(workdir)
     config_json = config_to_json(config_dict)
     write_json(os.path.join(workdir, RUN_CONFIG_FILE), config_json)
     write_json(os.path.join(workdir, RESULTS_FILE), {"task": task.name, "complete": False})
@@ -841,9 +963,8 @@ def evaluate_checkpoint(
             mesh, rules, source=cfg.init_checkpoint, head=task.head,
         )  # fmt: skip
         predictor = _Predictor(
-            task, _p_predict(task, mesh, state_sharding), mesh, rules, cfg.train.eval_batch,
-            run.buckets,
-        )  # fmt: skip
+            task, _p_predict(task, mesh, state_sharding), mesh, rules, run.batching
+        )
         writer = trainer.MetricWriter(workdir, resume_step=-1)
         ev = task.evaluate(predictor(state.params))
         record = {"epoch": 0, "step": 0, "score": ev.score, "metrics": ev.metrics}
@@ -857,7 +978,7 @@ def evaluate_checkpoint(
         "init_checkpoint": cfg.init_checkpoint,
         **task.summary(),
         "num_steps": 0,
-        "bucketing": {"buckets": list(run.buckets), "predict": predictor.figures},
+        "bucketing": {**run.batching.summary(), "predict": predictor.figures},
         "config": config_json,
     }
     history = [{**record, "losses": ev.losses}]
@@ -875,7 +996,7 @@ def _workdir_status(workdir: str, config_json: dict[str, Any]) -> tuple[str, dic
     if isinstance(done, dict) and done.get("complete") and done.get("config") == config_json:
         return "complete", done
     checkpoints = os.path.join(workdir, CHECKPOINTS_DIR)
-    if os.path.isdir(checkpoints) and any(s.isdigit() for s in os.listdir(checkpoints)):
+    if storage.isdir(checkpoints) and any(s.isdigit() for s in storage.listdir(checkpoints)):
         if _read_json(os.path.join(workdir, RUN_CONFIG_FILE)) != config_json:
             raise ValueError(
                 f"{workdir}: holds checkpoints of a run with another config "
@@ -889,7 +1010,7 @@ def _workdir_status(workdir: str, config_json: dict[str, Any]) -> tuple[str, dic
 def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
     # A finished run of this config has nothing to do; checkpoints of another are an error.
     task_family(config_dict).parse(config_dict)  # a bad config fails before the workdir is read
-    workdir = os.path.abspath(workdir)
+    workdir = storage.abspath(workdir)
     config_json = config_to_json(config_dict)
     status, done = _workdir_status(workdir, config_json)
     if status == "complete":
@@ -907,23 +1028,22 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
         "%s: %s; %d steps (%d per epoch)", task.name, task.describe(), num_steps, steps_per_epoch
     )
 
+    batching = run.batching
+    batching.plan(train.lengths, seed=cfg.seed, num_epochs=num_epochs)
+
     def epoch_batches(epoch: int) -> list[bucketing.Batch]:
         """The batches of `epoch` (1-based) that the run trains on."""
-        batches = bucketing.train_batches(
-            train.lengths, batch_size, seed=cfg.seed, epoch=epoch, buckets=run.buckets
-        )
+        batches = batching.train_epoch(train.lengths, seed=cfg.seed, epoch=epoch)
         return batches[: num_steps - (epoch - 1) * steps_per_epoch]
 
     train_figures = bucketing_figures(
         train.lengths,
-        bucketing.train_batches(
-            train.lengths, batch_size, seed=cfg.seed, epoch=1, buckets=run.buckets
-        ),
+        batching.train_epoch(train.lengths, seed=cfg.seed, epoch=1),
         batch_size,
         train.max_length,
     )  # one whole epoch
     log.info(
-        "train batches: lengths %s (%d compiled shapes of the step); padding %.1f%% (%.1f%% "
+        "train batches: shapes %s (%d compiled shapes of the step); padding %.1f%% (%.1f%% "
         "with every batch at %d)",
         train_figures["shapes"], train_figures["num_shapes"],
         100 * train_figures["padding_fraction"],
@@ -931,14 +1051,15 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
     )  # fmt: skip
 
     # The workdir is only written once the inputs are known to be good.
-    os.makedirs(workdir, exist_ok=True)
+    storage.check_writable(workdir)
+    sharding.check_shared_workdir(workdir)
     if status == "fresh":  # nothing of an earlier run (orbax's unfinished steps included)
         _clear_outputs(workdir, (*task.output_files, CHECKPOINTS_DIR))
     write_json(os.path.join(workdir, RUN_CONFIG_FILE), config_json)
     log.info("fine-tuning %s from %s; config:\n%s", task.name, cfg.init_checkpoint, config_dict)
 
     optim = cfg.optim_for(num_steps)
-    tx = make_optimizer(optim, num_steps)
+    tx = freeze(make_optimizer(optim, num_steps), getattr(task, "frozen", ()))
     schedule = learning_rate_schedule(optim, num_steps)
     train_keys = (*MODEL_INPUTS, *task.targets)
     best_dir = os.path.join(workdir, BEST_DIR)
@@ -968,7 +1089,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
                 cfg=cfg, task=task, train=train, mesh=mesh, rules=rules, workdir=workdir,
                 checkpointer=checkpointer, state_sharding=state_sharding,
                 num_steps=num_steps, num_epochs=num_epochs, epoch_batches=epoch_batches,
-                train_keys=train_keys, buckets=run.buckets, model_config=run.model_config,
+                train_keys=train_keys, batching=batching, model_config=run.model_config,
                 tokenizer=run.tokenizer,
             )  # fmt: skip
             loop.base = {
@@ -976,7 +1097,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
                 "init_checkpoint": cfg.init_checkpoint,
                 **task.summary(),
                 "num_steps": num_steps,
-                "bucketing": {"buckets": list(run.buckets), "train": train_figures},
+                "bucketing": {**batching.summary(), "train": train_figures},
                 "config": config_json,
             }
             p_train = jax.jit(
@@ -1018,7 +1139,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
     write_json(os.path.join(workdir, RESULTS_FILE), out)
     trainer.sync("complete")
     if jax.process_index() == 0:  # resuming needs them no more; the run is complete
-        shutil.rmtree(os.path.join(workdir, CHECKPOINTS_DIR), ignore_errors=True)
+        storage.rmtree(os.path.join(workdir, CHECKPOINTS_DIR))
     return {**out, "predictions": extra.get("predictions")}
 
 
@@ -1041,19 +1162,19 @@ class _Loop:
     num_epochs: int
     epoch_batches: Callable[[int], list[bucketing.Batch]]
     train_keys: tuple[str, ...]
-    buckets: tuple[int, ...]
+    batching: Batching
     model_config: ModelConfig
     tokenizer: Any
     base: dict[str, Any] = dataclasses.field(default_factory=dict)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best: dict[str, Any] | None = None
     window: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # not yet logged
-    train_lengths: set[int] = dataclasses.field(default_factory=set)
+    train_lengths: set[Any] = dataclasses.field(default_factory=set)  # compiled batch shapes
 
     def __post_init__(self):
         self.predictor = _Predictor(
             self.task, _p_predict(self.task, self.mesh, self.state_sharding), self.mesh,
-            self.rules, self.cfg.train.eval_batch, self.buckets,
+            self.rules, self.batching,
         )  # fmt: skip
         self.gather = _gatherer(self.mesh, self.state_sharding)
         self.last_saved = -1
@@ -1113,9 +1234,9 @@ class _Loop:
                 for epoch in range(epoch0, self.num_epochs + 1):
                     batches = self.epoch_batches(epoch)
                     for i in range(batch0 if epoch == epoch0 else 0, len(batches)):
-                        host = take(self.train.arrays, batches[i], cfg.train.batch_size,
-                                    self.train_keys)  # fmt: skip
-                        self.train_lengths.add(batches[i].length)
+                        host = self.batching.host(self.train.arrays, batches[i],
+                                                  self.train_keys, training=True)  # fmt: skip
+                        self.train_lengths.add(batches[i].shape)
                         batch = trainer.global_batch(self.mesh, self.rules, host)
                         state, metrics = p_train(state, batch)
                         step += 1
@@ -1257,7 +1378,7 @@ def has_split(cfg: TaskConfig, task: str, split: str) -> bool:
     """Whether a split can be read: always with TFDS, locally when its file exists."""
     if cfg.data_dir == "tfds":
         return True
-    return os.path.isfile(glue_data.task_file(task, cfg.data_dir, split))
+    return storage.isfile(glue_data.task_file(task, cfg.data_dir, split))
 
 
 def prediction_splits(cfg: TaskConfig) -> list[tuple[str, str]]:

@@ -46,7 +46,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,7 +55,7 @@ import numpy as np
 
 from bertjax import checkpoint as ckpt
 from bertjax import finetune as ft
-from bertjax import glue_metrics
+from bertjax import glue_metrics, storage
 from data_pipelines import glue as glue_data
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ def check_checkpoint(checkpoint: str, max_seq_length: int) -> None:
     """A readable bertjax checkpoint with a tokenizer and room for max_seq_length tokens."""
     if not checkpoint:
         raise ValueError("a checkpoint is required (a bertjax model dir or pre-training workdir)")
-    if not os.path.isdir(checkpoint):
+    if not storage.isdir(checkpoint):
         raise ckpt.CheckpointError(f"{checkpoint}: checkpoint directory not found")
     config, _ = ckpt.load_model_config(checkpoint)
     if not (ckpt.is_model_dir(checkpoint) or ckpt.is_workdir(checkpoint)):
@@ -139,26 +138,26 @@ def check_data(data_dir: str, tasks: Sequence[str], *, want_ax: bool) -> dict[st
     failures: dict[str, Exception] = {}
     if data_dir == "tfds":
         return failures
-    if not os.path.isdir(data_dir):
+    if not storage.isdir(data_dir):
         raise FileNotFoundError(f"GLUE data directory not found: {data_dir}")
     for task in tasks:
         spec = glue_data.get_task(task)
         directory = os.path.join(data_dir, spec.directory)
-        if not os.path.isdir(directory):
+        if not storage.isdir(directory):
             failures[task] = FileNotFoundError(
                 f"GLUE {spec.display_name} directory not found: {directory} (task {task})"
             )
             continue
         for split in (spec.train_split, *spec.eval_splits):
             path = glue_data.task_file(task, data_dir, split)
-            if not os.path.isfile(path):
+            if not storage.isfile(path):
                 failures[task] = FileNotFoundError(
                     f"GLUE {spec.display_name} {split} file not found: {path} (task {task})"
                 )
                 break
     if want_ax:
         path = glue_data.task_file("ax", data_dir, "test")
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             failures["ax"] = FileNotFoundError(f"GLUE AX (diagnostic) file not found: {path}")
     return failures
 
@@ -208,11 +207,10 @@ def _lr_name(lr: float) -> str:
 def _reusable(run_dir: str, config: ml_collections.ConfigDict, overwrite: bool) -> dict | None:
     """The finished results in run_dir if they were made with `config` (None: run it)."""
     path = os.path.join(run_dir, ft.RESULTS_FILE)
-    if overwrite or not os.path.isfile(path):
+    if overwrite or not storage.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
+        results = json.loads(storage.read_text(path))
     except (OSError, json.JSONDecodeError):
         return None
     if not results.get("complete"):
@@ -259,10 +257,10 @@ def run_glue(
     check_checkpoint(checkpoint, max_seq_length)
     failures = check_data(data_dir, trained, want_ax=want_ax)
     _raise_if_all_failed(trained, failures)
-    workdir = os.path.abspath(workdir)
-    checkpoint = os.path.abspath(checkpoint)
+    workdir = storage.abspath(workdir)
+    checkpoint = storage.abspath(checkpoint)
     if data_dir != "tfds":
-        data_dir = os.path.abspath(data_dir)
+        data_dir = storage.abspath(data_dir)
     if sweep:
         lrs: Sequence[float | None] = PAPER_LEARNING_RATES
         batch_size = batch_size or PAPER_BATCH_SIZE
@@ -294,7 +292,7 @@ def run_glue(
         for seed in range(seeds)
         for lr in lrs
     ]
-    os.makedirs(workdir, exist_ok=True)
+    storage.check_writable(workdir)
     runs: list[dict[str, Any]] = []
     for i, (task, seed, lr, config) in enumerate(plan, start=1):
         if task in failures:
@@ -389,21 +387,15 @@ def _collect_submissions(
         src_dir = os.path.join(run["run_dir"], ft.SUBMISSION_DIR)
         for name in run["submission_files"]:
             src = os.path.join(src_dir, name)
-            if not os.path.isfile(src):
+            if not storage.isfile(src):
                 raise FileNotFoundError(f"{src}: submission file of the {task} run is missing")
-            os.makedirs(out_dir, exist_ok=True)
-            tmp = os.path.join(out_dir, f".{name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, os.path.join(out_dir, name))
+            storage.write_bytes(os.path.join(out_dir, name), storage.read_bytes(src))
             copied.append(name)
     return sorted(copied)
 
 
 def _write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    storage.write_text(path, text)
 
 
 # --- Real-checkpoint check (MiniLM) -------------------------------------------------------------

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -49,6 +48,7 @@ import numpy as np
 import scipy.stats
 from sklearn import metrics as skm
 
+from bertjax import storage
 from data_pipelines.glue import TASKS, TaskSpec, get_task
 
 Results = dict[str, dict[str, float]]
@@ -271,15 +271,6 @@ def write_submission(
     body = "".join(f"{int(idx[i])}\t{strings[i]}\n" for i in order)
 
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, sf.submission)
-    fd, tmp = tempfile.mkstemp(prefix=f".{sf.submission}.tmp-", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("index\tprediction\n" + body)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    path = storage.join(out_dir, sf.submission)
+    storage.write_text(path, "index\tprediction\n" + body)
     return path

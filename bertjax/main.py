@@ -28,7 +28,8 @@ commands:
   vocab      train a WordPiece or SentencePiece vocab on text files
   prepare    create pre-training examples (MLM + NSP) as sharded ArrayRecord files
   train      pre-train BERT (MLM + NSP) from an experiment config; resumes from --workdir
-  finetune   fine-tune a checkpoint on one GLUE task or SQuAD from an experiment config
+  finetune   fine-tune a checkpoint on one GLUE task, SQuAD or NER from an experiment config
+  ner        find named entities in raw text (one sentence a line) with a fine-tuned NER model
   glue       fine-tune and evaluate a checkpoint on the GLUE suite; results + submission files
   smoke      build a tiny model, run one forward/backward step and print the loss
 
@@ -127,8 +128,8 @@ def _define_finetune(fv: flags.FlagValues, argv: list[str]) -> None:
     config_flags.DEFINE_config_file(
         "config",
         None,
-        "GLUE or SQuAD experiment config, e.g. experiments/glue/mrpc.py or "
-        "experiments/squad/v1.py; override fields with "
+        "GLUE, SQuAD or NER experiment config, e.g. experiments/glue/mrpc.py, "
+        "experiments/squad/v1.py or experiments/ner/conll2003.py; override fields with "
         "--config.init_checkpoint=CKPT --config.task.data_dir=glue_data.",
         flag_values=fv,
         lock_config=True,
@@ -169,6 +170,49 @@ def _run_finetune(fv: flags.FlagValues) -> None:
         f"{out['task']}: best dev (epoch {out['best_epoch']}): {metrics}; "
         f"checkpoint {out['best_dir']}"
     )
+
+
+def _define_ner(fv: flags.FlagValues, argv: list[str]) -> None:
+    del argv
+    flags.DEFINE_string(
+        "checkpoint", None, "Fine-tuned NER model (a finetune run's WORKDIR/best).", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "input", None, "Text file: one sentence a line, raw text (Chinese without spaces).",
+        flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "output", None, "JSON-lines output (default: print to stdout).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "max_seq_length", 128, "Tokens per window; longer sentences are windowed.", flag_values=fv
+    )
+    flags.DEFINE_integer("batch_size", 32, "Windows per forward pass.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output file.", flag_values=fv)
+    _define_input_errors(fv)
+    flags.mark_flags_as_required(["checkpoint", "input"], flag_values=fv)
+
+
+def _run_ner(fv: flags.FlagValues) -> None:
+    import json
+
+    from bertjax.ner import tag_file
+
+    records = tag_file(
+        fv.checkpoint,
+        fv.input,
+        fv.output,
+        max_seq_length=fv.max_seq_length,
+        batch_size=fv.batch_size,
+        overwrite=fv.overwrite,
+        input_errors=fv.input_errors,
+    )
+    if fv.output:
+        n = sum(len(r["entities"]) for r in records)
+        print(f"wrote {n} entities of {len(records)} lines to {fv.output}")
+    else:
+        for r in records:
+            print(json.dumps(r, ensure_ascii=False))
 
 
 def _define_glue(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -488,9 +532,28 @@ COMMANDS: dict[
     "prepare": (_define_prepare, _run_prepare, "create pre-training examples"),
     "train": (_define_train, _run_train, "pre-train BERT"),
     "finetune": (_define_finetune, _run_finetune, "fine-tune on one GLUE task"),
+    "ner": (_define_ner, _run_ner, "named entities in raw text"),
     "glue": (_define_glue, _run_glue, "GLUE suite"),
     "smoke": (_define_smoke, _run_smoke, "one forward/backward step on a tiny model"),
 }
+
+
+# The commands that compile XLA programs, and the flag that keeps them across runs.
+_COMPILING = ("train", "finetune", "glue", "features", "ner", "smoke")
+
+
+def _define_compilation_cache(fv: flags.FlagValues) -> None:
+    # $XDG_CACHE_HOME/bertjax/xla, ~/.cache/bertjax/xla without XDG_CACHE_HOME. (No import of
+    # jax here: the logging set-up in `main` must come first.)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    flags.DEFINE_string(
+        "compilation_cache_dir",
+        os.path.join(cache, "bertjax", "xla"),
+        "persistent XLA compilation cache: a run compiles each shape once and later runs "
+        "with the same model and shapes load it ('' turns it off; JAX_COMPILATION_CACHE_DIR, "
+        "when set, wins)",
+        flag_values=fv,
+    )
 
 
 class UsageError(ValueError):
@@ -533,6 +596,63 @@ def is_user_error(e: BaseException) -> bool:
     return raised and _is_own(frame.f_globals.get("__name__"))
 
 
+# --- Experiment configs by name ------------------------------------------------------------------
+#
+# The experiment configs ship inside the package (`experiments/<group>/<name>.py`), so a
+# pip-installed bertjax (a pod's workers, which have no clone) names them: `--config
+# bert_base:phase1`, `--config glue/mrpc`, `--config squad/v1`. A path that exists is used as
+# it is; a bare name is looked up among the groups (it must be unique).
+
+
+def shipped_configs() -> list[str]:
+    """The configs in the installed `experiments` package, as "group/name", sorted."""
+    import experiments
+
+    root = os.path.dirname(os.path.abspath(experiments.__file__))
+    names = []
+    for group in sorted(os.listdir(root)):
+        directory = os.path.join(root, group)
+        if not os.path.isfile(os.path.join(directory, "__init__.py")):
+            continue
+        names += [
+            f"{group}/{f[:-3]}"
+            for f in sorted(os.listdir(directory))
+            if f.endswith(".py") and f not in ("__init__.py", "common.py")
+        ]
+    return names
+
+
+def resolve_config(value: str) -> str:
+    """The config file (with its ":arg") that `--config value` names: an existing path as it
+    is, else a shipped config by name; UsageError listing the shipped names otherwise."""
+    path, sep, arg = value.partition(":")
+    if os.path.isfile(path):
+        return value
+    import experiments
+
+    root = os.path.dirname(os.path.abspath(experiments.__file__))
+    name = path.removesuffix(".py").removeprefix("experiments/")
+    shipped = shipped_configs()
+    matches = [n for n in shipped if n == name or n.split("/", 1)[1] == name]
+    if len(matches) == 1:
+        return os.path.join(root, matches[0] + ".py") + sep + arg
+    why = "names several shipped configs" if matches else "is neither a file nor a shipped config"
+    raise UsageError(f"--config={value}: {path!r} {why}; shipped: {', '.join(shipped)}")
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+    """argv with the value of --config (`--config X` or `--config=X`) resolved by
+    `resolve_config`."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif a.startswith(("--config=", "-config=")):
+            flag, _, value = a.partition("=")
+            out[i] = f"{flag}={resolve_config(value)}"
+    return out
+
+
 @contextlib.contextmanager
 def _own_warnings_as_lines(command: str) -> Iterator[None]:
     """Shows bertjax's own warnings (e.g. replaced input bytes) as one line each."""
@@ -562,8 +682,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bertjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     define, run, _ = COMMANDS[command]
+    try:
+        argv = resolve_config_argv(argv)
+    except UsageError as e:
+        print(f"bertjax {command}: {e}", file=sys.stderr)
+        sys.exit(2)
     fv = flags.FlagValues()
     define(fv, argv)
+    if command in _COMPILING:
+        _define_compilation_cache(fv)
     if any(a in ("-h", "--help", "-help") for a in argv[2:]):
         print(f"usage: bertjax {command} [flags]\n\n{fv.get_help()}")
         sys.exit(0)
@@ -580,10 +707,17 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: a library imported by a command's flag definitions may have set up the root logger.
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # backend probing
     try:
+        if command in _COMPILING:
+            from bertjax import trainer
+
+            trainer.use_compilation_cache(fv.compilation_cache_dir)
         with _own_warnings_as_lines(command):
             run(fv)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

@@ -92,6 +92,27 @@ def dense(config: ModelConfig, features: int, names: tuple[str | None, str | Non
     )
 
 
+# Hugging Face's input names -> bertjax's (transformers' BertModel.forward arguments).
+HF_INPUT_NAMES = {"attention_mask": "input_mask", "token_type_ids": "segment_ids"}
+
+
+def bertjax_names(batch: Batch) -> Batch:
+    """The batch with Hugging Face's `attention_mask` / `token_type_ids` [B, T] renamed to
+    `input_mask` / `segment_ids`; a batch without them comes back as it is.
+
+    Raises ValueError when a batch gives both names of one input (which one holds is unclear).
+    """
+    if not any(name in batch for name in HF_INPUT_NAMES):
+        return batch
+    out = dict(batch)
+    for hf, ours in HF_INPUT_NAMES.items():
+        if hf in out:
+            if ours in out:
+                raise ValueError(f"the batch has both {hf!r} and {ours!r}; give one of them")
+            out[ours] = out.pop(hf)
+    return out
+
+
 def padding_mask(batch: Batch) -> jax.Array:
     """Boolean attention mask [B, 1, T, S]: a query attends to the real (non-pad) keys.
 
@@ -156,7 +177,14 @@ class Dropout(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+    """Word + position + token-type embeddings, then LayerNorm and dropout (the paper,
+    section 3, Figure 2; google-research/bert's `embedding_lookup` and
+    `embedding_postprocessor`).
+
+    Batch keys: `input_ids` [B, T], optional `segment_ids` [B, T] (zeros when absent) and
+    `position_ids` [B, T] (packed rows; 0..T-1 when absent). Returns [B, T, D] in
+    `config.dtype`. Raises ValueError when T > `config.max_position_embeddings`.
+    """
 
     config: ModelConfig
 
@@ -207,7 +235,12 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head scaled dot-product self-attention (BERT's attention/self)."""
+    """Multi-head scaled dot-product self-attention (BERT's attention/self; "Attention Is
+    All You Need", section 3.2; google-research/bert's `attention_layer`).
+
+    x [B, T, D] and a boolean mask [B, 1, T, S] (`padding_mask`) -> the heads' outputs
+    [B, T, H, K]; softmax in fp32; attention dropout only when `train`.
+    """
 
     config: ModelConfig
 
@@ -433,11 +466,22 @@ class Pooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The BERT encoder: embeddings, transformer layers and pooler.
+    """The BERT encoder: embeddings, transformer layers and pooler (the paper, section 3;
+    google-research/bert's `modeling.BertModel`).
 
-    Returns a dict with `sequence_output` [B, T, D], `pooled_output` [B, D] and, when
-    `output_hidden_states`, `hidden_states`: the embedding output followed by every
-    layer's output (num_layers + 1 arrays of [B, T, D]).
+    Batch keys (int arrays): `input_ids` [B, T] token ids; `input_mask` [B, T] 1 on real
+    tokens, 0 on padding; `segment_ids` [B, T] 0 for the first segment, 1 for the second
+    (zeros when absent). Hugging Face's names `attention_mask` and `token_type_ids` are
+    accepted for the last two (`bertjax_names`). Packed rows add `position_ids`,
+    `attention_segment_ids` [B, T] and `next_sentence_positions` [B, K]
+    (data_pipelines/packing.py).
+
+    Returns a dict with `sequence_output` [B, T, D], `pooled_output` [B, D] ([B, K, D] for
+    packed rows; dense + tanh on [CLS]) and, when `output_hidden_states`, `hidden_states`:
+    the embedding output followed by every layer's output (num_layers + 1 arrays of
+    [B, T, D]), in `config.dtype`. Dropout is on when `train` (needs the "dropout" RNG).
+    Raises ValueError when T exceeds `config.max_position_embeddings` or the batch names an
+    input twice (`input_mask` and `attention_mask`).
     """
 
     config: ModelConfig
@@ -452,6 +496,7 @@ class BertModel(nn.Module):
     def __call__(
         self, batch: Batch, *, train: bool, output_hidden_states: bool = False
     ) -> dict[str, Any]:
+        batch = bertjax_names(batch)
         x = self.embeddings(batch, train=train)  # [B, T, D]
         layers = self.encoder(x, padding_mask(batch), train=train)
         out: dict[str, Any] = {"sequence_output": layers[-1]}
@@ -467,7 +512,9 @@ class BertModel(nn.Module):
 
 
 def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
-    """x[b, positions[b, p]] for every b, p: [B, T, D], [B, P] -> [B, P, D]."""
+    """x[b, positions[b, p]] for every b, p: [B, T, D], [B, P] -> [B, P, D]
+    (google-research/bert's `gather_indexes`). Positions are not range-checked (JAX's gather
+    does not raise on an out-of-range index)."""
     return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
 
 
@@ -484,7 +531,12 @@ class Transform(nn.Module):
 
 
 class MaskedLMHead(nn.Module):
-    """cls/predictions: transform, then logits against the tied word embeddings + bias."""
+    """cls/predictions: transform, then logits against the tied word embeddings + bias
+    (google-research/bert's `run_pretraining.get_masked_lm_output`).
+
+    h [B, P, D] (the gathered masked positions, or every position) and the word-embedding
+    table [V, D] -> logits [B, P, V], fp32.
+    """
 
     config: ModelConfig
 
@@ -501,9 +553,11 @@ class MaskedLMHead(nn.Module):
 
 
 class NextSentenceHead(nn.Module):
-    """cls/seq_relationship: logits = pooled @ output_weights^T + output_bias.
+    """cls/seq_relationship: logits = pooled @ output_weights^T + output_bias
+    (google-research/bert's `run_pretraining.get_next_sentence_output`).
 
-    pooled is [B, D], or [B, K, D] for the K pairs of a packed row.
+    pooled is [B, D], or [B, K, D] for the K pairs of a packed row; returns logits [B, (K,) 2]
+    in fp32, class 0 = "B follows A", 1 = "B is random".
     """
 
     config: ModelConfig
@@ -535,7 +589,10 @@ class PreTrainingHeads(nn.Module):
 
 
 class BertForPreTraining(nn.Module):
-    """Encoder + masked-LM head (on the gathered `masked_lm_positions` only) + NSP head.
+    """Encoder + masked-LM head (on the gathered `masked_lm_positions` only) + NSP head
+    (the paper, section 3.1; google-research/bert's `run_pretraining.model_fn`).
+
+    Batch keys: those of `BertModel`, plus `masked_lm_positions` [B, P] int (optional).
 
     Returns `mlm_logits` [B, P, V] and `nsp_logits` [B, 2] (fp32), plus the encoder outputs.
     Without `masked_lm_positions` in the batch, MLM logits are computed for every position.
@@ -560,7 +617,12 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-    """Classifier on the pooled [CLS] vector; `num_labels == 1` is regression (STS-B)."""
+    """Classifier on the pooled [CLS] vector; `num_labels == 1` is regression (STS-B)
+    (the paper, section 4.1; google-research/bert's `run_classifier.create_model`).
+
+    Batch keys: those of `BertModel`. Returns the encoder outputs plus `logits` [B, L] in
+    fp32 (dropout on the pooled vector when `train`).
+    """
 
     config: ModelConfig
     num_labels: int
@@ -575,7 +637,12 @@ class BertForSequenceClassification(nn.Module):
 
 
 class BertForQuestionAnswering(nn.Module):
-    """Span prediction: start and end logits for every token (SQuAD)."""
+    """Span prediction: start and end logits for every token (SQuAD; the paper, sections
+    4.2-4.3; google-research/bert's `run_squad.create_model`).
+
+    Batch keys: those of `BertModel`. Returns the encoder outputs (no pooler) plus
+    `start_logits` and `end_logits` [B, T] in fp32.
+    """
 
     config: ModelConfig
 
@@ -589,7 +656,12 @@ class BertForQuestionAnswering(nn.Module):
 
 
 class BertForTokenClassification(nn.Module):
-    """Per-token classifier (tagging, NER)."""
+    """Per-token classifier (tagging, NER; the paper, section 5.3, fine-tuning approach;
+    transformers' BertForTokenClassification).
+
+    Batch keys: those of `BertModel`. Returns the encoder outputs (no pooler) plus `logits`
+    [B, T, L] in fp32 (dropout on the sequence output when `train`).
+    """
 
     config: ModelConfig
     num_labels: int
@@ -613,3 +685,68 @@ def dummy_batch(
         "segment_ids": jnp.zeros((batch_size, seq_len), jnp.int32),
         "masked_lm_positions": jnp.zeros((batch_size, max_predictions), jnp.int32),
     }
+
+
+class FeatureTaggerHead(nn.Module):
+    """The small tagger of feature-based NER (the BERT paper's Table 7) on frozen encoder
+    features [B, T, F]: `lstm_layers` bidirectional LSTMs of `lstm_size` units per direction
+    (none: a dense layer alone), then a dense layer to the labels. The output layer's `kernel`
+    and `bias` belong to this module itself, so the head reads as a `classifier` of L outputs."""
+
+    config: ModelConfig
+    num_labels: int
+    lstm_size: int = 0
+    lstm_layers: int = 0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, lengths: jax.Array, *, train: bool) -> jax.Array:
+        rate = self.config.hidden_dropout_rate
+        x = Dropout(rate, name="dropout_in")(x, deterministic=not train)  # [B, T, F]
+        for i in range(self.lstm_layers if self.lstm_size else 0):
+            # The cells are made here, so their parameters sit under this module by their names.
+            forward = nn.RNN(nn.OptimizedLSTMCell(self.lstm_size, name=f"lstm_{i}_forward"))
+            backward = nn.RNN(
+                nn.OptimizedLSTMCell(self.lstm_size, name=f"lstm_{i}_backward"),
+                reverse=True,
+                keep_order=True,
+            )
+            x = nn.Bidirectional(forward, backward)(x, seq_lengths=lengths)
+            x = Dropout(rate, name=f"dropout_{i}")(x, deterministic=not train)  # [B, T, 2U]
+        kernel = self.param(
+            "kernel", _kernel_init(self.config, (None, None)), (x.shape[-1], self.num_labels)
+        )
+        bias = self.param("bias", _zeros((None,)), (self.num_labels,))
+        return jnp.einsum("btf,fl->btl", x, kernel) + bias  # [B, T, L]
+
+
+class BertFeatureTagger(nn.Module):
+    """Feature-based tagging: the encoder runs frozen (no dropout, no gradient) and the layers
+    `feature_layers` (indexes into the layer outputs, -1 = last) are concatenated or summed
+    (`combine`) into the features of `FeatureTaggerHead` (named classifier), the only part
+    that trains."""
+
+    config: ModelConfig
+    num_labels: int
+    feature_layers: tuple[int, ...] = (-1, -2, -3, -4)
+    combine: str = "concat"
+    lstm_size: int = 0
+    lstm_layers: int = 0
+
+    @nn.compact
+    def __call__(self, batch: Batch, *, train: bool) -> dict[str, Any]:
+        c = self.config
+        out = BertModel(c, add_pooler=False, name="bert")(
+            batch, train=False, output_hidden_states=True
+        )
+        layers = out["hidden_states"][1:]  # the L layer outputs, each [B, T, D]
+        chosen = [jax.lax.stop_gradient(layers[i]).astype(jnp.float32) for i in self.feature_layers]
+        if self.combine == "sum":
+            x = sum(chosen[1:], chosen[0])  # [B, T, D]
+        else:
+            x = jnp.concatenate(chosen, axis=-1)  # [B, T, len(feature_layers) * D]
+        mask = bertjax_names(batch)["input_mask"]  # also under its Hugging Face name
+        lengths = jnp.sum(mask > 0, axis=1).astype(jnp.int32)  # [B]
+        logits = FeatureTaggerHead(
+            c, self.num_labels, self.lstm_size, self.lstm_layers, name="classifier"
+        )(x, lengths, train=train)
+        return {"sequence_output": out["sequence_output"], "logits": logits.astype(jnp.float32)}

@@ -28,7 +28,7 @@ import optax
 from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
-from bertjax import flops, losses, sharding
+from bertjax import flops, losses, sharding, storage
 from bertjax.config import PretrainConfig
 from bertjax.model import BertForPreTraining
 from bertjax.optim import learning_rate_schedule, make_optimizer
@@ -76,6 +76,12 @@ def prepare_data(config: Any, workdir: str) -> PreparedData:
         vocab = data.vocab or data.train_dir
         _check_data_tokenizer(vocab, info, data.train_dir)
         return PreparedData(data.train_dir, data.eval_dir, vocab, info)
+    if storage.is_remote(workdir):
+        raise storage.StorageError(
+            f"{workdir}: a bucket workdir needs prepared data on a local or mounted path "
+            "(`bertjax prepare`, then --config.data.train_dir=DIR); the ArrayRecord reader "
+            f"cannot stream from a bucket: {storage.FUSE_RECIPE}"
+        )
     out = os.path.join(workdir, "data")
     train_dir, eval_dir = os.path.join(out, "train"), os.path.join(out, "eval")
     if jax.process_index() == 0 and not os.path.isfile(
@@ -300,8 +306,9 @@ def train(
 
     `devices` restricts the mesh to a subset of devices (default: all of them).
     """
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = storage.abspath(workdir)
+    storage.check_writable(workdir)  # a missing bucket or no permission: before compiling
+    sharding.check_shared_workdir(workdir)
 
     # Config and data.
     data = prepare_data(config_dict, workdir)
@@ -350,7 +357,7 @@ def train(
         abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
 
         checkpointer = ckpt.TrainCheckpointer(
-            os.path.join(workdir, "checkpoints"),
+            storage.join(workdir, "checkpoints"),
             keep=cfg.train.keep_checkpoints,
             async_save=cfg.train.async_checkpointing,
         )
@@ -409,16 +416,16 @@ def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
     from data_pipelines.tokenizers import load_tokenizer
 
     infos = [(data.train_dir, data.info)]
-    if data.eval_dir and os.path.isfile(os.path.join(data.eval_dir, "dataset_info.json")):
+    if data.eval_dir and storage.isfile(storage.join(data.eval_dir, "dataset_info.json")):
         infos.append((data.eval_dir, load_dataset_info(data.eval_dir)))
     tables = [(cfg.model.vocab_size, "config.model.vocab_size")]
     if cfg.init_checkpoint:  # named first: the config's table defaults to the checkpoint's
         init_config, _ = ckpt.load_model_config(cfg.init_checkpoint)
         tables.insert(
-            0, (init_config.vocab_size, os.path.join(cfg.init_checkpoint, ckpt.CONFIG_FILE))
+            0, (init_config.vocab_size, storage.join(cfg.init_checkpoint, ckpt.CONFIG_FILE))
         )
     for directory, info in infos:
-        source = os.path.join(directory, "dataset_info.json")
+        source = storage.join(directory, "dataset_info.json")
         for rows, model_source in tables:
             ckpt.check_vocab_fits(
                 int(info["vocab_size"]), rows, vocab_source=source, model_source=model_source
@@ -561,7 +568,7 @@ class _Profiler:
         self.first = train_cfg.profile_start
         self.last = train_cfg.profile_start + train_cfg.profile_steps - 1
         self.enabled = train_cfg.profile_steps > 0
-        self.logdir = os.path.join(workdir, "profile")
+        self.logdir = storage.join(workdir, "profile")
 
     def before(self, step: int) -> None:
         if self.enabled and step == self.first:

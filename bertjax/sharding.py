@@ -195,6 +195,47 @@ def initialize_distributed(
     return True
 
 
+class WorkdirNotSharedError(ValueError):
+    """A multi-host run whose workdir is not the same storage on every host."""
+
+
+def check_shared_workdir(workdir: str) -> None:
+    """On a multi-process run, checks that every process sees the same `workdir`.
+
+    Process 0 writes a token file into it; after a barrier every process reads it back.
+    A process that does not find it (each host given its own local disk) makes every process
+    stop with one line: each host would otherwise write its own part of a checkpoint to its
+    own disk. A no-op on one process.
+    """
+    if jax.process_count() < 2:
+        return
+    import uuid
+
+    from jax.experimental import multihost_utils
+
+    from bertjax import storage
+
+    # One token per run: every process agrees on process 0's random name.
+    name = np.frombuffer(uuid.uuid4().bytes[:8], np.uint32).copy()
+    name = multihost_utils.broadcast_one_to_all(name)
+    token = storage.join(workdir, f".bertjax-shared-{int(name[0]):08x}{int(name[1]):08x}")
+    if jax.process_index() == 0:
+        storage.write_text(token, "written by process 0\n")
+    multihost_utils.sync_global_devices("bertjax: shared-workdir token written")
+    seen = np.int32(storage.exists(token))
+    all_seen = multihost_utils.process_allgather(seen)
+    multihost_utils.sync_global_devices("bertjax: shared-workdir token read")
+    if jax.process_index() == 0:
+        storage.remove(token)
+    missing = [int(i) for i in np.flatnonzero(np.asarray(all_seen) == 0)]
+    if missing:
+        raise WorkdirNotSharedError(
+            f"{workdir}: process(es) {missing} of {jax.process_count()} do not see the file "
+            "process 0 wrote there; the workdir of a multi-host run must be shared storage "
+            "(a bucket such as gs://..., or a shared filesystem)"
+        )
+
+
 def sharded_init(init_fn: Any, seed_key: jax.Array, mesh: Mesh, rules: Rules):
     """(abstract state, its shardings, jitted init) for `init_fn(seed_key)`.
 

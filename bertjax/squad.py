@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 from bertjax import finetune as ft
-from bertjax import sharding, squad_metrics, trainer
+from bertjax import sharding, squad_metrics, storage, trainer
 from bertjax.config import ModelConfig, from_group
 from bertjax.model import BertForQuestionAnswering
 from bertjax.optim import OptimConfig
@@ -374,8 +374,7 @@ class SpanTask:
         del predict
         trainer.sync("squad_predictions")
         files = self._files(workdir)
-        with open(files[PREDICTIONS_FILE], encoding="utf-8") as f:
-            predictions = json.load(f)
+        predictions = json.loads(storage.read_text(files[PREDICTIONS_FILE]))
         return {"prediction_files": files, "predictions": predictions}
 
 

@@ -65,17 +65,37 @@ class Batch:
 
     Attributes:
       indices: int64 [n], n <= batch_size: the example indices (into the split) of rows
-        0..n-1; rows n..batch_size-1 are padding rows.
+        0..n-1; rows n..batch_size-1 are padding rows. Packed: the batch's examples.
       length: the padded sequence length of every row of this batch (a bucket length).
+      packing: None for one example per row; for a packed batch (`pack`) the place of
+        each example, (rows, slots, starts), int64 [n] each: its row, its slot (0..K-1)
+        among the examples of that row, and the position of its first token in the row.
+      num_rows: packed: R, the rows of the batch (the used ones, then empty rows).
     """
 
     indices: np.ndarray
     length: int
+    packing: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    num_rows: int = 0
+
+    @property
+    def shape(self) -> int | tuple[int, int]:
+        """What the step is compiled for: the length, or (rows, length) when packed."""
+        return self.length if self.packing is None else (self.num_rows, self.length)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Batch):
             return NotImplemented
-        return self.length == other.length and np.array_equal(self.indices, other.indices)
+        same_packing = (self.packing is None) == (other.packing is None) and (
+            self.packing is None
+            or all(np.array_equal(a, b) for a, b in zip(self.packing, other.packing, strict=True))
+        )
+        return (
+            self.length == other.length
+            and self.num_rows == other.num_rows
+            and np.array_equal(self.indices, other.indices)
+            and same_packing
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -213,7 +233,8 @@ def padding_fraction(
 ) -> float:
     """Share of the computed token slots that are padding.
 
-    The computed slots are ``batch_size * batch.length`` per batch (padding rows included);
+    The computed slots are ``batch_size * batch.length`` per batch (padding rows included;
+    ``num_rows * length`` for a packed batch);
     the real tokens are the members' lengths. Returns a float in [0, 1]; 0.0 for no batches.
 
     Raises:
@@ -224,12 +245,14 @@ def padding_fraction(
     slots = real = 0
     for batch in batches:
         members = x[batch.indices]
-        if len(members) > batch_size or (len(members) and members.max() > batch.length):
+        rows = batch_size if batch.packing is None else batch.num_rows
+        too_many = batch.packing is None and len(members) > batch_size
+        if too_many or (len(members) and members.max() > batch.length):
             raise ValueError(
-                f"batch of {len(members)} examples does not fit {batch_size} rows "
+                f"batch of {len(members)} examples does not fit {rows} rows "
                 f"of length {batch.length}"
             )
-        slots += batch_size * batch.length
+        slots += rows * batch.length
         real += int(members.sum())
     return 0.0 if slots == 0 else 1.0 - real / slots
 
@@ -242,7 +265,8 @@ def scatter(
     Args:
       values_per_batch: one array per batch, [batch_size, ...] (padding rows included,
         any trailing shape, the same for all); only the first ``len(batch.indices)`` rows
-        of each are kept.
+        of each are kept. A packed batch's values are [num_rows, K, ...]: example j's is
+        at (row, slot) of its `packing`.
       batches: the batches the values were computed on (e.g. from `eval_batches`).
       num_examples: N, the size of the split.
 
@@ -259,7 +283,10 @@ def scatter(
         if num_examples:
             raise ValueError(f"no batches for {num_examples} examples")
         return np.zeros((0,), np.float32)
-    values = [np.asarray(v) for v in values_per_batch]
+    values = [
+        np.asarray(v) if b.packing is None else np.asarray(v)[b.packing[0], b.packing[1]]
+        for v, b in zip(values_per_batch, batches, strict=True)
+    ]
     index = np.concatenate([batch.indices for batch in batches])
     counts = np.bincount(index, minlength=num_examples) if len(index) else np.zeros(0)
     if len(counts) != num_examples or np.any(counts != 1):
@@ -283,14 +310,14 @@ def describe(
 
     Returns:
       A dict of plain Python values: ``num_batches``; ``num_shapes``, the number of
-      distinct batch lengths used (compilations of a step function); ``shapes``, those
-      lengths ascending; ``padding_fraction`` (see `padding_fraction`);
+      distinct batch shapes used (compilations of a step function); ``shapes``, those
+      `Batch.shape` ascending (lengths, or (rows, length) when packed); ``padding_fraction`` (see `padding_fraction`);
       ``partial_batches``, batches with fewer than `batch_size` examples;
       ``examples_per_bucket``, {batch length: examples computed at it}, ascending keys.
     """
-    per_length: dict[int, int] = {}
+    per_length: dict[Any, int] = {}
     for batch in batches:
-        per_length[batch.length] = per_length.get(batch.length, 0) + len(batch.indices)
+        per_length[batch.shape] = per_length.get(batch.shape, 0) + len(batch.indices)
     shapes = tuple(sorted(per_length))
     return {
         "num_batches": len(batches),
@@ -305,3 +332,229 @@ def describe(
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Batches in one epoch of `train_batches` (or in `eval_batches`): ceil(N / batch_size)."""
     return math.ceil(num_examples / batch_size)
+
+
+# --- Packing ------------------------------------------------------------------------------------
+# Bucketing still pads every example to its bucket: SST-2's sentences (13 tokens on
+# average) sit in rows of 32, more than half padding. Packing puts several examples into
+# one row of `length` tokens, each keeping its own positions (restarting at 0), its own
+# [CLS] (where the pooler reads) and an attention that stays within the example
+# (`attention_segment_ids`), as pre-training's packed pairs do (data_pipelines/packing.py):
+# a packed example computes what it computes alone in a row. A training batch still holds
+# exactly `batch_size` examples, so the recipe (examples per step) is unchanged; only the
+# number of rows they need varies, and it is rounded up to one of a few row counts chosen
+# for the whole run (`choose_row_counts`), which are the compiled shapes.
+
+
+def pack(lengths: np.ndarray | Sequence[int], length: int, max_slots: int):
+    """Best-fit decreasing: examples into rows of `length` tokens, at most `max_slots` each.
+
+    The examples go longest first (ties in index order), each into the open row with the
+    least room that still fits it (ties: the lowest row), or into a new row.
+
+    Args:
+      lengths: int [n], each in [1, length].
+      length: the row length T. max_slots: K >= 1, the most examples a row holds.
+
+    Returns:
+      (rows, slots, starts, num_rows): int64 [n] each (see `Batch.packing`) and the rows
+      used. Deterministic.
+
+    Raises:
+      ValueError: a length outside [1, length], or max_slots < 1.
+    """
+    import bisect
+
+    x = _check_lengths(lengths, np.asarray([length]))
+    if max_slots < 1:
+        raise ValueError(f"max_slots must be >= 1, got {max_slots}")
+    n = len(x)
+    rows, slots, starts = (np.zeros(n, np.int64) for _ in range(3))
+    fill: list[int] = []
+    count: list[int] = []
+    open_rows: list[tuple[int, int]] = []  # (room, row), sorted: rows that can take more
+    for i in np.argsort(-x, kind="stable").tolist():
+        need = int(x[i])
+        j = bisect.bisect_left(open_rows, (need, -1))
+        if j < len(open_rows):
+            r = open_rows.pop(j)[1]
+        else:
+            r = len(fill)
+            fill.append(0)
+            count.append(0)
+        rows[i], slots[i], starts[i] = r, count[r], fill[r]
+        fill[r] += need
+        count[r] += 1
+        if count[r] < max_slots and fill[r] < length:
+            bisect.insort(open_rows, (length - fill[r], r))
+    return rows, slots, starts, len(fill)
+
+
+def packed_train_batches(
+    lengths: np.ndarray | Sequence[int],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    length: int,
+    max_slots: int,
+) -> list[Batch]:
+    """One epoch of packed training batches; every example exactly once.
+
+    ``np.random.default_rng([seed, epoch])`` shuffles the examples, which are cut into
+    ``ceil(N / batch_size)`` batches of `batch_size` (the last may be short), and each
+    batch is packed (`pack`) into rows of `length`. `num_rows` is the rows each batch
+    uses; `round_rows` gives it one of the run's compiled row counts.
+
+    Raises:
+      ValueError: as `train_batches` and `pack`.
+    """
+    x = _check_lengths(lengths, np.asarray([length]))
+    _check_batch_size(batch_size)
+    perm = np.random.default_rng([seed, epoch]).permutation(len(x))
+    out = []
+    for i in range(0, len(x), batch_size):
+        members = perm[i : i + batch_size]
+        *packing, used = pack(x[members], length, max_slots)
+        out.append(Batch(members, int(length), tuple(packing), used))
+    return out
+
+
+def choose_row_counts(needed: Sequence[int], *, multiple: int, max_shapes: int) -> tuple[int, ...]:
+    """The row counts a run's packed batches are padded to (each count is one compiled
+    shape): at most `max_shapes` multiples of `multiple`, the largest fitting every batch,
+    chosen to compute the fewest rows in total when each batch takes the smallest count
+    that fits it (exact, by dynamic programming over the distinct rounded needs).
+
+    Raises:
+      ValueError: no batches, or multiple / max_shapes below 1.
+    """
+    if multiple < 1 or max_shapes < 1:
+        raise ValueError(f"multiple and max_shapes must be >= 1, got {multiple}, {max_shapes}")
+    if not len(needed):
+        raise ValueError("no batches to choose row counts for")
+    rounded = -(-np.asarray(needed, np.int64) // multiple) * multiple
+    values, counts = np.unique(rounded, return_counts=True)
+    v, c = values.tolist(), counts.tolist()
+    # cost[j][s]: fewest rows for the batches of values[:j+1] with s shapes, the last at v[j].
+    inf = float("inf")
+    cost = [[inf] * (max_shapes + 1) for _ in v]
+    back = [[-1] * (max_shapes + 1) for _ in v]
+    for j in range(len(v)):
+        cost[j][1] = v[j] * sum(c[: j + 1])
+        for s in range(2, max_shapes + 1):
+            for i in range(j):
+                value = cost[i][s - 1] + v[j] * sum(c[i + 1 : j + 1])
+                if value < cost[j][s]:
+                    cost[j][s], back[j][s] = value, i
+    last = len(v) - 1
+    s = min(range(1, max_shapes + 1), key=lambda k: (cost[last][k], k))
+    chosen, j = [], last
+    while j >= 0 and s >= 1:
+        chosen.append(v[j])
+        j, s = back[j][s], s - 1
+    return tuple(sorted(chosen))
+
+
+def round_rows(batches: Sequence[Batch], row_counts: Sequence[int]) -> list[Batch]:
+    """`batches` with `num_rows` raised to the smallest of `row_counts` that fits.
+
+    Raises:
+      ValueError: a batch needing more rows than the largest count.
+    """
+    counts = sorted(row_counts)
+    out = []
+    for b in batches:
+        k = int(np.searchsorted(counts, b.num_rows, side="left"))
+        if k == len(counts):
+            raise ValueError(f"a batch needs {b.num_rows} rows, more than {counts[-1]}")
+        out.append(dataclasses.replace(b, num_rows=int(counts[k])))
+    return out
+
+
+def packed_eval_batches(
+    lengths: np.ndarray | Sequence[int], *, rows_per_batch: int, length: int, max_slots: int
+) -> list[Batch]:
+    """Every example once, packed for evaluation and prediction: the whole split is packed
+    (`pack`) and its rows are cut into batches of `rows_per_batch` (one compiled shape;
+    the last batch's unused rows are empty). Put the outputs back with `scatter`.
+
+    Raises:
+      ValueError: as `pack`, or rows_per_batch < 1.
+    """
+    if rows_per_batch < 1:
+        raise ValueError(f"rows_per_batch must be >= 1, got {rows_per_batch}")
+    x = _check_lengths(lengths, np.asarray([length]))
+    rows, slots, starts, used = pack(x, length, max_slots)
+    group = rows // rows_per_batch
+    out = []
+    for g in range(-(-used // rows_per_batch)):
+        members = np.flatnonzero(group == g)
+        packing = (rows[members] - g * rows_per_batch, slots[members], starts[members])
+        out.append(Batch(members, int(length), packing, rows_per_batch))
+    return out
+
+
+def take_packed(
+    arrays: dict[str, np.ndarray],
+    batch: Batch,
+    keys: Sequence[str],
+    *,
+    max_slots: int,
+    token_keys: Sequence[str],
+    weight_key: str,
+) -> dict[str, np.ndarray]:
+    """The host batch of a packed `batch`.
+
+    Per-token arrays (`token_keys`, [N, T0] with T0 >= batch.length) are copied into rows
+    [R, length], each example's first `lengths` tokens at its start; every other array of
+    `keys` ([N, ...], one value per example) becomes [R, K, ...] at (row, slot), zeros in
+    empty slots. Added: ``position_ids`` and ``attention_segment_ids`` [R, length]
+    (positions from 0 and slot + 1 per example; 0 on padding), ``next_sentence_positions``
+    [R, K] (each example's [CLS] position, where the pooler reads; 0 in empty slots) and
+    `weight_key` float32 [R, K] (1 for the examples, 0 for empty slots). The real length of
+    an example is the count of its leading non-zero `input_mask` tokens.
+    """
+    from data_pipelines.features import INPUT_MASK
+    from data_pipelines.packing import (
+        ATTENTION_SEGMENT_IDS,
+        NEXT_SENTENCE_POSITIONS,
+        POSITION_IDS,
+    )
+
+    assert batch.packing is not None
+    rows, slots, starts = batch.packing
+    R, T, K = batch.num_rows, batch.length, max_slots
+    mask = np.asarray(arrays[INPUT_MASK])[batch.indices]  # [n, T0]
+    lengths = np.where(mask.any(axis=1), mask.shape[1] - np.argmax(mask[:, ::-1] > 0, axis=1), 1)
+    out: dict[str, np.ndarray] = {}
+    for k in keys:
+        value = np.asarray(arrays[k])[batch.indices]
+        if k in token_keys:
+            row = np.zeros((R, T, *value.shape[2:]), value.dtype)
+            for j in range(len(rows)):
+                row[rows[j], starts[j] : starts[j] + lengths[j]] = value[j, : lengths[j]]
+            out[k] = row
+        else:
+            slot = np.zeros((R, K, *value.shape[1:]), value.dtype)
+            slot[rows, slots] = value
+            out[k] = slot
+    positions = np.zeros((R, T), np.int32)
+    segments = np.zeros((R, T), np.int32)
+    for j in range(len(rows)):
+        span = slice(starts[j], starts[j] + lengths[j])
+        positions[rows[j], span] = np.arange(lengths[j])
+        segments[rows[j], span] = slots[j] + 1
+    cls = np.zeros((R, K), np.int32)
+    cls[rows, slots] = starts
+    weight = np.zeros((R, K), np.float32)
+    weight[rows, slots] = 1.0
+    out.update(
+        {
+            POSITION_IDS: positions,
+            ATTENTION_SEGMENT_IDS: segments,
+            NEXT_SENTENCE_POSITIONS: cls,
+            weight_key: weight,
+        }
+    )
+    return out

@@ -79,6 +79,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
+from bertjax import storage
+
 Document = list[str]
 
 DEFAULT_MAX_LINE_CHARS = 100_000
@@ -190,12 +192,12 @@ def expand_input_files(patterns: str | os.PathLike | Sequence[str | os.PathLike]
     files: set[str] = set()
     for pattern in patterns:
         pattern = os.path.expanduser(str(pattern).strip())
-        matches = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.exists(m)]
+        matches = storage.glob(pattern) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if storage.exists(m)]
         if not matches:
             raise CorpusError(f"{pattern}: no such input file")
         for match in matches:
-            if os.path.isdir(match):
+            if storage.isdir(match):
                 raise CorpusError(f"{match}: is a directory, expected a text file")
             files.add(match)
     if not files:
@@ -296,7 +298,7 @@ _BLOCK_BYTES = 1 << 20
 def _read(reader: _LineReader, on_bytes: Callable[[int], None] | None) -> Iterator[str]:
     """What `reader` makes of its file's lines, read in 1 MiB blocks; warns of bad bytes."""
     try:
-        f = open(reader.path, "rb")  # noqa: SIM115 (closed in finally)
+        f = storage.open_file(reader.path, "rb")  # noqa: SIM115 (closed in finally)
     except OSError as e:
         raise CorpusError(f"{reader.path}: cannot open input file: {e.strerror}") from e
     limit = reader.max_line_chars
@@ -451,28 +453,22 @@ def write_documents(documents: Iterable[Document], out_path: str | os.PathLike) 
     Sentences are whitespace-collapsed so a sentence never spans lines; empty sentences
     and empty documents are dropped.
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    out_path = os.fspath(out_path)
     num_documents = num_sentences = 0
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for document in documents:
-                lines = [" ".join(s.split()) for s in document]
-                lines = [s for s in lines if s]
-                if not lines:
-                    continue
-                if num_documents:
-                    f.write("\n")
-                f.write("\n".join(lines))
+    with storage.atomic_open(out_path, "w", encoding="utf-8", newline="\n") as f:
+        for document in documents:
+            lines = [" ".join(s.split()) for s in document]
+            lines = [s for s in lines if s]
+            if not lines:
+                continue
+            if num_documents:
                 f.write("\n")
-                num_documents += 1
-                num_sentences += len(lines)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return CorpusStats(str(out_path), num_documents, num_sentences, out_path.stat().st_size)
+            f.write("\n".join(lines))
+            f.write("\n")
+            num_documents += 1
+            num_sentences += len(lines)
+    size = storage.path(out_path).stat().length
+    return CorpusStats(out_path, num_documents, num_sentences, size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -555,6 +551,17 @@ def write_tfds_corpus(
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if storage.is_remote(out_dir):  # written locally, then each shard uploaded whole
+        with tempfile.TemporaryDirectory(prefix="bertjax-corpus-") as tmp:
+            local = write_tfds_corpus(
+                name, tmp, split=split, text_field=text_field, data_dir=data_dir,
+                segment=segment, num_shards=num_shards, download=download,
+                max_documents=max_documents,
+            )  # fmt: skip
+            paths = [storage.join(out_dir, os.path.basename(p)) for p in local]
+            for src, dst in zip(local, paths, strict=True):
+                storage.copy_file(src, dst)
+        return paths
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bertjax import storage
 from data_pipelines import features
 from data_pipelines.tokenizers import Tokenizer, encode_pair
 
@@ -348,7 +349,7 @@ class _BadRow(Exception):
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, line without its end) for every line, split on b"\\n" only."""
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1:
                 raw = raw.removeprefix(_BOM)
@@ -411,11 +412,11 @@ def read_split(task: str, data_dir: str, split: str) -> list[Example]:
     sf = spec.split(split)
     directory = os.path.join(os.fspath(data_dir), spec.directory)
     path = os.path.join(directory, sf.file)
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         raise FileNotFoundError(
             f"GLUE {spec.display_name} directory not found: {directory} (expected {path})"
         )
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"GLUE {spec.display_name} {split} file not found: {path}")
 
     lenient = split == "train"

@@ -71,6 +71,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from bertjax import storage
 from data_pipelines import features as F
 from data_pipelines import packing as packing_lib
 from data_pipelines import pretraining_data as pdata
@@ -478,16 +479,12 @@ def make_pretrain_iterator(
 
 def save_iterator_state(iterator: Any, path: str | os.PathLike) -> None:
     """Writes the iterator state to a JSON file (atomically)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(iterator.get_state(), f)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(iterator.get_state()))
 
 
 def restore_iterator_state(iterator: Any, path: str | os.PathLike) -> None:
     """Restores an iterator (built with the same arguments) from `save_iterator_state`."""
-    with open(path, encoding="utf-8") as f:
-        iterator.set_state(json.load(f))
+    iterator.set_state(json.loads(storage.read_text(path)))
 
 
 def iterator_save_args(iterator: Any) -> Any:

@@ -152,6 +152,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from bertjax import storage
 from data_pipelines import corpus
 from data_pipelines import features as F
 
@@ -1000,7 +1001,9 @@ def read_examples(data_dir: str | os.PathLike) -> Iterator[bytes]:
 
 
 def load_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """The dataset_info.json of a finished dataset; refuses incomplete directories."""
+    """The dataset_info.json of a finished dataset; refuses incomplete directories, and a
+    bucket URI (ArrayRecord shards are read with random access from a local or mounted path)."""
+    storage.require_local(data_dir, "a prepared dataset (ArrayRecord shards, read by grain)")
     path = os.path.join(str(data_dir), DATASET_INFO)
     if not os.path.isdir(str(data_dir)):
         raise FileNotFoundError(f"{data_dir}: no such dataset directory")
@@ -1449,15 +1452,21 @@ def create_pretraining_data(
 
     # The order of the files (and so of the documents) is that of their absolute paths,
     # whatever the spelling of the patterns.
-    by_path = {os.path.abspath(f): f for f in corpus.expand_input_files(input_files)}
+    by_path = {storage.abspath(f): f for f in corpus.expand_input_files(input_files)}
     files = [by_path[k] for k in sorted(by_path)]
     if isinstance(tokenizer, (str, os.PathLike)):
         from data_pipelines.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(os.fspath(tokenizer))
+    storage.require_local(output_dir, "the prepared dataset (ArrayRecord shards)")
     output_dir = Path(output_dir).absolute()
     _prepare_output_dir(output_dir, overwrite)
-    inside = [f for f in files if Path(os.path.realpath(f)).is_relative_to(output_dir.resolve())]
+    inside = [
+        f
+        for f in files
+        if not storage.is_remote(f)
+        and Path(os.path.realpath(f)).is_relative_to(output_dir.resolve())
+    ]
     if inside:  # replacing the output directory would delete them
         raise FileExistsError(
             f"{output_dir}: the output directory holds the input file {inside[0]}; "
@@ -1475,7 +1484,7 @@ def create_pretraining_data(
         do_whole_word_mask=do_whole_word_mask,
         dynamic_masking=dynamic_masking,
     )
-    total_bytes = sum(os.path.getsize(f) for f in files)
+    total_bytes = sum(storage.path(f).stat().length for f in files)
     if num_workers is None:
         # Starting a worker costs ~0.5 CPU-second (imports, tokenizer, word cache): small
         # inputs are faster in this process.
@@ -1564,7 +1573,7 @@ def create_pretraining_data(
             "tokenizer_kind": getattr(tokenizer, "kind", None),
             "do_lower_case": getattr(tokenizer, "do_lower_case", None),
             "masking": params.masking.to_json(),
-            "input_files": [os.path.abspath(f) for f in files],
+            "input_files": [storage.abspath(f) for f in files],
             "input_bytes": total_bytes,
             "num_documents": stats.documents,
             "num_sentences": stats.sentences,

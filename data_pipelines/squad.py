@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from bertjax import storage
 from data_pipelines import features
 from data_pipelines.tokenizers import Tokenizer
 
@@ -183,11 +184,10 @@ def default_file(task: str, data_dir: str, split: str) -> str:
 def read_squad_file(path: str) -> list[SquadExample]:
     """The examples of a SQuAD-format JSON file (v1.1 or v2.0), in file order."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"SQuAD file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(path))
     except json.JSONDecodeError as e:
         raise SquadDataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
     except UnicodeDecodeError as e:

@@ -55,6 +55,7 @@ import tokenizers as hf_tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
+from bertjax import storage
 from data_pipelines import corpus
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -84,7 +85,13 @@ class TokenizerFileError(ValueError):
 
 
 class Tokenizer(abc.ABC):
-    """What every pipeline relies on. Ids never include [CLS]/[SEP] unless a function says so."""
+    """What every pipeline relies on. Ids never include [CLS]/[SEP] unless a function says so.
+
+    Ids are ints in [0, vocab_size); `vocab_size` is the tokenizer's own size (a model's
+    embedding table may have more rows, never fewer: `bertjax.checkpoint.check_vocab_fits`).
+    The special ids (`pad_id`, `unk_id`, `cls_id`, `sep_id`, `mask_id`) are those of [PAD],
+    [UNK], [CLS], [SEP], [MASK]. `encode_pair` makes the model's input from this interface.
+    """
 
     kind: str
     vocab_size: int
@@ -150,10 +157,10 @@ class Tokenizer(abc.ABC):
     def save(self, directory: str) -> None:
         """Write the model file and tokenizer_config.json; `load_tokenizer` rebuilds from them."""
         directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
+        storage.makedirs(directory)
         name = self._write_model(directory)
         config = {**self.config(), "model_file": name}
-        _atomic_write(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
+        _atomic_write(storage.join(directory, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
         ids = [int(i) for i in ids]
@@ -174,10 +181,14 @@ class Tokenizer(abc.ABC):
 
 
 class WordPieceTokenizer(Tokenizer):
-    """BERT WordPiece over a vocab.txt, on the Rust `tokenizers` library.
+    """BERT WordPiece over a vocab.txt, on the Rust `tokenizers` library (google-research/bert's
+    `tokenization.FullTokenizer`: BasicTokenizer then WordpieceTokenizer; the ids of
+    transformers' BertTokenizer).
 
     `do_lower_case=None` infers it from the vocabulary (no uppercase token -> uncased);
-    `strip_accents=None` follows `do_lower_case`, as in BERT.
+    `strip_accents=None` follows `do_lower_case`, as in BERT. Raises FileNotFoundError for a
+    missing vocab file and TokenizerFileError (a ValueError) naming the file for a malformed
+    one (`read_vocab`) or one that lacks a special token.
     """
 
     kind = "wordpiece"
@@ -293,7 +304,7 @@ class WordPieceTokenizer(Tokenizer):
         }
 
     def _write_model(self, directory: str) -> str:
-        _atomic_write(os.path.join(directory, VOCAB_FILE), "".join(t + "\n" for t in self._itos))
+        _atomic_write(storage.join(directory, VOCAB_FILE), "".join(t + "\n" for t in self._itos))
         return VOCAB_FILE
 
 
@@ -315,10 +326,9 @@ def read_vocab(path: str) -> list[str]:
     file and line for non-UTF-8 bytes, an empty vocabulary, an empty line or a duplicated token.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"vocab file not found: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = storage.read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -360,19 +370,22 @@ def _has_cased_tokens(tokens: Iterable[str]) -> bool:
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """A SentencePiece model (unigram or BPE) behind the same interface.
+    """A SentencePiece model (unigram or BPE) behind the same interface (the ALBERT
+    convention: google-research/albert's `tokenization.FullTokenizer` with an spm model).
 
     `do_lower_case=None` infers it from the pieces (no uppercase piece -> lowercase the input).
+    Raises FileNotFoundError for a missing model file, and TokenizerFileError (a ValueError)
+    naming the file when it is not a SentencePiece model or lacks one of the special pieces
+    (under any of their aliases).
     """
 
     kind = "sentencepiece"
 
     def __init__(self, model_file: str, *, do_lower_case: bool | None = None):
         self.model_file = os.fspath(model_file)
-        if not os.path.isfile(self.model_file):
+        if not storage.isfile(self.model_file):
             raise FileNotFoundError(f"SentencePiece model not found: {self.model_file}")
-        with open(self.model_file, "rb") as f:
-            self._build(f.read(), do_lower_case)
+        self._build(storage.read_bytes(self.model_file), do_lower_case)
 
     def _build(self, proto: bytes, do_lower_case: bool | None) -> None:
         sp = spm.SentencePieceProcessor()
@@ -462,7 +475,7 @@ class SentencePieceTokenizer(Tokenizer):
         return {"kind": self.kind, "do_lower_case": self.do_lower_case}
 
     def _write_model(self, directory: str) -> str:
-        _atomic_write(os.path.join(directory, SPM_FILE), self._proto)
+        _atomic_write(storage.join(directory, SPM_FILE), self._proto)
         return SPM_FILE
 
 
@@ -484,14 +497,18 @@ def load_tokenizer(path: str, *, do_lower_case: bool | None = None) -> Tokenizer
     A tokenizer_config.json in the directory (or beside the file) may give `kind`, `do_lower_case`,
     `strip_accents`, `tokenize_chinese_chars` and `model_file`; a Hugging Face BERT directory works.
     `do_lower_case` overrides the config; with neither, it is inferred from the vocabulary.
+
+    Raises FileNotFoundError when `path` (or the model file a config names) does not exist or a
+    directory holds no tokenizer file, and TokenizerFileError (a ValueError) naming the file for
+    a malformed tokenizer_config.json, vocab.txt or SentencePiece model.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
+    if storage.isdir(path):
         config = _read_config(path)
         model_file, kind = _find_model_file(path, config)
-    elif os.path.isfile(path):
+    elif storage.isfile(path):
         kind = "sentencepiece" if path.endswith(".model") else "wordpiece"
-        config = _read_config(os.path.dirname(path) or ".")
+        config = _read_config(storage.dirname(path) or ".")
         if config.get("kind", kind) != kind:  # the config describes another file
             config = {}
         model_file = path
@@ -511,12 +528,11 @@ def load_tokenizer(path: str, *, do_lower_case: bool | None = None) -> Tokenizer
 
 
 def _read_config(directory: str) -> dict[str, Any]:
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(directory, CONFIG_FILE)
+    if not storage.isfile(path):
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = json.loads(storage.read_text(path))
     except json.JSONDecodeError as e:
         raise TokenizerFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     except UnicodeDecodeError as e:
@@ -537,23 +553,23 @@ def _find_model_file(directory: str, config: dict[str, Any]) -> tuple[str, str]:
     kind = config.get("kind")
     named = config.get("model_file")
     if named:
-        model_file = os.path.join(directory, named)
-        if not os.path.isfile(model_file):
+        model_file = storage.join(directory, named)
+        if not storage.isfile(model_file):
             raise FileNotFoundError(
-                f"{os.path.join(directory, CONFIG_FILE)} names model_file {named!r}, "
+                f"{storage.join(directory, CONFIG_FILE)} names model_file {named!r}, "
                 f"but {model_file} does not exist"
             )
         return model_file, kind or ("sentencepiece" if named.endswith(".model") else "wordpiece")
 
-    vocab = os.path.join(directory, VOCAB_FILE)
-    if kind in (None, "wordpiece") and os.path.isfile(vocab):
+    vocab = storage.join(directory, VOCAB_FILE)
+    if kind in (None, "wordpiece") and storage.isfile(vocab):
         return vocab, "wordpiece"
-    models = sorted(n for n in os.listdir(directory) if n.endswith(".model"))
+    models = sorted(n for n in storage.listdir(directory) if n.endswith(".model"))
     if kind in (None, "sentencepiece") and models:
         if SPM_FILE in models:
-            return os.path.join(directory, SPM_FILE), "sentencepiece"
+            return storage.join(directory, SPM_FILE), "sentencepiece"
         if len(models) == 1:
-            return os.path.join(directory, models[0]), "sentencepiece"
+            return storage.join(directory, models[0]), "sentencepiece"
         raise TokenizerFileError(
             f"{directory}: several SentencePiece models {models}; "
             f"name one as model_file in {CONFIG_FILE}"
@@ -604,6 +620,11 @@ def encode_pair(
 
     As in its `convert_single_example`, a `text_b` that is empty or tokenizes to nothing (e.g.
     only zero-width characters) counts as no second segment: no second [SEP].
+
+    Returns an `EncodedPair`: input_ids, input_mask, segment_ids, each int32 [T] with
+    T = max_seq_length (pad id, 0, 0 after the real tokens), and the unpadded tokens. The pair
+    is cut to max_seq_length - 3 pieces (- 2 for a single text) by `truncated_pair_lengths`.
+    Raises ValueError when max_seq_length leaves no room for the special tokens.
     """
     tokens_a, ids_a = tokenizer.tokenize_with_ids(text_a)
     tokens_b, ids_b = tokenizer.tokenize_with_ids(text_b) if text_b else ([], [])
@@ -699,6 +720,7 @@ def train_vocab(
     if limit_alphabet < 1:
         raise ValueError(f"limit_alphabet must be >= 1, got {limit_alphabet}")
 
+    storage.require_local(out_dir, "the vocab output directory")
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"{out_dir}: exists and is not a directory; --out takes a directory")
@@ -856,7 +878,7 @@ def _train_sentencepiece(
     unused = [f"[unused{i}]" for i in range(num_unused + total - vocab_size)]
     fraction = 1.0
     # A sentence takes at least two bytes, so a smaller corpus cannot exceed the limit.
-    counted = sum(os.path.getsize(f) for f in files) >= 2 * SPM_INPUT_SENTENCE_SIZE
+    counted = sum(storage.path(f).stat().length for f in files) >= 2 * SPM_INPUT_SENTENCE_SIZE
     if counted:
         count = sum(len(document) for document in documents())  # a first pass to count them
         fraction = min(1.0, SPM_INPUT_SENTENCE_SIZE / max(count, 1))
@@ -952,13 +974,4 @@ def _publish(tmp: str, out_dir: str) -> None:
 
 
 def _atomic_write(path: str, data: str | bytes) -> None:
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    storage.write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)

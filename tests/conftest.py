@@ -9,6 +9,14 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# JAX's persistent compilation cache, shared by the test processes (xdist workers and the
+# CLI subprocesses): a restarted run (the resume tests) loads what it compiled before. The
+# size limit makes JAX lock the directory while it reads and writes entries.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(__import__("tempfile").gettempdir(), f"bertjax-tests-xla-{os.getuid()}"),
+)
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import json  # noqa: E402
 
@@ -93,3 +101,62 @@ def bertjax_dir(tmp_path_factory, hf_dir):
     out = str(tmp_path_factory.mktemp("bj") / "ckpt")
     convert.convert_to_bertjax("hf", hf_dir[0], out)
     return out
+
+
+# --- A real Cloud Storage protocol: a local GCS emulator ------------------------------------------
+
+GCS_BUCKET = "test-bucket"
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """gcp-storage-emulator (in memory) on a free port of 127.0.0.1 with the bucket
+    `test-bucket`, for the tests of one module; yields its URL.
+
+    Every client bertjax uses is pointed at it: gcsfs (epath's gs:// backend) through
+    STORAGE_EMULATOR_HOST, tensorstore (Orbax's arrays) through TENSORSTORE_GCS_HTTP_URL with
+    a fixed bearer token (GOOGLE_AUTH_TOKEN_FOR_TESTING) instead of real credentials.
+    Subprocesses inherit them.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+         f"--port={port}", "--in-memory", f"--default-bucket={GCS_BUCKET}", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, "the GCS emulator exited at start-up"
+            assert time.time() < deadline, "the GCS emulator did not start"
+            time.sleep(0.1)
+    env = {
+        "STORAGE_EMULATOR_HOST": url,
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "GOOGLE_CLOUD_PROJECT": "test-project",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        proc.wait(timeout=30)

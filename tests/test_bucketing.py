@@ -252,3 +252,113 @@ def test_large_split_covers_every_example():
     for batches in (train, evals):
         seen = np.sort(np.concatenate([b.indices for b in batches]))
         np.testing.assert_array_equal(seen, np.arange(400_000))
+
+
+# --- Packing ------------------------------------------------------------------------------------
+
+
+def _check_rows(lengths, batch, length, max_slots):
+    """Each example lies inside its row, examples of a row do not overlap, slots are
+    0..k-1 in each row and no row holds more than max_slots."""
+    rows, slots, starts = batch.packing
+    x = np.asarray(lengths)[batch.indices]
+    assert np.all(rows < batch.num_rows) and np.all(starts + x <= length)
+    for r in np.unique(rows):
+        mine = np.flatnonzero(rows == r)
+        assert sorted(slots[mine].tolist()) == list(range(len(mine))) and len(mine) <= max_slots
+        spans = sorted(zip(starts[mine].tolist(), (starts[mine] + x[mine]).tolist(), strict=True))
+        assert all(a[1] <= b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))
+
+
+@pytest.mark.parametrize("name", ["uniform", "fewer_than_batch", "all_same_length", "length_one"])
+def test_packed_train_batches_cover_every_example_once_and_fit(name):
+    lengths, batch_size, _ = CASES[name]
+    for epoch in (1, 2):
+        batches = bk.packed_train_batches(
+            lengths, batch_size, seed=3, epoch=epoch, length=128, max_slots=8
+        )
+        assert len(batches) == math.ceil(len(lengths) / batch_size)
+        index = np.concatenate([b.indices for b in batches])
+        assert sorted(index.tolist()) == list(range(len(lengths)))
+        assert all(len(b.indices) == batch_size for b in batches[:-1])
+        for b in batches:
+            _check_rows(lengths, b, 128, 8)
+            x = np.asarray(lengths)[b.indices]
+            # Never more rows than one example per row, never fewer than the tokens need.
+            assert math.ceil(x.sum() / 128) <= b.num_rows <= len(x)
+
+
+def test_packed_train_batches_are_deterministic_per_seed_and_epoch():
+    lengths = CASES["uniform"][0]
+    a = bk.packed_train_batches(lengths, 32, seed=7, epoch=2, length=128, max_slots=32)
+    b = bk.packed_train_batches(list(lengths), 32, seed=7, epoch=2, length=128, max_slots=32)
+    assert a == b
+    assert a != bk.packed_train_batches(lengths, 32, seed=7, epoch=3, length=128, max_slots=32)
+    assert a != bk.packed_train_batches(lengths, 32, seed=8, epoch=2, length=128, max_slots=32)
+
+
+def test_pack_is_best_fit_decreasing():
+    # Longest first: 60 and 50 fill row 0 to 110 (room 18); 40 opens row 1; 30 and 20 go
+    # to row 1 (row 0's room 18 is too small); 18 fits row 0 exactly, the best fit over
+    # row 1's 38; 10 goes to row 1.
+    rows, slots, starts, used = bk.pack([60, 50, 40, 30, 20, 18, 10], 128, max_slots=8)
+    assert used == 2
+    assert rows.tolist() == [0, 0, 1, 1, 1, 0, 1]
+    assert slots.tolist() == [0, 1, 0, 1, 2, 2, 3]
+    assert starts.tolist() == [0, 60, 0, 40, 70, 110, 90]
+    # The slot cap opens new rows although tokens would fit.
+    assert bk.pack([1] * 10, 128, max_slots=4)[3] == 3
+    with pytest.raises(ValueError, match="length 129"):
+        bk.pack([5, 129], 128, max_slots=4)
+
+
+def test_choose_row_counts_minimises_the_rows_computed():
+    rng = np.random.default_rng(1)
+    import itertools
+
+    for _ in range(30):
+        needed = rng.integers(1, 20, rng.integers(1, 40)).tolist()
+        for multiple in (1, 2, 4):
+            for max_shapes in (1, 2, 3):
+                got = bk.choose_row_counts(needed, multiple=multiple, max_shapes=max_shapes)
+                rounded = sorted({-(-n // multiple) * multiple for n in needed})
+
+                def cost(counts, needed=needed):
+                    return sum(min(c for c in counts if c >= n) for n in needed)
+
+                best = min(
+                    cost(c)
+                    for k in range(1, max_shapes + 1)
+                    for c in itertools.combinations(rounded, k)
+                    if max(c) == rounded[-1]
+                )
+                assert len(got) <= max_shapes and got[-1] == rounded[-1]
+                assert all(c % multiple == 0 for c in got) and cost(got) == best
+    with pytest.raises(ValueError, match="no batches"):
+        bk.choose_row_counts([], multiple=1, max_shapes=2)
+
+
+def test_round_rows_and_packed_eval_batches_scatter_back_in_input_order():
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 60, 203)
+    batches = bk.packed_train_batches(lengths, 16, seed=0, epoch=1, length=64, max_slots=16)
+    counts = bk.choose_row_counts([b.num_rows for b in batches], multiple=2, max_shapes=2)
+    rounded = bk.round_rows(batches, counts)
+    assert {b.num_rows for b in rounded} <= set(counts)
+    assert all(r.num_rows >= b.num_rows for r, b in zip(rounded, batches, strict=True))
+    with pytest.raises(ValueError, match="more than"):
+        bk.round_rows(batches, [1])
+
+    ev = bk.packed_eval_batches(lengths, rows_per_batch=4, length=64, max_slots=16)
+    assert {b.num_rows for b in ev} == {4}
+    for b in ev:
+        _check_rows(lengths, b, 64, 16)
+    # Values [R, K] holding each example's index at its (row, slot) come back in order.
+    values = []
+    for b in ev:
+        v = np.full((4, 16), -1)
+        v[b.packing[0], b.packing[1]] = b.indices
+        values.append(v)
+    np.testing.assert_array_equal(bk.scatter(values, ev, len(lengths)), np.arange(len(lengths)))
+    real = int(lengths.sum())
+    assert bk.padding_fraction(lengths, ev, 16) == pytest.approx(1 - real / (len(ev) * 4 * 64))

@@ -530,10 +530,11 @@ def test_evaluate_only_predicts_in_input_order_with_bucketing(finetuned_dir, tmp
     write_sst2(data, n_train=8, n_dev=40, n_test=37)
     # Sentences of 3-8 words (5-30 tokens with word pieces), max_seq_length 32, buckets of 8.
     runs = {}
-    for multiple in (8, 0):
+    for multiple in (8, 0, "packed"):
         c = tiny_config(finetuned_dir, data, "sst2", num_epochs=0.0, batch_size=8)
         c.task.max_seq_length = 32
-        c.data.bucket_multiple = multiple
+        c.data.bucket_multiple = 8 if multiple == "packed" else multiple
+        c.data.packing = multiple == "packed"
         work = str(tmp_path / f"eval{multiple}")
         runs[multiple] = ft.finetune(c, work)  # num_epochs=0: evaluate_checkpoint
         assert not os.path.exists(os.path.join(work, ft.BEST_DIR))
@@ -569,6 +570,19 @@ def test_evaluate_only_predicts_in_input_order_with_bucketing(finetuned_dir, tmp
         ft.eval_loss(np.asarray(logits(dev)), dev["label"], False), rel=1e-5
     )
     assert runs[0]["metrics"] == pytest.approx(r["metrics"])
+    # Packed rows (several sentences per row of 32, each attending only to itself) predict
+    # what each sentence predicts alone, in far fewer token slots.
+    packed = runs["packed"]
+    assert packed["metrics"] == pytest.approx(r["metrics"])
+    assert packed["history"][0]["losses"]["loss"] == pytest.approx(
+        r["history"][0]["losses"]["loss"], rel=1e-5
+    )
+    np.testing.assert_array_equal(
+        packed["predictions"]["sst2"]["test"]["prediction"], pred["prediction"]
+    )
+    pf = packed["bucketing"]["predict"]["sst2 test"]
+    assert packed["bucketing"]["packing"] and pf["num_shapes"] == 1
+    assert pf["padding_fraction"] < pf["padding_fraction_unbucketed"]
     rows = _read_tsv(r["submission_files"]["SST-2.tsv"])
     assert len(rows) == 38
 
@@ -714,3 +728,51 @@ def test_sigterm_mid_epoch_exits_143_and_the_restart_ends_bit_identical(divisibl
         timeout=600,
     )  # fmt: skip
     assert done.returncode == 0 and "nothing to do" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_packed_rows_change_no_per_example_loss_nor_the_step(kind):
+    """Six examples packed into rows of 40 (several per row, each with its own positions,
+    [CLS] and attention) against the same examples one per row: the same per-example
+    losses, step metrics and updated parameters, up to float rounding."""
+    from data_pipelines import bucketing
+
+    rng = np.random.default_rng(0)
+    lengths = np.array([5, 16, 9, 3, 12, 7])
+    model, objective, arrays = _rows(kind, rng, lengths, 40)
+    keys = list(arrays)
+    rows, slots, starts, used = bucketing.pack(lengths, 40, max_slots=4)
+    # Best fit decreasing: 16, 12, 9 into row 0, 7 and 5 into row 1, 3 fills row 0 exactly.
+    assert used == 2 and np.bincount(rows).tolist() == [4, 2]
+    packed_batch = Batch(np.arange(6), 40, (rows, slots, starts), 2)
+    packed = bucketing.take_packed(
+        arrays, packed_batch, keys, max_slots=4, token_keys=ft.MODEL_INPUTS, weight_key=ft.WEIGHT
+    )
+    assert packed["input_ids"].shape == (2, 40) and packed["label"].shape == (2, 4)
+    assert packed[ft.WEIGHT].sum() == 6
+    single = ft.take(arrays, Batch(np.arange(6), 16), 6, keys)
+    tx = optax.sgd(0.1)
+    state = jax.jit(lambda key: nn.meta.unbox(ft.init_state(key, model, tx, 40)))(
+        jax.random.key_data(jax.random.key(0))
+    )
+    out_p = jax.device_get(
+        objective.row_losses(model.apply({"params": state.params}, packed, train=False), packed)
+    )
+    out_s = jax.device_get(
+        objective.row_losses(model.apply({"params": state.params}, single, train=False), single)
+    )
+    for k in out_s:
+        np.testing.assert_allclose(out_p[k][rows, slots], out_s[k], rtol=2e-5, atol=2e-6)
+    step = jax.jit(
+        lambda s, b: ft.train_step(
+            s, b, model=model, tx=tx, schedule=optax.constant_schedule(1e-3),
+            grad_accum_steps=2, objective=objective,
+        )
+    )  # fmt: skip
+    s_p, m_p = step(state, packed)
+    s_s, m_s = step(state, single)
+    for k in m_s:
+        np.testing.assert_allclose(m_p[k], m_s[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(s_p.params), leaves(s_s.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

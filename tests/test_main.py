@@ -287,3 +287,42 @@ def test_stray_arguments_and_bad_smoke_sizes_are_refused(capsys):
     for flags in (["--seq_len", "0"], ["--batch_size", "0"]):
         code, _, err = _run(["smoke", *flags], capsys)
         assert code == 1 and len(err.strip().splitlines()) == 1 and "--seq_len" in err, err
+
+
+# --- Experiment configs by name ------------------------------------------------------------------
+
+
+def test_shipped_configs_resolve_by_name(tmp_path, capsys, monkeypatch):
+    import experiments
+
+    root = os.path.dirname(experiments.__file__)
+    shipped = main_module.shipped_configs()
+    assert {"pretrain/bert_base", "pretrain/tiny_demo", "glue/mrpc", "squad/v1"} <= set(shipped)
+    assert not any(n.endswith(("/common", "/__init__")) for n in shipped)
+    resolve = main_module.resolve_config
+    assert resolve("bert_base:phase1") == os.path.join(root, "pretrain", "bert_base.py:phase1")
+    assert resolve("glue/mrpc") == os.path.join(root, "glue", "mrpc.py")
+    assert resolve("pretrain/bert_large.py:phase2") == os.path.join(
+        root, "pretrain", "bert_large.py:phase2"
+    )
+    monkeypatch.chdir(os.path.dirname(root))
+    assert resolve("experiments/glue/rte.py") == "experiments/glue/rte.py"  # a path: as is
+    monkeypatch.chdir(tmp_path)
+    assert resolve("experiments/glue/rte.py") == os.path.join(root, "glue", "rte.py")
+
+    # A config loaded by name reaches the command (here: its missing init checkpoint).
+    code, _, err = _run(
+        ["finetune", "--config", "glue/mrpc", "--workdir", str(tmp_path / "w"),
+         f"--config.init_checkpoint={tmp_path / 'none'}", f"--config.task.data_dir={tmp_path}"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and str(tmp_path / "none") in err and len(err.strip().splitlines()) == 1
+
+    for argv in (
+        ["train", "--config", "no/such.py:phase1", "--workdir", "w"],
+        ["finetune", "--config=bert_nope", "--workdir", "w"],
+    ):
+        code, _, err = _run(argv, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "shipped:" in err and "glue/mrpc" in err and "pretrain/bert_base" in err
+        assert "Traceback" not in err

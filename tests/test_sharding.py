@@ -105,3 +105,82 @@ def test_indivisible_dimension_is_replicated_not_an_error():
     # ...while divisible dimensions keep their tensor sharding.
     layer = shard["bert"]["encoder"]["layer_0"]
     assert layer["intermediate"]["dense"]["kernel"].spec == P("fsdp", "tensor")
+
+
+# --- Multi-host: SLURM detection and the shared-workdir check (two real processes) -------------
+
+_WORKER = """
+import json, sys
+import jax
+from jax._src import distributed
+from bertjax import sharding
+assert sharding.initialize_distributed()  # no flags: the SLURM variables decide
+out = {"count": jax.process_count(), "index": jax.process_index(),
+       "coordinator": distributed.global_state.coordinator_address}
+sharding.check_shared_workdir(sys.argv[1])  # the same directory for both
+try:
+    sharding.check_shared_workdir(sys.argv[2])  # a directory of its own
+    out["own"] = "ok"
+except sharding.WorkdirNotSharedError as e:
+    out["own"] = str(e)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_slurm_processes_find_their_coordinator_and_refuse_unshared_workdirs(tmp_path):
+    """Two processes on 127.0.0.1 with the variables `srun --ntasks=2` sets: the multi-host
+    initialisation takes the coordinator (first node of the step, port from the job id),
+    the process count and each index from them. A workdir both see passes the check; a
+    local directory of each process's own makes both stop with the one-line error."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    for port in range(65535 - 2**12 + 1, 65536):  # jax's SLURM port: job id % 4096 + 61440
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    job_id = 4096 * 7 + port - (65535 - 2**12 + 1)
+    shared = str(tmp_path / "shared")
+    os.makedirs(shared)
+    procs = []
+    for i in range(2):
+        own = str(tmp_path / f"host{i}")
+        os.makedirs(own)
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "JAX_PLATFORMS": "cpu",
+            "SLURM_JOB_ID": str(job_id),
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_STEP_NUM_NODES": "1",
+            "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(i),
+            "SLURM_LOCALID": str(i),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER, shared, own],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for i, r in enumerate(results):
+        assert r["count"] == 2 and r["index"] == i
+        assert r["coordinator"] == f"localhost:{port}"
+        assert "must be shared storage" in r["own"] and len(r["own"].splitlines()) == 1
+        assert "host" in r["own"] and "[1]" in r["own"]  # process 1 did not see the token
+    assert os.listdir(shared) == []  # the token is removed

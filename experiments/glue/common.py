@@ -64,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.bucket_multiple = DEFAULT_MULTIPLE  # pad batches to a multiple of it (0 = max_seq_len)
+    c.data.packing = True  # several examples per row of max_seq_length (replaces buckets)
+    c.data.packed_shapes = 2  # with packing: the most row counts (compiled train-step shapes)
 
     c.mesh = mesh_config()  # data / fsdp / tensor axes and the logical-axis rules
     return c

@@ -10,9 +10,15 @@ last 10% at 512 (80 predictions), starting from phase 1's checkpoint. Data: shar
     one GPU:      bertjax train --config experiments/pretrain/bert_base.py:phase1 --workdir runs/base1 \
                     --config.data.train_dir=data/wiki128 --config.model.dtype=bfloat16 \
                     --config.optim.grad_accum_steps=4
-    TPU v4-32:    bertjax train --config experiments/pretrain/bert_base.py:phase1 --workdir gs://b/base1 \
-                    --config.data.train_dir=gs://b/wiki128 --config.model.dtype=bfloat16 \
-                    --config.mesh.fsdp=4   (run on every host)
+    TPU v4-32 pod slice (bertjax installed and the data bucket mounted with gcsfuse at ~/gcs on
+    every worker; README, "Running on a TPU pod / GPU cluster"):
+        gcloud compute tpus tpu-vm ssh bert-v4-32 --zone=us-central2-b --worker=all --command='
+          bertjax train --config bert_base:phase1 --workdir gs://b/base1 \
+            --config.data.train_dir=$HOME/gcs/wiki128 --config.model.dtype=bfloat16 \
+            --config.mesh.fsdp=4'
+    SLURM, 2 nodes x 8 GPUs (sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=8):
+        srun bertjax train --config bert_base:phase1 --workdir /shared/runs/base1 \
+          --config.data.train_dir=/shared/data/wiki128 --config.model.dtype=bfloat16
     phase 2:      bertjax train --config experiments/pretrain/bert_base.py:phase2 --workdir runs/base2 \
                     --config.init_checkpoint=runs/base1 --config.data.train_dir=data/wiki512
 

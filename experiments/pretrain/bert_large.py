@@ -5,9 +5,16 @@
     one GPU:      bertjax train --config experiments/pretrain/bert_large.py:phase1 --workdir runs/large1 \
                     --config.data.train_dir=data/wiki128 --config.model.dtype=bfloat16 \
                     --config.model.remat=True --config.optim.grad_accum_steps=16
-    TPU v4-64:    bertjax train --config experiments/pretrain/bert_large.py:phase1 --workdir gs://b/large1 \
-                    --config.data.train_dir=gs://b/wiki128 --config.model.dtype=bfloat16 \
-                    --config.mesh.fsdp=8   (run on every host)
+    TPU v4-64 pod slice (bertjax installed and the data bucket mounted with gcsfuse at ~/gcs on
+    every worker; README, "Running on a TPU pod / GPU cluster"):
+        gcloud compute tpus tpu-vm ssh bert-v4-64 --zone=us-central2-b --worker=all --command='
+          bertjax train --config bert_large:phase1 --workdir gs://b/large1 \
+            --config.data.train_dir=$HOME/gcs/wiki128 --config.model.dtype=bfloat16 \
+            --config.mesh.fsdp=8'
+    SLURM, 4 nodes x 8 GPUs (sbatch --nodes=4 --ntasks-per-node=1 --gpus-per-node=8):
+        srun bertjax train --config bert_large:phase1 --workdir /shared/runs/large1 \
+          --config.data.train_dir=/shared/data/wiki128 --config.model.dtype=bfloat16 \
+          --config.model.remat=True
     phase 2:      ... bert_large.py:phase2 --config.init_checkpoint=runs/large1 --config.data.train_dir=data/wiki512
 
 Expected: GLUE average ~82 (paper); about 4 days on 64 TPU v3 chips.

@@ -10,9 +10,16 @@ The global batch is reached with gradient accumulation where the devices cannot 
     one GPU:      bertjax train --config experiments/pretrain/bert_large_lamb.py:phase1 --workdir runs/lamb1 \
                     --config.data.train_dir=data/wiki128 --config.model.dtype=bfloat16 \
                     --config.model.remat=True --config.optim.grad_accum_steps=1024
-    TPU v3-1024:  bertjax train --config experiments/pretrain/bert_large_lamb.py:phase1 --workdir gs://b/lamb1 \
-                    --config.data.train_dir=gs://b/wiki128 --config.model.dtype=bfloat16 \
-                    --config.mesh.fsdp=16   (run on every host)
+    TPU v3-1024 pod slice (bertjax installed and the data bucket mounted with gcsfuse at ~/gcs
+    on every worker; README, "Running on a TPU pod / GPU cluster"):
+        gcloud compute tpus tpu-vm ssh bert-v3-1024 --zone=europe-west4-a --worker=all --command='
+          bertjax train --config bert_large_lamb:phase1 --workdir gs://b/lamb1 \
+            --config.data.train_dir=$HOME/gcs/wiki128 --config.model.dtype=bfloat16 \
+            --config.mesh.fsdp=16'
+    SLURM, 16 nodes x 8 GPUs (sbatch --nodes=16 --ntasks-per-node=1 --gpus-per-node=8):
+        srun bertjax train --config bert_large_lamb:phase1 --workdir /shared/runs/lamb1 \
+          --config.data.train_dir=/shared/data/wiki128 --config.model.dtype=bfloat16 \
+          --config.model.remat=True --config.optim.grad_accum_steps=8
 
 Expected: SQuAD v1.1 F1 ~91 after phase 2 (paper); 76 minutes on a TPUv3 pod (1024 chips).
 """

@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.bucket_multiple = DEFAULT_MULTIPLE  # pad batches to a multiple of it (0 = max_seq_len)
+    c.data.packing = False  # packed rows are for one prediction per example, not spans
+    c.data.packed_shapes = 2  # unused without packing
 
     c.eval = ml_collections.ConfigDict()
     c.eval.n_best_size = 20  # start and end positions tried per feature; n-best list length

@@ -1,0 +1,1 @@
+"""Named-entity recognition experiment configs (bertjax/ner.py)."""

