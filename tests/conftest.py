@@ -110,8 +110,9 @@ GCS_BUCKET = "test-bucket"
 
 @pytest.fixture(scope="module")
 def gcs():
-    """gcp-storage-emulator (in memory) on a free port of 127.0.0.1 with the bucket
-    `test-bucket`, for the tests of one module; yields its URL.
+    """gcp-storage-emulator (in memory; with the generation headers of real Cloud Storage,
+    see tests/gcs_emulator.py) on a free port of 127.0.0.1 with the bucket `test-bucket`, for
+    the tests of one module; yields its URL.
 
     Every client bertjax uses is pointed at it: gcsfs (epath's gs:// backend) through
     STORAGE_EMULATOR_HOST, tensorstore (Orbax's arrays) through TENSORSTORE_GCS_HTTP_URL with
@@ -127,7 +128,8 @@ def gcs():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+        [sys.executable, os.path.join(os.path.dirname(__file__), "gcs_emulator.py"), "start",
+         "--host=127.0.0.1",
          f"--port={port}", "--in-memory", f"--default-bucket={GCS_BUCKET}", "--quiet"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
