@@ -130,7 +130,7 @@ def _load_hf(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, Any], An
     with storage.local_copy(path) as local, tempfile.TemporaryDirectory() as scratch:
         config, params, task = convert.read_hf(local)
         # The tokenizer is built in memory; the scratch vocab.txt (tokenizer.json only) can go.
-        tokenizer = convert._tokenizer_or_none(local, scratch)
+        tokenizer = convert.tokenizer_or_none(local, scratch)
     if tokenizer is None:
         raise ckpt.CheckpointError(f"{path}: no tokenizer (vocab.txt or tokenizer.json)")
     vocab = "vocab.txt" if storage.isfile(storage.join(path, "vocab.txt")) else "tokenizer.json"
@@ -154,7 +154,7 @@ def _encoder_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=8)
-def _hidden_fn(config: ModelConfig):
+def _jit_hidden(config: ModelConfig):
     """(params, batch, layer indexes [l]) -> hidden states [B, l, T, D], fp32, 0 on padding."""
     from bertjax.model import BertModel
 
@@ -172,7 +172,7 @@ def _hidden_fn(config: ModelConfig):
 
 
 @functools.lru_cache(maxsize=8)
-def _mlm_fn(config: ModelConfig, vocab_size: int):
+def _jit_mlm(config: ModelConfig, vocab_size: int):
     """(params, batch, positions [B, P], k) -> the k most probable of the first vocab_size
     tokens at each position: (probabilities, ids), each [B, P, k]."""
     from bertjax.model import BertModel, MaskedLMHead, gather_positions
@@ -195,7 +195,7 @@ def _mlm_fn(config: ModelConfig, vocab_size: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _classifier_fn(config: ModelConfig, num_labels: int):
+def _jit_classifier(config: ModelConfig, num_labels: int):
     """(params, batch) -> the sequence classifier's logits [B, L], fp32."""
     from bertjax.model import BertForSequenceClassification
 
@@ -276,7 +276,8 @@ class Bert:
         T is the longest encoded text, at most `max_seq_length`; longer texts and pairs are
         truncated as google-research/bert's `_truncate_seq_pair` truncates them. `pairs` has
         one entry per text (None or "" for a single text). The ids are those of transformers'
-        BertTokenizer with `padding=True, truncation=True`.
+        BertTokenizer with `padding=True`, except that an empty pair adds no second [SEP] (as
+        google-research/bert; transformers adds one).
 
         Raises TypeError for texts that are not strings, ValueError when `pairs` has another
         length or the model cannot embed a second segment (type_vocab_size 1).
@@ -343,10 +344,6 @@ class Bert:
                 chunk[key] = np.concatenate([x, np.repeat(x[:1], rows - len(idx), axis=0)])
             yield idx, chunk, len(idx), width
 
-    @property
-    def _hidden_fn(self):
-        return _hidden_fn(self.config)
-
     def _layer_indexes(self, layers: int | Sequence[int]) -> tuple[int, ...]:
         count = self.config.num_layers + 1
         chosen = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
@@ -384,10 +381,9 @@ class Bert:
         )
         n, t = batch["input_ids"].shape
         out = np.zeros((len(chosen), n, t, self.config.hidden_size), np.float32)
+        hidden = _jit_hidden(self.config)
         for idx, chunk, m, width in self._chunks(batch):
-            h = np.asarray(self._hidden_fn(self._device_params, chunk, np.array(chosen)))[
-                :m
-            ]  # [m, l, W, D]
+            h = np.asarray(hidden(self._device_params, chunk, np.array(chosen)))[:m]  # [m, l, W, D]
             w = min(width, t)
             out[:, idx, :w] = h[:, :, :w].transpose(1, 0, 2, 3)
         return out
@@ -417,9 +413,10 @@ class Bert:
         batch = self.encode(texts, pairs)
         chosen = self._layer_indexes(layers)
         out = np.zeros((batch["input_ids"].shape[0], self.config.hidden_size), np.float32)
+        hidden = _jit_hidden(self.config)
         for idx, chunk, m, _ in self._chunks(batch):
-            h = np.asarray(self._hidden_fn(self._device_params, chunk, np.array(chosen)))[:m]
-            h = h.mean(axis=1)  # [m, W, D]
+            h = np.asarray(hidden(self._device_params, chunk, np.array(chosen)))[:m]
+            h = h.mean(axis=1)  # [m, W, D]: the chosen layers averaged
             if pooling == "cls":
                 out[idx] = h[:, 0]
             else:
@@ -431,17 +428,14 @@ class Bert:
 
     # --- Masked-LM head -----------------------------------------------------------------------
 
-    @property
-    def _mlm_fn(self):
-        return _mlm_fn(self.config, self.tokenizer.vocab_size)
-
     def fill_mask(self, text: str | Sequence[str], top_k: int = 5) -> list:
         """The MLM head's top_k tokens for each [MASK] of `text`, as transformers'
         "fill-mask" pipeline returns them: a list of {"score", "token", "token_str",
         "sequence"} dicts, best first (score: the softmax probability over the whole vocabulary;
         token: the id; token_str: `tokenizer.decode([token])`; sequence: the text's ids with
-        the token in place of the [MASK], decoded without special tokens). A text with several
-        [MASK]s gives one such list per [MASK], in order; a list of texts gives a list of those.
+        the token in place of the [MASK], decoded without special tokens; with them when the
+        text has several [MASK]s, as transformers does). A text with several [MASK]s gives one
+        such list per [MASK], in order; a list of texts gives a list of those.
 
         The MLM head is BERT's masked-LM output layer (cls/predictions: dense + GELU +
         LayerNorm, logits against the tied word embeddings plus a bias; the paper, section 3.1,
@@ -468,13 +462,12 @@ class Bert:
                 raise ValueError(f"no {mask} token in {t!r} (within max_seq_length)")
         width = max(len(p) for p in positions)
         results: list[Any] = [None] * len(texts)
+        top = _jit_mlm(self.config, self.tokenizer.vocab_size)
         for idx, chunk, _, _ in self._chunks(batch):
             pos = np.zeros((len(chunk["input_ids"]), width), np.int32)
             for j, i in enumerate(idx):
                 pos[j, : len(positions[i])] = positions[i]
-            scores, ids = (
-                np.asarray(x) for x in self._mlm_fn(self._device_params, chunk, pos, top_k)
-            )
+            scores, ids = (np.asarray(x) for x in top(self._device_params, chunk, pos, top_k))
             for j, i in enumerate(idx):
                 results[i] = self._fill_results(batch, i, positions[i], scores[j], ids[j])
         return results[0] if isinstance(text, str) else results
@@ -503,10 +496,6 @@ class Bert:
     # --- Fine-tuned heads ---------------------------------------------------------------------
 
     @property
-    def _classifier_fn(self):
-        return _classifier_fn(self.config, self.num_labels)
-
-    @property
     def labels(self) -> list[str]:
         """The class names of the downstream head, in class-id order (LABEL_i when the
         checkpoint names none); [] without a classifier."""
@@ -527,8 +516,9 @@ class Bert:
         self._require_kind(_SEQUENCE_KINDS)
         batch = self.encode(texts, pairs)
         out = np.zeros((batch["input_ids"].shape[0], self.num_labels), np.float32)
+        classifier = _jit_classifier(self.config, self.num_labels)
         for idx, chunk, m, _ in self._chunks(batch):
-            out[idx] = np.asarray(self._classifier_fn(self._device_params, chunk))[:m]
+            out[idx] = np.asarray(classifier(self._device_params, chunk))[:m]
         return out
 
     def _require_kind(self, kinds: Sequence[str]) -> str:
@@ -589,12 +579,20 @@ class Bert:
     def _tagger(self):
         from bertjax import ner
 
-        if not (self.path and ckpt.is_model_dir(self.path)):
-            raise ValueError(
-                f"{self.path}: NER prediction reads a bertjax model directory; import the "
-                "Hugging Face model first with `bertjax convert --from hf`"
+        if self.path and ckpt.is_model_dir(self.path):
+            return ner.Tagger(self.path, max_seq_length=self.max_seq_length)
+        # ner.Tagger reads a model directory; an imported (Hugging Face) model is staged as one
+        # in a temporary directory, which the Tagger no longer needs once built.
+        with tempfile.TemporaryDirectory(prefix="bertjax-api-") as tmp:
+            staged = ckpt.save_model_dir(
+                os.path.join(tmp, "model"),
+                self.params,
+                self.config,
+                tokenizer=self.tokenizer,
+                source=str(self.meta.get("source", self.path)),
+                task=self.task,
             )
-        return ner.Tagger(self.path, max_seq_length=self.max_seq_length)
+            return ner.Tagger(staged, max_seq_length=self.max_seq_length)
 
     def _entities(self, texts: list[str]) -> list[list[dict[str, Any]]]:
         import dataclasses

