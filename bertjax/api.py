@@ -537,6 +537,7 @@ class Bert:
         pairs: Sequence[str | None] | None = None,
         *,
         top_k: int | None = 1,
+        aggregation: str = "first",
     ) -> list:
         """The fine-tuned head's predictions: a list with one entry per text (a str is one text).
 
@@ -546,8 +547,11 @@ class Bert:
           multi_label_classification scores each class with a sigmoid; regression (STS-B)
           gives {"label", "score": the predicted value}.
         - token_classification (NER: task metadata with IOB2 labels, bertjax/ner.py): the
-          entities of the text, a list of {"type", "start", "end", "text"} with character
-          spans [start, end) in the text, as `bertjax ner` prints them (`pairs` not taken).
+          entities of the text, a list of {"type", "start", "end", "text", "score"} with
+          character spans [start, end) in the text, as `bertjax ner` prints them (`pairs`
+          not taken); `aggregation` is its --aggregation: "first" (each word's tag at its
+          first piece) or "simple" (every piece's tag), as transformers' strategies of those
+          names (`ner.Tagger`).
 
         Labels are the task's class names (bertjax_config.json "task": {"name", "kind",
         "labels"}; a Hugging Face model's id2label). Raises ValueError for a checkpoint without
@@ -557,7 +561,7 @@ class Bert:
         if kind == "token_classification":
             if pairs is not None:
                 raise ValueError("predict: an NER model tags single texts; pairs is not taken")
-            return self._entities(_as_texts(texts))
+            return self._entities(_as_texts(texts), aggregation)
         logits = self.logits(texts, pairs)
         labels = self.labels
         if kind == "regression":
@@ -594,8 +598,8 @@ class Bert:
             )
             return ner.Tagger(staged, max_seq_length=self.max_seq_length)
 
-    def _entities(self, texts: list[str]) -> list[list[dict[str, Any]]]:
+    def _entities(self, texts: list[str], aggregation: str) -> list[list[dict[str, Any]]]:
         import dataclasses
 
-        found = self._tagger(texts, batch_size=self.batch_size)
+        found = self._tagger(texts, batch_size=self.batch_size, aggregation=aggregation)
         return [[dataclasses.asdict(e) for e in entities] for entities in found]

@@ -189,6 +189,12 @@ def _define_ner(fv: flags.FlagValues, argv: list[str]) -> None:
     )
     flags.DEFINE_integer("batch_size", 32, "Windows per forward pass.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing output file.", flag_values=fv)
+    flags.DEFINE_enum(
+        "aggregation", "first", ["first", "simple"],
+        "Entities as transformers' token-classification aggregation_strategy: first (each "
+        "word's tag at its first piece, the BERT paper's rule) or simple (every piece's tag).",
+        flag_values=fv,
+    )  # fmt: skip
     _define_input_errors(fv)
     flags.mark_flags_as_required(["checkpoint", "input"], flag_values=fv)
 
@@ -206,6 +212,7 @@ def _run_ner(fv: flags.FlagValues) -> None:
         batch_size=fv.batch_size,
         overwrite=fv.overwrite,
         input_errors=fv.input_errors,
+        aggregation=fv.aggregation,
     )
     if fv.output:
         n = sum(len(r["entities"]) for r in records)

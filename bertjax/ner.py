@@ -4,7 +4,8 @@
 engine: length bucketing, exact resume, evaluate-only) with `NerTask`; this module holds what
 is NER's own: the config, the label set, the model (fine-tuned or feature-based), entity-level
 scoring with seqeval, the prediction files, and `predict_entities` (the `bertjax ner`
-command). Data (CoNLL files, tag schemes, alignment, windows) are in data_pipelines/ner.py.
+command, which reads entities as transformers' token-classification pipeline does with
+aggregation_strategy "first" or "simple": `Tagger`). Data (CoNLL files, tag schemes, alignment, windows) are in data_pipelines/ner.py.
 
 A run writes what every fine-tuning run writes (finetune.py; `eval_results.json` has the best
 dev metrics under "metrics", entity F1 as "f1" in percent) plus
@@ -23,8 +24,8 @@ export's id2label). Dev and test tags unseen in training are an error listing th
 Pieces: a word's label is on its first WordPiece and its other pieces are ignored (the
 paper's choice). With `task.label_continuations=True` they are trained as I-<type> as well
 (B-PER "inter ##pol" -> B-PER I-PER), which scores the same (words are read at their first
-piece) but makes transformers' token-classification pipeline, which tags every piece, find
-the entities `bertjax ner` finds on the exported model.
+piece) but makes the entities of every piece's own tag (`bertjax ner --aggregation simple`,
+transformers' "simple" strategy) those of the words' tags far more often.
 
 Models:
 - fine-tuned (the default): `model.BertForTokenClassification`, a dense layer on every token;
@@ -488,21 +489,75 @@ FAMILY = ft.TaskFamily(parse=NerConfig.from_config_dict, build=NerTask)
 # --- Prediction on raw text (`bertjax ner`) -----------------------------------------------------
 
 
+AGGREGATIONS = ("first", "simple")  # transformers' aggregation_strategy names
+
+
 @dataclasses.dataclass(frozen=True)
 class Entity:
-    """An entity of a text: its type, character span [start, end) and text."""
+    """An entity of a text: its type, character span [start, end), text and score (the mean,
+    over its words (first) or pieces (simple), of the predicted tag's softmax probability)."""
 
     type: str
     start: int
     end: int
     text: str
+    score: float
+
+
+def _split_label(label: str) -> tuple[str, str]:
+    """(B or I, type) of a label; a label without a B-/I- prefix (O) continues its type."""
+    if label[:2] in ("B-", "I-"):
+        return label[0], label[2:]
+    return "I", label
+
+
+def group_entities(
+    units: Sequence[tuple[str, float, int, int]],
+) -> list[tuple[str, float, int, int]]:
+    """Entities (type, score, start, end) from tagged units (label, score, start, end) in text
+    order, by transformers' token-classification grouping: a unit joins the group before it
+    when it has the group's last type and is not a B-; a group's type is its first label
+    without the prefix, its score the mean of its units' scores, its span from its first
+    unit's start to its last unit's end; groups of type O are dropped. On IOB2 tags these are
+    the entities seqeval reads (an I- after O or after another type begins an entity)."""
+    groups: list[list[tuple[str, float, int, int]]] = []
+    for unit in units:
+        bi, kind = _split_label(unit[0])
+        if groups and bi != "B" and kind == _split_label(groups[-1][-1][0])[1]:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    out = []
+    for g in groups:
+        kind = g[0][0].split("-", 1)[-1]
+        if kind != ner_data.OUTSIDE:
+            out.append((kind, float(np.mean([u[1] for u in g])), g[0][2], g[-1][3]))
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Tagger:
     """A fine-tuned NER checkpoint (a run's WORKDIR/best) that finds entities in raw text:
     sentences are split into words by the tokenizer (CJK characters one by one, so Chinese
-    needs no spaces), windowed as in training, and each word's tag is read at its first piece;
-    entities are read from the IOB2 tags as seqeval reads them."""
+    needs no spaces) and windowed as in training; each word's pieces are scored in the window
+    that owns the word. Entities are then read as transformers' token-classification pipeline
+    reads them with the same `aggregation` (`group_entities`):
+
+        first   (the default; the BERT paper's rule) each word takes the tag predicted at its
+                first piece, scored by that tag's probability there; spans are whole words
+        simple  every piece takes its own predicted tag and probability; spans are pieces, so
+                a word's later pieces may end an entity or begin another one
+
+    On the exported model (`bertjax convert --to hf`) the pipeline finds the same entities
+    (types, character spans, scores to float precision) in a text that fits one window
+    (`max_seq_length` - 2 pieces; the pipeline truncates a longer one, bertjax windows it).
+    One exception, for first: a word whose first piece is shorter than its text (a decomposed
+    accent under an uncased vocabulary, "e\u0301cole" -> ecole) is joined by the pipeline to
+    the word before it; bertjax keeps the tokenizer's words, those training labels."""
 
     def __init__(self, checkpoint: str, *, max_seq_length: int = 128, window_overlap: int = 32):
         config, params, meta, tokenizer = ckpt.load_model_and_tokenizer(checkpoint)
@@ -523,20 +578,24 @@ class Tagger:
             lambda p, b: self.model.apply({"params": p}, b, train=False)["logits"]
         )
 
-    def __call__(self, texts: Sequence[str], *, batch_size: int = 32) -> list[list[Entity]]:
-        from seqeval.metrics.sequence_labeling import get_entities
-
+    def __call__(
+        self, texts: Sequence[str], *, batch_size: int = 32, aggregation: str = "first"
+    ) -> list[list[Entity]]:
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation={aggregation!r}: one of {', '.join(AGGREGATIONS)}")
         words = ner_data.text_words(self.tokenizer, texts)
         cls_id, sep_id = self.tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
+        pieces = [p for p, _ in words]
         feats = ner_data.featurize_pieces(
-            [p for p, _ in words],
+            pieces,
             [None] * len(words),
             cls_id=cls_id,
             sep_id=sep_id,
             max_seq_length=self.max_seq_length,
             window_overlap=self.window_overlap,
         )
-        predicted = np.zeros(feats.arrays[LABEL].shape, np.int64)
+        n, t = feats.arrays[LABEL].shape
+        probs = np.zeros((n, t, len(self.labels)), np.float32)  # [N, T, L]
         lengths = feats.arrays[INPUT_MASK].sum(axis=1)
         for lo in range(0, feats.size, batch_size):
             rows = slice(lo, lo + batch_size)
@@ -544,24 +603,36 @@ class Tagger:
             width = min(width, self.max_seq_length)
             batch = {k: jnp.asarray(v[rows, :width]) for k, v in feats.arrays.items()
                      if k in ft.MODEL_INPUTS}  # fmt: skip
-            predicted[rows, :width] = np.asarray(self._apply(self.params, batch)).argmax(-1)
-        ids = ner_data.word_predictions(feats, predicted)
+            logits = np.asarray(self._apply(self.params, batch), np.float32)
+            probs[rows, :width] = _softmax(logits)
+        scored = ner_data.word_piece_values(feats, probs, pieces)
         out = []
-        for text, (_, spans), sent in zip(texts, words, ids, strict=True):
-            tags = [self.labels[i] for i in sent]
-            entities = []
-            for kind, first, last in get_entities(tags):
-                start, end = spans[first][0], spans[last][1]
-                entities.append(Entity(kind, start, end, text[start:end]))
-            out.append(entities)
+        for text, (_, spans), sent in zip(texts, words, scored, strict=True):
+            units = []  # (label, score, start, end): words (first) or pieces (simple)
+            for piece_spans, piece_probs in zip(spans, sent, strict=True):
+                if aggregation == "first":
+                    piece_spans = [(piece_spans[0][0], piece_spans[-1][1])]  # the whole word
+                    piece_probs = piece_probs[:1]  # read at its first piece
+                # A word longer than a window keeps only the pieces the window holds.
+                for (start, end), row in zip(piece_spans, piece_probs, strict=False):
+                    best = int(row.argmax())
+                    units.append((self.labels[best], float(row[best]), start, end))
+            found = group_entities(units)
+            out.append([Entity(k, a, b, text[a:b], score) for k, score, a, b in found])
         return out
 
 
 def predict_entities(
-    checkpoint: str, texts: Sequence[str], *, max_seq_length: int = 128, batch_size: int = 32
+    checkpoint: str,
+    texts: Sequence[str],
+    *,
+    max_seq_length: int = 128,
+    batch_size: int = 32,
+    aggregation: str = "first",
 ) -> list[list[Entity]]:
     """The entities of each text (see `Tagger`)."""
-    return Tagger(checkpoint, max_seq_length=max_seq_length)(texts, batch_size=batch_size)
+    tagger = Tagger(checkpoint, max_seq_length=max_seq_length)
+    return tagger(texts, batch_size=batch_size, aggregation=aggregation)
 
 
 def tag_file(
@@ -573,15 +644,20 @@ def tag_file(
     batch_size: int = 32,
     overwrite: bool = False,
     input_errors: str = "strict",
+    aggregation: str = "first",
 ) -> list[dict[str, Any]]:
     """The `bertjax ner` command: the entities of every line of `input_path` (one sentence a
     line, raw text; lines are stripped and read by `data_pipelines.corpus.iter_lines`), one
     JSON object per line: {"line": 0-based, "text": the stripped line, "entities": [{"type",
-    "start", "end", "text"}]} with character spans [start, end) in the text. Written to
-    `output_path` (atomically; an existing file only with `overwrite`) or returned alone."""
+    "start", "end", "text", "score"}]} with character spans [start, end) in the text, read by
+    `aggregation` (first or simple, see `Tagger`). Written to `output_path` (atomically; an
+    existing file only with `overwrite`) or returned alone."""
     import json
 
     from data_pipelines import corpus
+
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation={aggregation!r}: one of {', '.join(AGGREGATIONS)}")
 
     if output_path and epath.Path(output_path).exists() and not overwrite:
         raise FileExistsError(f"{output_path}: already exists; pass --overwrite to replace it")
@@ -594,7 +670,7 @@ def tag_file(
     records = [
         {"line": i, "text": text, "entities": [dataclasses.asdict(e) for e in entities]}
         for i, (text, entities) in enumerate(
-            zip(texts, tagger(texts, batch_size=batch_size), strict=True)
+            zip(texts, tagger(texts, batch_size=batch_size, aggregation=aggregation), strict=True)
         )
     ]
     if output_path:

@@ -506,15 +506,33 @@ def word_predictions(feats: Features, predicted: np.ndarray, *, fill: int = 0) -
     return out
 
 
+def word_piece_values(
+    feats: Features, values: np.ndarray, pieces: Sequence[Sequence[Sequence[int]]]
+) -> list[list[np.ndarray]]:
+    """Per sentence and word, `values` ([N, T, ...], e.g. per-position probabilities) at the
+    word's pieces in the window that owns it: an array [n, ...] for its n pieces (those a
+    window holds, `featurize_pieces`'s truncation). `pieces` is what was featurized."""
+    budget = feats.arrays[features.INPUT_IDS].shape[1] - 2
+    out: list[list[Any]] = [[None] * n for n in feats.num_words]
+    rows, cols = np.nonzero(feats.arrays[WORD_INDEX] >= 0)
+    sent = feats.arrays[SENTENCE_INDEX][rows]
+    word = feats.arrays[WORD_INDEX][rows, cols]
+    for r, c, s, w in zip(rows.tolist(), cols.tolist(), sent.tolist(), word.tolist(), strict=True):
+        n = min(len(pieces[s][w]), budget)
+        out[s][w] = values[r, c : c + n]
+    return out
+
+
 # --- Raw text ------------------------------------------------------------------------------------
 
 
 def text_words(
     tokenizer: Any, texts: Sequence[str]
-) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
-    """For each raw text, (the pieces of each word, each word's character span [start, end))
-    as the tokenizer's pre-tokenizer splits it (whitespace and punctuation; every CJK
-    character is a word of its own). Needs a WordPiece (Rust) tokenizer."""
+) -> list[tuple[list[list[int]], list[list[tuple[int, int]]]]]:
+    """For each raw text, (the pieces of each word, the character span [start, end) of each of
+    those pieces) with words as the tokenizer's pre-tokenizer splits the text (whitespace and
+    punctuation; every CJK character is a word of its own). A word's span runs from its first
+    piece's start to its last piece's end. Needs a WordPiece (Rust) tokenizer."""
     backend = getattr(tokenizer, "backend", None)
     if backend is None:
         raise NerDataError(
@@ -524,16 +542,16 @@ def text_words(
     out = []
     for enc in backend.encode_batch(list(texts), add_special_tokens=False):
         pieces: list[list[int]] = []
-        spans: list[list[int]] = []
+        spans: list[list[tuple[int, int]]] = []
         last = None
         for piece, w, (a, b) in zip(enc.ids, enc.word_ids, enc.offsets, strict=True):
             if w is None:
                 continue
             if w != last:
                 pieces.append([])
-                spans.append([a, b])
+                spans.append([])
                 last = w
             pieces[-1].append(piece)
-            spans[-1][1] = b
-        out.append((pieces, [(a, b) for a, b in spans]))
+            spans[-1].append((a, b))
+        out.append((pieces, spans))
     return out

@@ -270,6 +270,10 @@ def test_ner_model_predicts_entity_spans(heads):
         for e in entities:
             assert e["text"] == text[e["start"] : e["end"]] and e["type"] in ("LOC", "PER")
     assert bertjax.load(heads["ner_hf"]).predict(texts) == got  # the HF directory itself
+    simple = ner.predict_entities(heads["ner"], texts, aggregation="simple")
+    assert tagger.predict(texts, aggregation="simple") == [[e.__dict__ for e in s] for s in simple]
+    with pytest.raises(ValueError, match="aggregation='max': one of first, simple"):
+        tagger.predict(texts, aggregation="max")
 
 
 def test_predict_names_a_kind_it_does_not_serve(tmp_path):

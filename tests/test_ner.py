@@ -211,6 +211,10 @@ def test_long_sentence_windows_round_trip_with_context(tokenizer):
     assert back == [[labels[t] for t in tags]]
     # Rows after the first start with context that an earlier row owns.
     assert (f.arrays["word_index"][1, 1:4] == -1).any()
+    # Every piece of each word is found in the row that owns the word (cats: cat ##s).
+    pieces = nd.word_pieces(tokenizer, [words])
+    values = nd.word_piece_values(f, f.arrays["input_ids"], pieces)
+    assert [[v.tolist() for v in s] for s in values] == pieces
 
 
 # --- Metric --------------------------------------------------------------------------------------
@@ -381,35 +385,86 @@ def test_finetune_learns_entities_and_writes_conll_predictions(ner_run):
     assert nd.read_conll(work / "predictions_test.txt").sentences  # also a CoNLL file
 
 
+# Trained names, unseen names and words of several pieces (bertson -> bert ##s ##o ##n, the
+# later pieces never trained), CJK characters (a word each, [UNK] in the tiny vocab) and an
+# accented word (café -> c ##a ##f ##e, uncased).
+PIPELINE_LINES = [
+    "the cat with bert , with mesh",
+    "the cat with tensor shard with jax",
+    "the cat with bertson and flaxer met hosting jaxed meshes",
+    "with tensorly shardest with jaxon , bertness",
+    "hello bertha from meshing shards with jaxes",
+    "the café with bert ed mesh",
+    "比尔是微软的",
+    "比尔·盖茨 with bert",
+    "",
+]
+
+
+def _run_ner_command(argv: list[str], capsys) -> list[list[tuple]]:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bertjax", "ner", *argv])
+    assert e.value.code == 0
+    records = [json.loads(x) for x in capsys.readouterr().out.strip().split("\n")]
+    assert [r["line"] for r in records] == list(range(len(records)))
+    return [
+        [(x["type"], x["start"], x["end"], x["text"], x["score"]) for x in r["entities"]]
+        for r in records
+    ]
+
+
 @pytest.mark.slow
 def test_bertjax_ner_command_and_hf_pipeline_agree(ner_run, tmp_path, capsys):
+    """`bertjax ner --aggregation S` finds exactly the entities (types, spans, texts; scores to
+    1e-4) of transformers' token-classification pipeline with aggregation_strategy=S on the
+    exported model, for first and simple."""
     transformers = pytest.importorskip("transformers")
     from bertjax import convert
 
     d, _ = ner_run
     best = str(d / "work" / "best")
-    lines = [
-        "the cat with bert , with mesh",
-        "the cat with tensor shard with jax",
-        "比尔是微软的",
-        "",
-    ]
-    src = _write(tmp_path / "in.txt", "\n".join(lines) + "\n")
-    with pytest.raises(SystemExit) as e:
-        cli.main(["bertjax", "ner", "--checkpoint", best, "--input", src])
-    assert e.value.code == 0
-    records = [json.loads(x) for x in capsys.readouterr().out.strip().split("\n")]
-    assert [r["text"] for r in records] == lines
-    found = [[(x["type"], x["start"], x["end"], x["text"]) for x in r["entities"]] for r in records]
-    assert ("PER", 13, 17, "bert") in found[0] and ("LOC", 25, 29, "mesh") in found[0]
-    assert ("ORG", 13, 25, "tensor shard") in found[1]
+    src = _write(tmp_path / "in.txt", "\n".join(PIPELINE_LINES) + "\n")
+    found = {
+        s: _run_ner_command(["--checkpoint", best, "--input", src, "--aggregation", s], capsys)
+        for s in ner.AGGREGATIONS
+    }
+    assert found["first"] == _run_ner_command(["--checkpoint", best, "--input", src], capsys)
+    first = [[e[:4] for e in line] for line in found["first"]]
+    assert ("PER", 13, 17, "bert") in first[0] and ("LOC", 25, 29, "mesh") in first[0]
+    assert ("ORG", 13, 25, "tensor shard") in first[1]
+    for line, entities in zip(PIPELINE_LINES, first, strict=True):
+        assert all(text == line[start:end] for _, start, end, text in entities)
+    # The test lines have words whose later pieces predict another tag than the first piece:
+    # the two strategies differ, so a decoder that ignored the flag would fail below.
+    differ = [i for i, (f, s) in enumerate(zip(found["first"], found["simple"], strict=True))
+              if [e[:4] for e in f] != [e[:4] for e in s]]  # fmt: skip
+    assert differ, found
 
     out = convert.convert_from_bertjax("hf", best, str(tmp_path / "hf"))
-    pipe = transformers.pipeline("token-classification", model=out, aggregation_strategy="simple")
-    for line, mine in zip(lines, found, strict=True):
-        theirs = [(g["entity_group"], g["start"], g["end"], line[g["start"] : g["end"]])
-                  for g in pipe(line)] if line else []  # fmt: skip
-        assert theirs == mine, line
+    for strategy, mine in found.items():
+        pipe = transformers.pipeline(
+            "token-classification", model=out, aggregation_strategy=strategy
+        )
+        for line, entities in zip(PIPELINE_LINES, mine, strict=True):
+            theirs = pipe(line) if line else []
+            got = [(g["entity_group"], g["start"], g["end"], line[g["start"] : g["end"]])
+                   for g in theirs]  # fmt: skip
+            assert got == [e[:4] for e in entities], (strategy, line)
+            np.testing.assert_allclose(
+                [float(g["score"]) for g in theirs], [e[4] for e in entities], atol=1e-4
+            )
+
+
+def test_group_entities_follows_the_pipeline_rules():
+    units = [("B-PER", 0.9, 0, 4), ("I-PER", 0.7, 5, 8), ("B-PER", 0.8, 9, 10),
+             ("O", 0.9, 11, 12), ("I-LOC", 0.6, 13, 14), ("I-ORG", 0.5, 15, 16),
+             ("I-ORG", 0.3, 17, 18), ("B-ORG", 1.0, 19, 20)]  # fmt: skip
+    got = ner.group_entities(units)
+    assert [(k, a, b) for k, _, a, b in got] == [
+        ("PER", 0, 8), ("PER", 9, 10), ("LOC", 13, 14), ("ORG", 15, 18), ("ORG", 19, 20),
+    ]  # fmt: skip
+    assert [round(x[1], 6) for x in got] == [0.8, 0.8, 0.6, 0.4, 1.0]
+    assert ner.group_entities([("O", 1.0, 0, 1)]) == []
 
 
 def test_feature_based_run_keeps_the_encoder_and_refuses_hf_export(tmp_path):
