@@ -80,3 +80,11 @@ def task_config(
     c.task.name = task
     c.optim.learning_rate = float(arg) if arg else learning_rate
     return c
+
+
+def fine_tuning_optim(*, learning_rate: float) -> ml_collections.ConfigDict:
+    """The `optim` group of `get_config` (AdamW, warmup + linear decay, weight decay 0.01,
+    clipping at 1.0) with its peak `learning_rate`: every fine-tuning config's optimizer."""
+    optim = get_config().optim
+    optim.learning_rate = learning_rate
+    return optim

@@ -25,6 +25,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from data_pipelines.bucketing import DEFAULT_MULTIPLE
+from experiments.glue import common as glue_common
 from experiments.pretrain.common import mesh_config
 
 
@@ -61,18 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.lstm_size = 0  # BiLSTM units per direction (0 = the encoder's hidden size)
     c.model.lstm_layers = 2  # BiLSTM layers
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamw"  # adamw | lamb
-    c.optim.learning_rate = 5e-5  # peak learning rate, in {5e-5, 3e-5, 2e-5}
-    c.optim.warmup_fraction = 0.1  # linear warmup over this share of the steps
-    c.optim.decay = "linear"  # linear | cosine | constant after warmup
-    c.optim.end_learning_rate = 0.0  # value at the last step
-    c.optim.beta1 = 0.9  # Adam beta1
-    c.optim.beta2 = 0.999  # Adam beta2
-    c.optim.eps = 1e-6  # Adam epsilon (BERT's)
-    c.optim.weight_decay = 0.01  # decoupled, not on LayerNorm or biases
-    c.optim.clip_grad_norm = 1.0  # global-norm clipping (0 = off)
-    c.optim.grad_accum_steps = 1  # micro-batches per step, accumulated inside the jitted step
+    # AdamW with BERT's fine-tuning schedule and decay, as GLUE's; peak lr in {5e-5, 3e-5, 2e-5}
+    c.optim = glue_common.fine_tuning_optim(learning_rate=5e-5)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32  # global batch (window rows), split over processes and devices
