@@ -951,8 +951,9 @@ def evaluate_checkpoint(
     log.info("%s: evaluating %s; %s", task.name, cfg.init_checkpoint, task.describe())
 
     workdir = storage.abspath(workdir)
-    storage.makedirs(workdir)
     config_json = config_to_json(config_dict)
+    refuse_finished_run(workdir, config_json)
+    storage.makedirs(workdir)
     write_json(os.path.join(workdir, RUN_CONFIG_FILE), config_json)
     write_json(os.path.join(workdir, RESULTS_FILE), {"task": task.name, "complete": False})
     _clear_outputs(workdir, task.output_files)
@@ -988,6 +989,31 @@ def evaluate_checkpoint(
     return {**out, "predictions": extra.get("predictions")}
 
 
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def refuse_finished_run(workdir: str, config_json: dict[str, Any]) -> None:
+    """Raises ValueError, naming the config keys that differ, when `workdir` holds the
+    finished run of another config: its best model, results and logs would be replaced."""
+    done = _read_json(os.path.join(workdir, RESULTS_FILE))
+    if not (isinstance(done, dict) and done.get("complete")) or done.get("config") == config_json:
+        return
+    old, new = _flat(done.get("config") or {}), _flat(config_json)
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4])
+    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    raise ValueError(
+        f"{workdir}: holds the finished run of another config ({shown}{more}); use another "
+        f"workdir, or remove {os.path.join(workdir, RESULTS_FILE)} to replace that run"
+    )
+
+
 def _workdir_status(workdir: str, config_json: dict[str, Any]) -> tuple[str, dict | None]:
     """("complete", its results) when `workdir` holds the finished run of this config;
     ("resume", None) when it holds checkpoints of it; ("fresh", None) otherwise. Raises
@@ -995,6 +1021,7 @@ def _workdir_status(workdir: str, config_json: dict[str, Any]) -> tuple[str, dic
     done = _read_json(os.path.join(workdir, RESULTS_FILE))
     if isinstance(done, dict) and done.get("complete") and done.get("config") == config_json:
         return "complete", done
+    refuse_finished_run(workdir, config_json)
     checkpoints = os.path.join(workdir, CHECKPOINTS_DIR)
     if storage.isdir(checkpoints) and any(s.isdigit() for s in storage.listdir(checkpoints)):
         if _read_json(os.path.join(workdir, RUN_CONFIG_FILE)) != config_json:

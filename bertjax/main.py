@@ -8,6 +8,7 @@ problem, with exit status 1 (`is_user_error` draws the line); a bug keeps its tr
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dis
 import logging
@@ -545,6 +546,25 @@ COMMANDS: dict[
 }
 
 
+def _flag_error(e: Exception, args: list[str]) -> str:
+    """One line for a flag parsing error. ml_collections raises KeyError('name\\nDid you
+    mean ...') for an unknown --config key, whose str() is a quoted repr; this gives the
+    message itself and the whole dotted key that was given."""
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(message, str) and len(message) > 1 and message[0] == message[-1] == "'":
+        try:  # a KeyError's text wrapped in another flag error: the quoted repr of a string
+            message = ast.literal_eval(message)
+        except (SyntaxError, ValueError):
+            pass
+    message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    bad = message.split(";")[0].strip().strip("'\"")
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if key.startswith("--config.") and bad and bad in key.split(".")[1:]:
+            return f"unknown config key {key[len('--config.') :]} ({message})"
+    return message
+
+
 # The commands that compile XLA programs, and the flag that keeps them across runs.
 _COMPILING = ("train", "finetune", "glue", "features", "ner", "smoke")
 
@@ -705,7 +725,8 @@ def main(argv: list[str] | None = None) -> None:
         extra = fv([f"bertjax {command}", *argv[2:]])[1:]
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections reports an unknown --config.x.y key as AttributeError/KeyError.
-        print(f"bertjax {command}: {e}\n(see `bertjax {command} --help`)", file=sys.stderr)
+        print(f"bertjax {command}: {_flag_error(e, argv[2:])}\n(see `bertjax {command} --help`)",
+              file=sys.stderr)  # fmt: skip
         sys.exit(2)
     if extra:
         print(

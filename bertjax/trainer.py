@@ -271,10 +271,15 @@ def use_compilation_cache(directory: str | None) -> str | None:
     guards the directory with a file lock, so concurrent processes (hosts of a pod given a
     shared cache, parallel test workers) never read a half-written entry. Programs that
     compile in under a second are not stored (JAX's default threshold).
+
+    Raises:
+      ValueError: `directory` is an existing file.
     """
     directory = os.environ.get(COMPILATION_CACHE_ENV) or directory
     if not directory:
         return None
+    if storage.exists(directory) and not storage.isdir(directory):
+        raise ValueError(f"compilation cache {directory}: exists and is not a directory")
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
     return directory

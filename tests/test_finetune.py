@@ -116,6 +116,11 @@ def tiny_config(checkpoint: str, data_dir: str, task: str, **train):
     return c
 
 
+def _read_json_file(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _read_jsonl(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
@@ -652,9 +657,23 @@ def test_preempted_runs_resume_bit_identically(divisible_dir, tmp_path, monkeypa
     os.makedirs(other / ft.CHECKPOINTS_DIR / "3")
     with open(other / ft.RUN_CONFIG_FILE, "w") as f:
         json.dump(ft.config_to_json(c), f)
+    lr = c.optim.learning_rate
     c.optim.learning_rate = 1e-3
     with pytest.raises(ValueError, match="holds checkpoints of a run with another config"):
         finetune(c, str(other))
+    # The finished run is not replaced by a run of another config (nor an evaluation).
+    best = sorted(os.listdir(os.path.join(work, ft.BEST_DIR)))
+    with pytest.raises(
+        ValueError,
+        match=rf"finished run of another config \(optim.learning_rate: {lr!r} -> 0.001\)",
+    ):
+        finetune(c, work)
+    c.train.num_epochs = 0.0  # evaluate-only with the run's own best model
+    c.init_checkpoint = os.path.join(work, ft.BEST_DIR)
+    with pytest.raises(ValueError, match="finished run of another config"):
+        finetune(c, work)
+    assert _read_json_file(os.path.join(work, ft.RESULTS_FILE))["metrics"] == r["metrics"]
+    assert sorted(os.listdir(os.path.join(work, ft.BEST_DIR))) == best
 
 
 def _cli_finetune(workdir: str, checkpoint: str, data: str) -> list[str]:

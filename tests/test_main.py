@@ -326,3 +326,38 @@ def test_shipped_configs_resolve_by_name(tmp_path, capsys, monkeypatch):
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert "shipped:" in err and "glue/mrpc" in err and "pretrain/bert_base" in err
         assert "Traceback" not in err
+
+
+def test_config_key_typos_packing_on_token_tasks_and_a_cache_file_are_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # the flag decides
+    glue = ["finetune", "--config", "glue/sst2", "--workdir", str(tmp_path / "w")]
+    code, _, err = _run([*glue, "--config.train.batchsize=8"], capsys)
+    assert code == 2
+    assert err.splitlines()[0] == (
+        "bertjax finetune: unknown config key train.batchsize "
+        '(\'batchsize\'; Did you mean "batch_size" instead of "batchsize"?)'
+    )
+    code, _, err = _run([*glue, "--config.trian.batch_size=8"], capsys)
+    assert code == 2 and "unknown config key trian.batch_size" in err and "\\n" not in err
+    # NER and SQuAD configs have the packing key (off): a one-line error, not a KeyError.
+    for name in ("ner/conll2003", "squad/v1"):
+        code, _, err = _run(
+            ["finetune", "--config", name, "--workdir", str(tmp_path / "w"),
+             "--config.init_checkpoint", str(tmp_path / "none"), "--config.data.packing=True"],
+            capsys,
+        )  # fmt: skip
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("bertjax finetune: error: ") and "'packing'" not in err, err
+    cache = tmp_path / "afile"
+    cache.write_text("x")
+    code, _, err = _run(
+        ["features", "--checkpoint", str(tmp_path / "none"), "--input", str(cache),
+         "--output", str(tmp_path / "o.jsonl"), f"--compilation_cache_dir={cache}"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and err.strip() == (
+        f"bertjax features: error: compilation cache {cache}: exists and is not a directory"
+    )
+    assert cache.read_text() == "x"

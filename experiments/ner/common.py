@@ -78,6 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.bucket_multiple = DEFAULT_MULTIPLE  # pad batches to a multiple of it (0 = max_seq_len)
+    c.data.packing = False  # packed rows are for one prediction per example, not per token
+    c.data.packed_shapes = 2  # unused without packing
 
     c.mesh = mesh_config()  # data / fsdp / tensor axes and the logical-axis rules
     return c
