@@ -556,7 +556,12 @@ def _flag_error(e: Exception, args: list[str]) -> str:
             message = ast.literal_eval(message)
         except (SyntaxError, ValueError):
             pass
-    message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if "Error whilst parsing config file" in str(message) and len(lines) > 1:
+        # the config file's get_config raised: its traceback is in the message; keep the
+        # flag and the exception line
+        return f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+    message = "; ".join(lines)
     bad = message.split(";")[0].strip().strip("'\"")
     for arg in args:
         key = arg.split("=", 1)[0]
@@ -740,6 +745,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)  # retries: the error is one line
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # backend probing
     try:
         if command in _COMPILING:

@@ -115,22 +115,45 @@ def _not_found(p: PathLike, e: Exception) -> FileNotFoundError:
     return FileNotFoundError(f"{os.fspath(p)}: no such {what}")
 
 
+@contextlib.contextmanager
+def _reaching(p: PathLike) -> Iterator[None]:
+    """Turns what an object store's client raises when it cannot be reached or refuses the
+    credentials (network, DNS, auth, HTTP errors; many types) into one StorageError line
+    naming p. FileNotFoundError and the errors of local paths pass unchanged."""
+    try:
+        yield
+    except (FileNotFoundError, StorageError):
+        raise
+    except Exception as e:
+        if not is_remote(p):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise StorageError(
+            f"{os.fspath(p)}: cannot reach the object store ({type(e).__name__}: {first}); "
+            "check the network and the credentials (gcloud auth application-default login)"
+        ) from e
+
+
 def exists(p: PathLike) -> bool:
-    return path(p).exists()
+    with _reaching(p):
+        return path(p).exists()
 
 
 def isdir(p: PathLike) -> bool:
-    return path(p).is_dir()
+    with _reaching(p):
+        return path(p).is_dir()
 
 
 def isfile(p: PathLike) -> bool:
-    q = path(p)
-    return q.exists() and not q.is_dir()
+    with _reaching(p):
+        q = path(p)
+        return q.exists() and not q.is_dir()
 
 
 def listdir(p: PathLike) -> list[str]:
     """Names (not paths) of the entries of directory p, sorted."""
-    return sorted(c.name for c in path(p).iterdir())
+    with _reaching(p):
+        return sorted(c.name for c in path(p).iterdir())
 
 
 def glob(pattern: PathLike) -> list[str]:
@@ -143,7 +166,8 @@ def glob(pattern: PathLike) -> list[str]:
     root, _, rest = s.partition("://")
     bucket, _, key = rest.partition("/")
     base = epath.Path(f"{root}://{bucket}")
-    return sorted(os.fspath(m) for m in base.glob(key))
+    with _reaching(s):
+        return sorted(os.fspath(m) for m in base.glob(key))
 
 
 def makedirs(p: PathLike) -> None:
@@ -174,7 +198,8 @@ def open_file(p: PathLike, mode: str = "r", **kwargs: Any) -> IO:
     if not is_remote(p):
         return open(os.fspath(p), mode, **kwargs)
     try:
-        return path(p).open(mode, **kwargs)
+        with _reaching(p):
+            return path(p).open(mode, **kwargs)
     except FileNotFoundError as e:
         raise _not_found(p, e) from e
 
@@ -262,12 +287,13 @@ def copy_file(src: PathLike, dst: PathLike) -> None:
 
 def holds_files(p: PathLike) -> bool:
     """Whether p exists and is a file or a non-empty directory."""
-    q = path(p)
-    if not q.exists():
-        return False
-    if not q.is_dir():
-        return True
-    return any(True for _ in q.iterdir())
+    with _reaching(p):
+        q = path(p)
+        if not q.exists():
+            return False
+        if not q.is_dir():
+            return True
+        return any(True for _ in q.iterdir())
 
 
 def publish_dir(

@@ -339,6 +339,10 @@ def test_config_key_typos_packing_on_token_tasks_and_a_cache_file_are_one_line(
         "bertjax finetune: unknown config key train.batchsize "
         '(\'batchsize\'; Did you mean "batch_size" instead of "batchsize"?)'
     )
+    code, _, err = _run(["finetune", "--config", "glue/mrpc:abc", "--workdir", "w"], capsys)
+    assert code == 2 and err.splitlines()[0].endswith(
+        "mrpc.py:abc: ValueError: could not convert string to float: 'abc'"
+    ), err
     code, _, err = _run([*glue, "--config.trian.batch_size=8"], capsys)
     assert code == 2 and "unknown config key trian.batch_size" in err and "\\n" not in err
     # NER and SQuAD configs have the packing key (off): a one-line error, not a KeyError.

@@ -297,3 +297,23 @@ def test_corpus_text_files_in_the_bucket(gcs):
         shards = corpus.write_tfds_corpus("wikipedia/20230601.en", f"{root}/wiki", num_shards=2)
     assert shards == [f"{root}/wiki/corpus-0000{i}-of-00002.txt" for i in range(2)]
     assert list(corpus.iter_documents(shards[1])) == [["Beta stands alone."]]
+
+
+def test_an_unreachable_object_store_is_one_line_naming_the_path():
+    """What a client raises when the store cannot be reached (here as aiohttp's connection
+    error would) becomes one StorageError naming the path; local errors pass unchanged.
+    (Measured against a closed port: `bertjax features --checkpoint gs://...` prints
+    `...: cannot reach the object store (ClientConnectorError: ...)` and exits 1.)"""
+    with pytest.raises(storage.StorageError) as e:
+        with storage._reaching("gs://b/ckpt/bertjax_config.json"):
+            raise ConnectionRefusedError("Cannot connect to host 127.0.0.1:9\nmore")
+    assert str(e.value).startswith(
+        "gs://b/ckpt/bertjax_config.json: cannot reach the object store "
+        "(ConnectionRefusedError: Cannot connect to host 127.0.0.1:9)"
+    )
+    with pytest.raises(FileNotFoundError):
+        with storage._reaching("gs://b/x"):
+            raise FileNotFoundError("gs://b/x")
+    with pytest.raises(PermissionError):
+        with storage._reaching("/local/x"):
+            raise PermissionError("/local/x")
