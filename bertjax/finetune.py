@@ -459,6 +459,7 @@ class Batching:
     eval_row_multiple: int = 1  # packed prediction rows: data-parallel size
     max_shapes: int = 2
     row_counts: tuple[int, ...] = ()
+    planned: dict[int, list[bucketing.Batch]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"buckets": list(self.buckets), "packing": self.packing}
@@ -473,16 +474,16 @@ class Batching:
         )  # fmt: skip
 
     def plan(self, lengths: np.ndarray, *, seed: int, num_epochs: int) -> None:
-        """Packed: chooses the training row counts from every epoch's batches."""
+        """Packed: packs every epoch's batches once, chooses the training row counts from
+        them and keeps the batches for `train_epoch`."""
         if self.packing:
-            needed = [
-                b.num_rows
-                for epoch in range(1, num_epochs + 1)
-                for b in self._packed_epoch(lengths, seed, epoch)
-            ]
+            epochs = {e: self._packed_epoch(lengths, seed, e) for e in range(1, num_epochs + 1)}
             self.row_counts = bucketing.choose_row_counts(
-                needed, multiple=self.row_multiple, max_shapes=self.max_shapes
+                [b.num_rows for batches in epochs.values() for b in batches],
+                multiple=self.row_multiple,
+                max_shapes=self.max_shapes,
             )
+            self.planned = {e: bucketing.round_rows(b, self.row_counts) for e, b in epochs.items()}
 
     def train_epoch(self, lengths: np.ndarray, *, seed: int, epoch: int) -> list[bucketing.Batch]:
         """The training batches of `epoch` (every example once; see `bucketing`)."""
@@ -490,9 +491,9 @@ class Batching:
             return bucketing.train_batches(
                 lengths, self.batch_size, seed=seed, epoch=epoch, buckets=self.buckets
             )
-        if not self.row_counts:
-            raise RuntimeError("Batching.plan must run before packed training batches")
-        return bucketing.round_rows(self._packed_epoch(lengths, seed, epoch), self.row_counts)
+        if epoch not in self.planned:
+            raise RuntimeError(f"Batching.plan did not cover epoch {epoch}")
+        return self.planned[epoch]
 
     def eval(self, lengths: np.ndarray) -> list[bucketing.Batch]:
         """Prediction batches covering every example once."""
@@ -506,15 +507,16 @@ class Batching:
         )
 
     def host(
-        self, arrays: dict[str, np.ndarray], batch: bucketing.Batch, keys: Sequence[str], *,
-        training: bool,
-    ) -> dict[str, np.ndarray]:  # fmt: skip
-        """The host arrays of `batch` (`take`, or `bucketing.take_packed` with `weight`)."""
+        self, split: Split, batch: bucketing.Batch, keys: Sequence[str], *, training: bool
+    ) -> dict[str, np.ndarray]:
+        """The host arrays of `batch` of `split` (`take`, or `bucketing.take_packed` with
+        `weight`)."""
         if batch.packing is None:
-            return take(arrays, batch, self.batch_size if training else self.eval_batch, keys)
+            batch_size = self.batch_size if training else self.eval_batch
+            return take(split.arrays, batch, batch_size, keys)
         return bucketing.take_packed(
-            arrays, batch, keys, max_slots=PACKED_SLOTS, token_keys=MODEL_INPUTS,
-            weight_key=WEIGHT,
+            split.arrays, batch, keys, lengths=split.lengths, max_slots=PACKED_SLOTS,
+            token_keys=MODEL_INPUTS, weight_key=WEIGHT,
         )  # fmt: skip
 
 
@@ -846,7 +848,7 @@ class _Predictor:
             )  # fmt: skip
         outs = []  # dispatched batch after batch, fetched once at the end
         for b in batches:
-            host = self.batching.host(split.arrays, b, MODEL_INPUTS, training=False)
+            host = self.batching.host(split, b, MODEL_INPUTS, training=False)
             outs.append(self.p_predict(params, trainer.global_batch(self.mesh, self.rules, host)))
             self.lengths.add(b.shape)
         per_batch: dict[str, list[np.ndarray]] = {k: [] for k in self.task.outputs}
@@ -986,7 +988,7 @@ def evaluate_checkpoint(
 
     workdir = storage.abspath(workdir)
     config_json = config_to_json(config_dict)
-    refuse_finished_run(workdir, config_json)
+    finished_run(workdir, config_json)  # another config's finished run is refused
     storage.makedirs(workdir)
     write_json(os.path.join(workdir, RUN_CONFIG_FILE), config_json)
     write_json(os.path.join(workdir, RESULTS_FILE), {"task": task.name, "complete": False})
@@ -1032,12 +1034,15 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def refuse_finished_run(workdir: str, config_json: dict[str, Any]) -> None:
-    """Raises ValueError, naming the config keys that differ, when `workdir` holds the
+def finished_run(workdir: str, config_json: dict[str, Any]) -> dict[str, Any] | None:
+    """The results of the finished run of this config in `workdir`, or None when it holds no
+    finished run. Raises ValueError, naming the config keys that differ, when it holds the
     finished run of another config: its best model, results and logs would be replaced."""
     done = _read_json(os.path.join(workdir, RESULTS_FILE))
-    if not (isinstance(done, dict) and done.get("complete")) or done.get("config") == config_json:
-        return
+    if not (isinstance(done, dict) and done.get("complete")):
+        return None
+    if done.get("config") == config_json:
+        return done
     old, new = _flat(done.get("config") or {}), _flat(config_json)
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4])
@@ -1052,10 +1057,9 @@ def _workdir_status(workdir: str, config_json: dict[str, Any]) -> tuple[str, dic
     """("complete", its results) when `workdir` holds the finished run of this config;
     ("resume", None) when it holds checkpoints of it; ("fresh", None) otherwise. Raises
     ValueError when it holds checkpoints of another config."""
-    done = _read_json(os.path.join(workdir, RESULTS_FILE))
-    if isinstance(done, dict) and done.get("complete") and done.get("config") == config_json:
+    done = finished_run(workdir, config_json)
+    if done is not None:
         return "complete", done
-    refuse_finished_run(workdir, config_json)
     checkpoints = os.path.join(workdir, CHECKPOINTS_DIR)
     if storage.isdir(checkpoints) and any(s.isdigit() for s in storage.listdir(checkpoints)):
         if _read_json(os.path.join(workdir, RUN_CONFIG_FILE)) != config_json:
@@ -1295,7 +1299,7 @@ class _Loop:
                 for epoch in range(epoch0, self.num_epochs + 1):
                     batches = self.epoch_batches(epoch)
                     for i in range(batch0 if epoch == epoch0 else 0, len(batches)):
-                        host = self.batching.host(self.train.arrays, batches[i],
+                        host = self.batching.host(self.train, batches[i],
                                                   self.train_keys, training=True)  # fmt: skip
                         self.train_lengths.add(batches[i].shape)
                         batch = trainer.global_batch(self.mesh, self.rules, host)

@@ -115,6 +115,11 @@ def _not_found(p: PathLike, e: Exception) -> FileNotFoundError:
     return FileNotFoundError(f"{os.fspath(p)}: no such {what}")
 
 
+def _first_line(e: Exception) -> str:
+    """`Type: first line of the message` (at most 200 characters of it), for one-line errors."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 @contextlib.contextmanager
 def _reaching(p: PathLike) -> Iterator[None]:
     """Turns what an object store's client raises when it cannot be reached or refuses the
@@ -127,9 +132,8 @@ def _reaching(p: PathLike) -> Iterator[None]:
     except Exception as e:
         if not is_remote(p):
             raise
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise StorageError(
-            f"{os.fspath(p)}: cannot reach the object store ({type(e).__name__}: {first}); "
+            f"{os.fspath(p)}: cannot reach the object store ({_first_line(e)}); "
             "check the network and the credentials (gcloud auth application-default login)"
         ) from e
 
@@ -396,7 +400,6 @@ def check_writable(directory: PathLike) -> None:
         path(probe).write_text("ok")
         remove(probe)
     except Exception as e:  # permission, missing bucket, read-only filesystem: many types
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise StorageError(
-            f"{d}: cannot write there ({type(e).__name__}: {first}); the workdir must be writable"
+            f"{d}: cannot write there ({_first_line(e)}); the workdir must be writable"
         ) from e

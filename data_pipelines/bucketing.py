@@ -500,22 +500,22 @@ def take_packed(
     batch: Batch,
     keys: Sequence[str],
     *,
+    lengths: np.ndarray | Sequence[int],
     max_slots: int,
     token_keys: Sequence[str],
     weight_key: str,
 ) -> dict[str, np.ndarray]:
     """The host batch of a packed `batch`.
 
+    `lengths`: int [N], every example's real token count (the one `batch` was packed with).
     Per-token arrays (`token_keys`, [N, T0] with T0 >= batch.length) are copied into rows
     [R, length], each example's first `lengths` tokens at its start; every other array of
     `keys` ([N, ...], one value per example) becomes [R, K, ...] at (row, slot), zeros in
     empty slots. Added: ``position_ids`` and ``attention_segment_ids`` [R, length]
     (positions from 0 and slot + 1 per example; 0 on padding), ``next_sentence_positions``
     [R, K] (each example's [CLS] position, where the pooler reads; 0 in empty slots) and
-    `weight_key` float32 [R, K] (1 for the examples, 0 for empty slots). The real length of
-    an example is the count of its leading non-zero `input_mask` tokens.
+    `weight_key` float32 [R, K] (1 for the examples, 0 for empty slots).
     """
-    from data_pipelines.features import INPUT_MASK
     from data_pipelines.packing import (
         ATTENTION_SEGMENT_IDS,
         NEXT_SENTENCE_POSITIONS,
@@ -525,8 +525,7 @@ def take_packed(
     assert batch.packing is not None
     rows, slots, starts = batch.packing
     R, T, K = batch.num_rows, batch.length, max_slots
-    mask = np.asarray(arrays[INPUT_MASK])[batch.indices]  # [n, T0]
-    lengths = np.where(mask.any(axis=1), mask.shape[1] - np.argmax(mask[:, ::-1] > 0, axis=1), 1)
+    lengths = np.asarray(lengths)[batch.indices]  # [n]
     out: dict[str, np.ndarray] = {}
     for k in keys:
         value = np.asarray(arrays[k])[batch.indices]

@@ -765,7 +765,13 @@ def test_packed_rows_change_no_per_example_loss_nor_the_step(kind):
     assert used == 2 and np.bincount(rows).tolist() == [4, 2]
     packed_batch = Batch(np.arange(6), 40, (rows, slots, starts), 2)
     packed = bucketing.take_packed(
-        arrays, packed_batch, keys, max_slots=4, token_keys=ft.MODEL_INPUTS, weight_key=ft.WEIGHT
+        arrays,
+        packed_batch,
+        keys,
+        lengths=lengths,
+        max_slots=4,
+        token_keys=ft.MODEL_INPUTS,
+        weight_key=ft.WEIGHT,
     )
     assert packed["input_ids"].shape == (2, 40) and packed["label"].shape == (2, 4)
     assert packed[ft.WEIGHT].sum() == 6
