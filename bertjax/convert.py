@@ -282,6 +282,144 @@ def params_to_tf_named(params: dict[str, Any]) -> dict[str, np.ndarray]:
 # --- Hugging Face -----------------------------------------------------------------------------
 
 
+# --- Hugging Face Hub names -------------------------------------------------------------------
+#
+# `convert --from hf --src` and `bertjax.load` take a Hub model id ("bert-base-uncased",
+# "org/name") where no such path exists: `resolve_hf_source` is the one place that turns either
+# into a local checkpoint directory.
+
+# huggingface_hub's rule for a repository id: "name" or "org/name" of letters, digits and "-_.",
+# no "--" or "..", no part starting or ending with "-" or ".", at most 96 characters.
+_HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+", re.ASCII)
+# What `read_hf` and `tokenizer_or_none` read; a repository's other files (TF, Flax, ONNX
+# weights...) are not downloaded. pytorch_model.bin only where there is no safetensors file.
+_HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "*.model",
+]
+_HUB_BIN = ["pytorch_model.bin"]
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is spelt as a Hugging Face Hub repository id."""
+    parts = name.split("/")
+    return (
+        len(name) <= 96
+        and _HUB_ID.fullmatch(name) is not None
+        and "--" not in name
+        and ".." not in name
+        and not any(p[0] in "-." or p[-1] in "-." for p in parts)
+    )
+
+
+def resolve_hf_source(src: str) -> str:
+    """The local (or gs://) directory of the Hugging Face checkpoint `src` names.
+
+    A path that exists always wins: a checkpoint directory as it is; a Hub cache repository
+    directory (.../models--org--name) gives its snapshot at refs/main (the only snapshot
+    without refs/main). Otherwise `src` is read as a Hub model id and fetched with
+    huggingface_hub's `snapshot_download`: from the local cache (HF_HUB_CACHE, HF_HOME) when it
+    holds it, downloaded when the network allows (HF_HUB_OFFLINE=1: the cache only). Only the
+    files a BERT import reads are fetched (config, safetensors weights, else
+    pytorch_model.bin, tokenizer files).
+
+    Raises FileNotFoundError (one line) when `src` is neither an existing path nor a Hub model
+    that can be had, ConversionError for a Hub model that refuses access.
+    """
+    if storage.is_remote(src) or os.path.exists(src):
+        return _hub_cache_snapshot(src)
+    if not is_hub_id(src):
+        raise FileNotFoundError(
+            f"{src}: no such file or directory (nor a Hugging Face Hub model id, org/name)"
+        )
+    return _hub_snapshot(src)
+
+
+def _hub_cache_snapshot(path: str) -> str:
+    """`path`, or for a Hub cache repository directory the snapshot its refs/main names."""
+    if storage.isfile(storage.join(path, "config.json")):
+        return path
+    snapshots = storage.join(path, "snapshots")
+    if not storage.isdir(snapshots):
+        return path
+    ref = storage.join(path, "refs", "main")
+    if storage.isfile(ref):
+        return storage.join(snapshots, storage.read_text(ref).strip())
+    revisions = storage.listdir(snapshots)
+    if len(revisions) == 1:
+        return storage.join(snapshots, revisions[0])
+    raise FileNotFoundError(
+        f"{path}: a Hub cache directory with several snapshots {revisions} and no refs/main; "
+        "pass the snapshot directory itself"
+    )
+
+
+def _hub_snapshot(repo_id: str) -> str:
+    try:
+        import huggingface_hub
+        from huggingface_hub.utils import (
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ImportError:
+        raise FileNotFoundError(
+            f"{repo_id}: no such file or directory; to read it as a Hugging Face Hub model id, "
+            "pip install huggingface_hub"
+        ) from None
+    from huggingface_hub import constants
+
+    def fetch(patterns: list[str]) -> str:
+        try:
+            return huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns)
+        except LocalEntryNotFoundError as e:
+            # Newer huggingface_hub, the Hub out of reach: a cached snapshot that lacks some
+            # of the files asked for (IncompleteSnapshotError). What the import needs may
+            # still be there; read_hf names anything missing.
+            partial = getattr(e, "snapshot_path", None)
+            if partial and os.path.isfile(os.path.join(partial, "config.json")):
+                return partial
+            raise
+
+    try:
+        local = fetch(_HUB_FILES)
+        if not glob.glob(os.path.join(local, "model*.safetensors*")):
+            local = fetch(_HUB_BIN)
+    except GatedRepoError:
+        raise ConversionError(
+            f"{repo_id}: a gated Hugging Face Hub model; accept its terms on the Hub and log "
+            "in (hf auth login)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"{repo_id}: no such file or directory, nor a Hugging Face Hub model (or it is "
+            "private: log in with hf auth login)"
+        ) from None
+    except LocalEntryNotFoundError:
+        why = (
+            "downloads are off (HF_HUB_OFFLINE=1)"
+            if constants.HF_HUB_OFFLINE
+            else "the Hub cannot be reached"
+        )
+        raise FileNotFoundError(
+            f"{repo_id}: no such file or directory, and the Hugging Face Hub model {repo_id} is "
+            f"not in the cache ({constants.HF_HUB_CACHE}) while {why}"
+        ) from None
+    except (HfHubHTTPError, OSError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConversionError(
+            f"{repo_id}: cannot fetch the Hugging Face Hub model ({type(e).__name__}: {first})"
+        ) from None
+    return local
+
+
 def _read_hf_tensors(src: str) -> dict[str, np.ndarray]:
     single = os.path.join(src, "model.safetensors")
     index = os.path.join(src, "model.safetensors.index.json")
@@ -788,13 +926,14 @@ def _write_json(path: str, value: dict[str, Any]) -> None:
 
 # --- Google TF1 -------------------------------------------------------------------------------
 
+TF1_READ = "reading a Google TF1 checkpoint (convert --from tf)"
+
 
 def _tf_checkpoint_prefix(src: str) -> str:
     if os.path.isdir(src):
         state = os.path.join(src, "checkpoint")
         if os.path.isfile(state):
-            import tensorflow as tf
-
+            tf = storage.require_extra("tensorflow", TF1_READ)
             latest = tf.train.latest_checkpoint(src)
             if latest:
                 return latest
@@ -822,7 +961,7 @@ def read_tf(
     cls/squad/*) is kept; its task comes from bert_config.json's keys as in `read_hf`, or
     from the tensors when it has none. Raises ConversionError naming the file or tensor.
     """
-    import tensorflow as tf
+    tf = storage.require_extra("tensorflow", TF1_READ)
 
     prefix = _tf_checkpoint_prefix(src)
     directory = src if os.path.isdir(src) else os.path.dirname(prefix)
@@ -882,7 +1021,7 @@ def export_tf(
     (`tf_bert_config`), bert_model.ckpt.* (TF1 Saver, the table's names and layouts) and
     the tokenizer (vocab.txt + bertjax's tokenizer_config.json with its options). `task` is
     checked or inferred as in `export_hf` (ConversionError naming `where`)."""
-    import tensorflow as tf
+    tf = storage.require_extra("tensorflow", "writing a Google TF1 checkpoint (convert --to tf)")
 
     task = export_task(params, task, where=where)
     tensors = params_to_tf_named(params)
@@ -994,7 +1133,10 @@ def convert_to_bertjax(
     kind: str, src: str, out: str, *, overwrite: bool = False, skip_unknown: bool = False
 ) -> str:
     """`bertjax convert --from hf|tf --src DIR --out DIR`: parameters, config, the task of a
-    downstream head (`read_hf` / `read_tf`) and the tokenizer beside the checkpoint."""
+    downstream head (`read_hf` / `read_tf`) and the tokenizer beside the checkpoint. An hf
+    `src` may also be a Hub model id (`resolve_hf_source`)."""
+    if kind == "hf":
+        src = resolve_hf_source(src)
     ckpt.check_output_spares(out, src)
     if ckpt.holds_checkpoint(out) and not overwrite:
         raise ConversionError(f"{out}: output directory is not empty; pass --overwrite")

@@ -5,6 +5,12 @@ line is a sentence, or a pair written `text_a ||| text_b`; the output has one JS
 per line with the tokens (including [CLS] and [SEP]) and, for each requested layer, one
 vector per token. Layer -1 is the last transformer layer, -2 the one before, and so on
 (the embedding output is not a layer); non-negative indexes count from the first layer.
+Values are rounded to 6 decimals. Two layouts (`output_format`), layers in the order asked:
+
+    bertjax  {"line": 0, "tokens": ["[CLS]", ...], "layers": {"-1": [[D floats] per token]}}
+    google   google-research/bert's own, key names included ("linex_index" as spelt there):
+             {"linex_index": 0, "features": [{"token": "[CLS]",
+                 "layers": [{"index": -1, "values": [D floats]}, ...]}, ...]}
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -52,6 +58,35 @@ def read_examples(
         yield (lineno - 1, *split_pair(line))
 
 
+OUTPUT_FORMATS = ("bertjax", "google")
+
+
+def _record(
+    output_format: str, line: int, tokens: Sequence[str], layers: Sequence[int], values: Any
+) -> dict[str, Any]:
+    """One output line: `values` [len(layers), len(tokens), D] in the layers' order."""
+    # Rounded in float64, as google-research/bert's round(float(x), 6): a float32 times 1e6 is
+    # exact in float64, so this is the same number, written in its short form (0.123457).
+    rounded = np.round(np.asarray(values, np.float64), 6)  # [l, n, D]
+    if output_format == "google":
+        features = [
+            {
+                "token": token,
+                "layers": [
+                    {"index": layer, "values": rounded[li, ti].tolist()}
+                    for li, layer in enumerate(layers)
+                ],
+            }
+            for ti, token in enumerate(tokens)
+        ]
+        return {"linex_index": line, "features": features}
+    return {
+        "line": line,
+        "tokens": list(tokens),
+        "layers": {str(layer): rounded[li].tolist() for li, layer in enumerate(layers)},
+    }
+
+
 def _layer_indexes(layers: Sequence[int], num_layers: int) -> list[int]:
     if not layers:
         raise ValueError("--layers is empty: give one or more layers, e.g. -1,-2,-3,-4")
@@ -76,13 +111,17 @@ def extract_features(
     batch_size: int = 32,
     overwrite: bool = False,
     input_errors: Literal["strict", "replace", "ignore"] = "strict",
+    output_format: Literal["bertjax", "google"] = "bertjax",
 ) -> int:
-    """Writes features.jsonl for every line of input_path; returns the number of lines.
+    """Writes one JSON line of features for every line of input_path, in the layout
+    `output_format` names (module doc); returns the number of lines.
 
     `input_errors` is the UTF-8 decoding policy of the input (see `read_examples`).
     """
     from data_pipelines.tokenizers import encode_pair
 
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"--format={output_format}: use one of {', '.join(OUTPUT_FORMATS)}")
     if batch_size < 1:
         raise ValueError(f"--batch_size={batch_size}: must be >= 1")
 
@@ -138,19 +177,15 @@ def extract_features(
                 values = np.asarray(hidden(batch))  # [layers, B, T, D]
                 for j, (line, enc) in enumerate(pending):
                     n = len(enc.tokens)
-                    record = {
-                        "line": line,
-                        "tokens": list(enc.tokens),
-                        "layers": {
-                            str(layer): np.round(values[li, j, :n], 6).tolist()
-                            for li, layer in enumerate(layer_ids)
-                        },
-                    }
+                    record = _record(output_format, line, enc.tokens, layer_ids, values[:, j, :n])
                     out.write(json.dumps(record) + "\n")
                 pending.clear()
 
             for line, a, b in tqdm(
-                read_examples(local_input, errors=input_errors), desc="features", unit=" lines"
+                read_examples(local_input, errors=input_errors),
+                total=corpus.count_lines(local_input),
+                desc="features",
+                unit=" lines",
             ):
                 pending.append((line, encode_pair(tokenizer, a, b, max_seq_length)))
                 count += 1

@@ -8,9 +8,10 @@ evaluate each epoch, keep the best) -> the task's final outputs with the best pa
 `train.num_epochs=0` runs). A run writes
 
     WORKDIR/run_config.json     the config as given (ConfigDict as JSON)
-    WORKDIR/metrics.jsonl       train metrics every train.log_every steps; one "eval" record
-                                per evaluation (task metrics in percent, score, losses)
-    WORKDIR/tensorboard/        the same metrics for TensorBoard
+    WORKDIR/metrics.jsonl       train metrics every train.log_every steps (accuracies in
+                                percent); one "eval" record per evaluation (task metrics in
+                                percent, score, losses)
+    WORKDIR/tensorboard/        the same metrics, the config and the hparams for TensorBoard
     WORKDIR/checkpoints/<step>/ train state + loop position, every train.checkpoint_every steps
                                 and at SIGTERM; removed when the run completes
     WORKDIR/best/               bertjax model dir (with the tokenizer and the task's metadata)
@@ -807,11 +808,20 @@ def _fetch(window: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def _summarise(window: list[dict[str, float]]) -> dict[str, float]:
+    """The logged train metrics of a window of steps; accuracies in percent, as the
+    evaluations report them (one unit in metrics.jsonl, eval_results.json and the output)."""
     finite = [m for m in window if m["finite"] > 0] or window
     skip = ("learning_rate", "finite")
     out = {k: float(np.mean([m[k] for m in finite])) for k in finite[0] if k not in skip}
+    out.update({k: 100.0 * v for k, v in out.items() if "accuracy" in k})
     out["learning_rate"] = float(window[-1]["learning_rate"])
     return out
+
+
+def format_value(key: str, value: float) -> str:
+    """A metric's value as printed (progress bar, evaluation lines): accuracies, in percent
+    like every task metric, as 80.00%; the rest (losses, F1, ...) to 4 significant digits."""
+    return f"{value:.2f}%" if "accuracy" in key else f"{value:.4g}"
 
 
 # --- The engine ---------------------------------------------------------------------------------
@@ -945,7 +955,7 @@ def _p_predict(task: Task, mesh, state_sharding):
 def _show(task: Task, ev: Evaluation, epoch: int, step: int) -> None:
     if jax.process_index() == 0:
         keys = [k for k in ev.headline if k in ev.metrics] or list(ev.metrics)
-        shown = " ".join(f"{k}={ev.metrics[k]:.2f}" for k in keys)
+        shown = " ".join(f"{k}={format_value(k, ev.metrics[k])}" for k in keys)
         tqdm.write(f"{task.name} epoch {epoch} (step {step}): {shown} score={ev.score:.2f}")
 
 
@@ -1002,7 +1012,13 @@ def evaluate_checkpoint(
         predictor = _Predictor(
             task, _p_predict(task, mesh, state_sharding), mesh, rules, run.batching
         )
-        writer = trainer.MetricWriter(workdir, resume_step=-1)
+        writer = trainer.MetricWriter(
+            workdir,
+            resume_step=-1,
+            config=config_json,
+            hparams=_hparams(cfg, run.model_config, 0),
+            metrics=("eval/score",),
+        )
         ev = task.evaluate(predictor(state.params))
         record = {"epoch": 0, "step": 0, "score": ev.score, "metrics": ev.metrics}
         writer.write(0, {"epoch": 0, "score": ev.score, **ev.metrics, **ev.losses}, "eval")
@@ -1023,6 +1039,16 @@ def evaluate_checkpoint(
     out.update({k: v for k, v in extra.items() if k != "predictions"}, nonfinite_steps=0)
     write_json(os.path.join(workdir, RESULTS_FILE), out)
     return {**out, "predictions": extra.get("predictions")}
+
+
+def _hparams(cfg: RunConfig, model_config: ModelConfig, num_steps: int) -> dict[str, Any]:
+    """The resolved config for TensorBoard's hparams plugin: the task's config, the model as
+    fine-tuned (the checkpoint's config with the overrides), the optimizer with its warmup
+    steps, and the number of steps."""
+    out = trainer.flat_hparams(cfg)
+    out.update(trainer.flat_hparams({"model": model_config, "optim": cfg.optim_for(num_steps)}))
+    out["train.num_steps"] = num_steps
+    return dict(sorted(out.items()))
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -1165,6 +1191,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
                 "bucketing": {**batching.summary(), "train": train_figures},
                 "config": config_json,
             }
+            loop.hparams = _hparams(cfg, run.model_config, num_steps)
             p_train = jax.jit(
                 functools.partial(
                     train_step,
@@ -1231,6 +1258,7 @@ class _Loop:
     model_config: ModelConfig
     tokenizer: Any
     base: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # for TensorBoard
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best: dict[str, Any] | None = None
     window: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # not yet logged
@@ -1284,6 +1312,9 @@ class _Loop:
             self.workdir,
             resume_step=step if position is not None else -1,
             keep=lambda r: r.get("split") != "eval" or r["step"] in evaluated,
+            config=self.base.get("config"),
+            hparams=self.hparams,
+            metrics=("train/loss", "eval/score"),
         )
         write_json(os.path.join(self.workdir, RESULTS_FILE), self.results(complete=False))
         bar = tqdm(
@@ -1305,12 +1336,17 @@ class _Loop:
                         batch = trainer.global_batch(self.mesh, self.rules, host)
                         state, metrics = p_train(state, batch)
                         step += 1
-                        bar.update(1)
                         self.window.append(metrics)
+                        # The bar advances where the host waits for the device (fetched
+                        # metrics, an evaluation), by the steps done since: a step returns
+                        # before it runs, so counting returns would make the ETA swing.
                         if step % cfg.train.log_every == 0 or step == self.num_steps:
                             summary = _summarise(_fetch(self.window))
                             writer.write(step, {"epoch": epoch, **summary})
-                            bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items()})
+                            bar.set_postfix(
+                                {k: format_value(k, v) for k, v in summary.items()}, refresh=False
+                            )
+                            bar.update(step - bar.n)
                             self.window = []
                         if i + 1 == len(batches):
                             break  # the epoch's end is checkpointed after its evaluation
@@ -1324,6 +1360,7 @@ class _Loop:
                             self.save(step, state, epoch, len(batches), force=True)
                             raise trainer.Preempted(step)
                         self.evaluate(state, epoch, step, writer)
+                        bar.update(step - bar.n)
                     if step % cfg.train.checkpoint_every == 0 or step == self.num_steps:
                         self.save(step, state, epoch + 1, 0)
                     elif preemption.check():

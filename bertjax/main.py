@@ -58,7 +58,11 @@ def _define_convert(fv: flags.FlagValues, argv: list[str]) -> None:
         "to", None, ["hf", "tf"], "Export a bertjax checkpoint to this format.", flag_values=fv
     )
     flags.DEFINE_string(
-        "src", None, "Source checkpoint directory (or TF checkpoint prefix).", flag_values=fv
+        "src",
+        None,
+        "Source checkpoint directory (or TF checkpoint prefix); with --from hf also a Hugging "
+        "Face Hub model id (bert-base-uncased, org/name) where no such path exists.",
+        flag_values=fv,
     )
     flags.DEFINE_string(
         "out", None, "Output directory (must be empty unless --overwrite).", flag_values=fv
@@ -99,6 +103,15 @@ def _define_features(fv: flags.FlagValues, argv: list[str]) -> None:
     )
     flags.DEFINE_integer("batch_size", 32, "Sequences per forward pass.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing output file.", flag_values=fv)
+    flags.DEFINE_enum(
+        "format",
+        "bertjax",
+        ["bertjax", "google"],
+        "Output layout: 'bertjax' ({line, tokens, layers: {index: [[D] per token]}}) or "
+        "'google', that of google-research/bert's extract_features.py ({linex_index, "
+        "features: [{token, layers: [{index, values}]}]}).",
+        flag_values=fv,
+    )
     _define_input_errors(fv)
     flags.mark_flags_as_required(["checkpoint", "input", "output"], flag_values=fv)
 
@@ -119,6 +132,7 @@ def _run_features(fv: flags.FlagValues) -> None:
         batch_size=fv.batch_size,
         overwrite=fv.overwrite,
         input_errors=fv.input_errors,
+        output_format=fv.format,
     )
     print(f"wrote features of {n} lines to {fv.output}")
 
@@ -158,7 +172,7 @@ def _run_loop(command: str, loop: Callable[..., Any], *args: Any) -> Any:
 
 
 def _run_finetune(fv: flags.FlagValues) -> None:
-    from bertjax.finetune import RESULTS_FILE, finetune
+    from bertjax.finetune import RESULTS_FILE, finetune, format_value
 
     out = _run_loop("finetune", finetune, fv.config, fv.workdir)
     if out.get("already_complete"):
@@ -166,7 +180,7 @@ def _run_finetune(fv: flags.FlagValues) -> None:
             f"{fv.workdir} already holds the finished run of this config; nothing to do. "
             f"Results are in its {RESULTS_FILE}."
         )
-    metrics = " ".join(f"{k}={v:.2f}" for k, v in sorted(out["metrics"].items()))
+    metrics = " ".join(f"{k}={format_value(k, v)}" for k, v in sorted(out["metrics"].items()))
     print(
         f"{out['task']}: best dev (epoch {out['best_epoch']}): {metrics}; "
         f"checkpoint {out['best_dir']}"
@@ -356,15 +370,17 @@ def _define_corpus(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_corpus(fv: flags.FlagValues) -> None:
+    import time
+
     from data_pipelines import corpus
 
+    start = time.perf_counter()
     if fv.source == "embedded":
         if os.path.exists(fv.out):
             raise FileExistsError(f"{fv.out}: already exists")
         stats = corpus.write_embedded_corpus(fv.out)
-        print(f"wrote {fv.out}: {stats}")
     elif fv.source.startswith("tfds:"):
-        files = corpus.write_tfds_corpus(
+        stats = corpus.export_tfds_corpus(
             fv.source[len("tfds:") :],
             fv.out,
             split=fv.split,
@@ -373,9 +389,45 @@ def _run_corpus(fv: flags.FlagValues) -> None:
             num_shards=fv.num_shards,
             download=fv.download,
         )
-        print(f"wrote {len(files)} files to {fv.out}")
     else:
         raise UsageError(f"--source={fv.source!r}: use 'embedded' or tfds:NAME")
+    print(corpus_summary(stats, time.perf_counter() - start))
+
+
+def _duration(seconds: float) -> str:
+    """3.2 s, 4 min 05 s, 2 h 03 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _size(num_bytes: int) -> str:
+    """2.9 MB, 20.3 GB (decimal units, as tqdm's byte counts)."""
+    value, unit = float(num_bytes), "B"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            break
+        value /= 1000
+    return f"{num_bytes} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def corpus_summary(stats: Any, seconds: float) -> str:
+    """What `bertjax corpus` prints: a few aligned lines from its `CorpusStats`."""
+    files = [os.path.basename(f) for f in stats.files or [stats.path]]
+    names = f"{len(files)} ({files[0]}{f' ... {files[-1]}' if len(files) > 1 else ''})"
+    rows = [
+        ("output", stats.path),
+        ("documents", f"{stats.num_documents:,}"),
+        ("sentences", f"{stats.num_sentences:,} (lines)"),
+        ("size", f"{_size(stats.num_bytes)} ({stats.num_bytes:,} bytes)"),
+        ("files", names),
+        ("time", _duration(seconds)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(["corpus written:"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
 def _define_vocab(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -416,6 +468,11 @@ def _run_vocab(fv: flags.FlagValues) -> None:
     print(f"wrote a {tok.vocab_size}-token {fv.kind} vocab to {fv.out}")
 
 
+# google-research/bert's create_pretraining_data.py names for prepare's file flags (its
+# other flags have the same names here), so that its scripts run unchanged.
+_GOOGLE_PREPARE_FLAGS = {"input": "input_file", "output": "output_file", "vocab": "vocab_file"}
+
+
 def _define_prepare(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string(
         "input", None, "Text files in BERT's format (glob, comma-separated).", flag_values=fv
@@ -424,6 +481,10 @@ def _define_prepare(fv: flags.FlagValues, argv: list[str]) -> None:
         "vocab", None, "vocab.txt, SentencePiece model, or checkpoint directory.", flag_values=fv
     )
     flags.DEFINE_string("output", None, "Output directory of shards.", flag_values=fv)
+    for ours, google in _GOOGLE_PREPARE_FLAGS.items():
+        flags.DEFINE_string(
+            google, None, f"google-research/bert's name for --{ours}.", flag_values=fv
+        )
     flags.DEFINE_bool(
         "do_lower_case", None, "Lowercase input (default: from the vocab).", flag_values=fv
     )
@@ -454,19 +515,43 @@ def _define_prepare(fv: flags.FlagValues, argv: list[str]) -> None:
     )
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.", flag_values=fv)
     _define_input_errors(fv)
-    flags.mark_flags_as_required(["input", "vocab", "output"], flag_values=fv)
+
+
+def _prepare_paths(fv: flags.FlagValues) -> dict[str, str]:
+    """--input, --vocab and --output, each given by its own name or by google-research/bert's
+    (--input_file, --vocab_file, --output_file); UsageError when missing or contradictory."""
+    paths = {}
+    for ours, google in _GOOGLE_PREPARE_FLAGS.items():
+        value, alias = fv[ours].value, fv[google].value
+        if value is None and alias is None:
+            raise UsageError(f"give --{ours} (or google-research/bert's name, --{google})")
+        if value is not None and alias is not None and value != alias:
+            raise UsageError(
+                f"--{ours}={value} and --{google}={alias} contradict each other: --{google} "
+                f"is google-research/bert's name for --{ours}; give one of them"
+            )
+        paths[ours] = value if value is not None else alias
+    outputs = paths["output"].split(",")
+    if fv.output_file is not None and len(outputs) > 1:
+        raise UsageError(
+            f"--output_file={fv.output_file}: bertjax writes one dataset directory of "
+            f"--num_shards shards, not a list of files; give one path, e.g. "
+            f"--output_file={outputs[0]} --num_shards={len(outputs)}"
+        )
+    return paths
 
 
 def _run_prepare(fv: flags.FlagValues) -> None:
     from bertjax import checkpoint as ckpt
     from data_pipelines.pretraining_data import create_pretraining_data
 
+    paths = _prepare_paths(fv)
     # A checkpoint as --vocab: its ids must have rows in its embedding table.
-    tokenizer = ckpt.load_checked_tokenizer(fv.vocab, do_lower_case=fv.do_lower_case)
+    tokenizer = ckpt.load_checked_tokenizer(paths["vocab"], do_lower_case=fv.do_lower_case)
     info = create_pretraining_data(
-        fv.input.split(","),
+        paths["input"].split(","),
         tokenizer,
-        fv.output,
+        paths["output"],
         max_seq_length=fv.max_seq_length,
         max_predictions_per_seq=fv.max_predictions_per_seq,
         masked_lm_prob=fv.masked_lm_prob,
@@ -481,7 +566,7 @@ def _run_prepare(fv: flags.FlagValues) -> None:
         overwrite=fv.overwrite,
         input_errors=fv.input_errors,
     )
-    print(f"wrote {info.get('num_examples', '?')} examples to {fv.output}")
+    print(f"wrote {info.get('num_examples', '?')} examples to {paths['output']}")
 
 
 def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -522,7 +607,7 @@ def _run_train(fv: flags.FlagValues) -> None:
 
     last = _run_loop("train", pretrain.train, fv.config, fv.workdir)
     if last:
-        print("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+        print("final: " + pretrain.format_metrics(dict(sorted(last.items()))))
     else:
         print(
             f"{fv.workdir} already holds the final step of this run (config.train.num_steps); "
@@ -568,6 +653,52 @@ def _flag_error(e: Exception, args: list[str]) -> str:
         if key.startswith("--config.") and bad and bad in key.split(".")[1:]:
             return f"unknown config key {key[len('--config.') :]} ({message})"
     return message
+
+
+def _config_key_error(args: list[str]) -> str | None:
+    """One line for the first `--config.a.b` override that names no field of the config
+    given by `--config`: "unknown config key a.b (did you mean a.c?)", or the keys of its
+    group when none is close. None when every override names a field, or when the config
+    does not load here (the flag error then speaks for itself)."""
+    import difflib
+
+    from ml_collections import config_flags
+
+    value = next(
+        (args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-config")), None
+    )
+    for a in args:
+        if a.startswith(("--config=", "-config=")):
+            value = a.partition("=")[2]
+    if value is None:
+        return None
+    try:  # the config alone, without the overrides
+        fv = flags.FlagValues()
+        argv = ["bertjax", f"--config={value}"]
+        config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+        fv(argv)
+        config = fv.config
+    except Exception:
+        return None
+    for arg in args:
+        if not arg.startswith(("--config.", "-config.", "--noconfig.", "-noconfig.")):
+            continue
+        key = arg.split("=", 1)[0].split(".", 1)[1]
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            group = ".".join(parts[:i])
+            if not hasattr(node, "keys"):
+                return f"config key {key}: {group} is a value ({type(node).__name__}), not a group"
+            if part in node:
+                node = node[part]
+                continue
+            names = sorted(node.keys())
+            close = difflib.get_close_matches(part, names, n=1)
+            if close:
+                fix = ".".join([*parts[:i], close[0], *parts[i + 1 :]])
+                return f"unknown config key {key} (did you mean {fix}?)"
+            return f"unknown config key {key} ({group or 'the config'} has: {', '.join(names)})"
+    return None
 
 
 # The commands that compile XLA programs, and the flag that keeps them across runs.
@@ -687,12 +818,15 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def _own_warnings_as_lines(command: str) -> Iterator[None]:
-    """Shows bertjax's own warnings (e.g. replaced input bytes) as one line each."""
+    """Shows bertjax's own warnings (e.g. replaced input bytes) as one line each, above any
+    progress bar (tqdm.write moves the bar down rather than writing into it)."""
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if _is_own(category.__module__):
-            print(f"bertjax {command}: warning: {message}", file=sys.stderr)
+            from tqdm import tqdm
+
+            tqdm.write(f"bertjax {command}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -730,8 +864,12 @@ def main(argv: list[str] | None = None) -> None:
         extra = fv([f"bertjax {command}", *argv[2:]])[1:]
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections reports an unknown --config.x.y key as AttributeError/KeyError.
-        print(f"bertjax {command}: {_flag_error(e, argv[2:])}\n(see `bertjax {command} --help`)",
-              file=sys.stderr)  # fmt: skip
+        message = _config_key_error(argv[2:]) or _flag_error(e, argv[2:])
+        # --help lists the flags, not the config's keys or what its file needs: no pointer
+        # to it after an error in those.
+        about_config = message.startswith(("unknown config key", "config key", "flag --config"))
+        hint = "" if about_config else f"\n(see `bertjax {command} --help`)"
+        print(f"bertjax {command}: {message}{hint}", file=sys.stderr)
         sys.exit(2)
     if extra:
         print(

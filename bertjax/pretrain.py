@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
@@ -40,6 +42,7 @@ from bertjax.trainer import (
     TrainState,
     accumulate_gradients,
     apply_guarded_update,
+    flat_hparams,
     load_params_into_state,
     new_train_state,
     process_batch_block,
@@ -284,11 +287,18 @@ def train_step(
 def eval_step(
     params: Any, batch: dict[str, jax.Array], *, model: nn.Module
 ) -> dict[str, jax.Array]:
+    """Sums over one batch: losses, correct predictions, and the weight of each masked
+    token id (`masked_token_counts` [V]) and NSP label (`nsp_label_counts` [2]), which the
+    majority baselines of `evaluate` count."""
     out = model.apply({"params": params}, batch, train=False)
     mlm = losses.masked_lm_loss(
         out["mlm_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
     )
     nsp = losses.pair_next_sentence_loss(out["nsp_logits"], batch["next_sentence_labels"])
+    ids = batch["masked_lm_ids"].reshape(-1)  # [B * P]
+    weights = batch["masked_lm_weights"].reshape(-1).astype(jnp.float32)
+    labels = batch["next_sentence_labels"].reshape(-1)  # -1: no pair (packed rows)
+    vocab = out["mlm_logits"].shape[-1]
     return {
         "mlm_loss_sum": mlm["loss_sum"],
         "mlm_correct_sum": mlm["correct_sum"],
@@ -296,6 +306,10 @@ def eval_step(
         "nsp_loss_sum": nsp["loss_sum"],
         "nsp_correct_sum": nsp["correct_sum"],
         "nsp_weight_sum": nsp["weight_sum"],
+        "masked_token_counts": jnp.zeros((vocab,), jnp.float32).at[ids].add(weights),  # [V]
+        "nsp_label_counts": jnp.stack([jnp.sum(labels == 0), jnp.sum(labels == 1)]).astype(
+            jnp.float32
+        ),  # [2]: actual next, random next
     }
 
 
@@ -306,6 +320,7 @@ def train(
 
     `devices` restricts the mesh to a subset of devices (default: all of them).
     """
+    started = time.perf_counter()
     workdir = storage.abspath(workdir)
     storage.check_writable(workdir)  # a missing bucket or no permission: before compiling
     sharding.check_shared_workdir(workdir)
@@ -391,7 +406,10 @@ def train(
             out_shardings=(state_sharding, None),
             donate_argnums=(0,),
         )
-        p_eval = jax.jit(functools.partial(eval_step, model=model))
+        p_eval = jax.jit(  # sums, replicated: every process reads them whole
+            functools.partial(eval_step, model=model),
+            out_shardings=NamedSharding(mesh, PartitionSpec()),
+        )
         return _loop(
             cfg,
             workdir,
@@ -405,6 +423,8 @@ def train(
             data,
             seq_len,
             num_pred,
+            started=started,
+            config_json=json.loads(config_dict.to_json()),
         )
 
 
@@ -481,9 +501,26 @@ def _loop(
     data,
     seq_len,
     num_pred,
+    *,
+    started: float,
+    config_json: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    from data_pipelines.pretrain_input import prefetch_to_device
+
     start = int(state.step)
-    writer = MetricWriter(workdir, start)
+    splits = ("train", "eval") if data.eval_dir else ("train",)
+    writer = MetricWriter(
+        workdir,
+        start,
+        config=config_json,
+        hparams={
+            **flat_hparams(cfg),
+            "data.seq_len": seq_len,  # of the rows trained on (packed rows' when packing)
+            "data.num_predictions": num_pred,
+            "model.num_params": cfg.model.num_params(),
+        },
+        metrics=[f"{x}/{m}" for x in splits for m in ("loss", "mlm_accuracy", "nsp_accuracy")],
+    )
     n_devices = mesh.devices.size
     peak, peak_source = flops.peak_flops_per_device()
     total_peak = peak if jax.devices()[0].platform == "cpu" else peak * n_devices
@@ -513,39 +550,52 @@ def _loop(
     window_start = time.perf_counter()
     seen_nonfinite = int(state.nonfinite_steps)
     profile = _Profiler(cfg.train, workdir)
+    throughput = _Throughput()
+    # The next batches go to the devices while a step runs; a checkpoint saves the data
+    # position after the batches the steps took, not after those fetched ahead.
+    train_iter = prefetch_to_device(
+        train_iter, functools.partial(sharding.global_batch, mesh, rules)
+    )
     with Preemption() as preemption:
         for step in range(start, cfg.train.num_steps):
             profile.before(step)
-            batch = sharding.global_batch(mesh, rules, next(train_iter))
+            batch = next(train_iter)
             state, metrics = p_train(state, batch)
             profile.after(step, metrics)
             window.append(metrics)
             done = step + 1
-            bar.update(1)
+            # The bar advances where the host waits for the device (fetched metrics, an
+            # evaluation, a checkpoint's check), by the steps done since: with asynchronous
+            # dispatch a step returns before it runs, so counting returns would make the rate
+            # and the ETA swing.
             if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
                 fetched = jax.device_get(window)
                 elapsed = time.perf_counter() - window_start
                 last = _summarise(fetched, elapsed, tokens_per_step, flops_per_step, total_peak)
+                throughput.add(len(fetched), elapsed)
                 seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
                 last["nonfinite_steps"] = float(seen_nonfinite)
                 writer.write(done, last)
                 bar.set_postfix(
                     loss=f"{last['loss']:.3f}",
-                    mlm_acc=f"{last['mlm_accuracy']:.3f}",
+                    mlm_acc=f"{last['mlm_accuracy']:.1%}",
+                    nsp_acc=f"{last['nsp_accuracy']:.1%}",
                     tok_s=f"{last['tokens_per_sec']:.0f}",
                     mfu=f"{last['mfu']:.1%}",
+                    refresh=False,
                 )
+                bar.update(done - bar.n)
                 window, window_start = [], time.perf_counter()
             if data.eval_dir and (done % cfg.train.eval_every == 0 or done == cfg.train.num_steps):
                 ev = evaluate(cfg, mesh, rules, state.params, p_eval, data)
                 writer.write(done, ev, split="eval")
                 last.update({f"eval_{k}": v for k, v in ev.items()})
+                bar.update(done - bar.n)
                 if jax.process_index() == 0:
-                    tqdm.write(
-                        f"step {done}: eval " + " ".join(f"{k}={v:.4f}" for k, v in ev.items())
-                    )
+                    tqdm.write(f"step {done}: eval " + format_metrics(ev))
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
                 seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
+                bar.update(done - bar.n)
                 save_checkpoint(checkpointer, done, state, train_iter)
             elif preemption.check():
                 seen_nonfinite = _check_nonfinite(cfg, state, done, seen_nonfinite)
@@ -557,6 +607,20 @@ def _loop(
     checkpointer.wait()
     bar.close()
     writer.close()
+    if start < cfg.train.num_steps and jax.process_index() == 0:
+        summary = run_summary(
+            last,
+            steps=cfg.train.num_steps,
+            start_step=start,
+            wall_seconds=time.perf_counter() - started,
+            steps_per_sec=throughput.steps_per_sec(),
+            tokens_per_step=tokens_per_step,
+            flops_per_step=flops_per_step,
+            peak=total_peak,
+        )
+        print(format_summary(summary, peak_source=peak_source), flush=True)
+    if start < cfg.train.num_steps and cfg.eval.fill_mask_examples:
+        show_fill_mask_examples(workdir, data, cfg.eval.fill_mask_examples)
     return last
 
 
@@ -600,6 +664,19 @@ def _check_nonfinite(cfg: PretrainConfig, state: TrainState, step: int, seen: in
     return count
 
 
+# Metrics stored as fractions (metrics.jsonl, TensorBoard, the returned dict) and printed
+# in percent: the accuracies, the majority baselines, MFU and the padding fraction.
+_PERCENT = ("accuracy", "baseline", "mfu", "fraction")
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """`key=value ...` as printed for people: the fractions of `_PERCENT` in percent."""
+    return " ".join(
+        f"{k}={100 * v:.2f}%" if any(p in k for p in _PERCENT) else f"{k}={v:.4g}"
+        for k, v in metrics.items()
+    )
+
+
 def _summarise(window, elapsed, tokens_per_step, flops_per_step, peak) -> dict[str, float]:
     finite = [m for m in window if m["finite"] > 0] or window
     keys = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm")
@@ -617,27 +694,220 @@ def _summarise(window, elapsed, tokens_per_step, flops_per_step, peak) -> dict[s
 def evaluate(cfg, mesh, rules, params, p_eval, data) -> dict[str, float]:
     """MLM and NSP loss/accuracy over the first eval_steps batches of the held-out shards.
 
-    Also reports `mlm_majority_baseline`: the accuracy of always predicting the most
-    frequent masked token of these batches (this process's rows), the bar a model that
-    learned nothing about context would reach.
+    Also reports the majority baselines of these batches (all processes' rows):
+    `mlm_majority_baseline`, the accuracy of always predicting their most frequent masked
+    token, the bar a model that learned nothing about context would reach; and
+    `nsp_majority_baseline`, that of always answering their more frequent NSP label (not
+    always 50%: a document too short for a second segment gets a random next one).
     """
     it = make_eval_iterator(data, cfg, mesh, rules)
-    sums: dict[str, float] = {}
-    token_counts = np.zeros(cfg.model.vocab_size, np.float64)
+    sums: dict[str, Any] = {}
     for _ in range(cfg.train.eval_steps):
-        local = next(it)
-        np.add.at(
-            token_counts, local["masked_lm_ids"].reshape(-1), local["masked_lm_weights"].reshape(-1)
-        )
-        out = jax.device_get(p_eval(params, sharding.global_batch(mesh, rules, local)))
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+        batch = sharding.global_batch(mesh, rules, next(it))
+        for k, v in jax.device_get(p_eval(params, batch)).items():
+            sums[k] = sums[k] + np.asarray(v, np.float64) if k in sums else np.float64(v)
     mlm_w, nsp_w = max(sums["mlm_weight_sum"], 1e-5), max(sums["nsp_weight_sum"], 1e-5)
+    tokens, labels = sums["masked_token_counts"], sums["nsp_label_counts"]
     return {
-        "loss": sums["mlm_loss_sum"] / mlm_w + sums["nsp_loss_sum"] / nsp_w,
-        "mlm_loss": sums["mlm_loss_sum"] / mlm_w,
-        "mlm_accuracy": sums["mlm_correct_sum"] / mlm_w,
-        "nsp_loss": sums["nsp_loss_sum"] / nsp_w,
-        "nsp_accuracy": sums["nsp_correct_sum"] / nsp_w,
-        "mlm_majority_baseline": float(token_counts.max() / max(token_counts.sum(), 1e-5)),
+        "loss": float(sums["mlm_loss_sum"] / mlm_w + sums["nsp_loss_sum"] / nsp_w),
+        "mlm_loss": float(sums["mlm_loss_sum"] / mlm_w),
+        "mlm_accuracy": float(sums["mlm_correct_sum"] / mlm_w),
+        "nsp_loss": float(sums["nsp_loss_sum"] / nsp_w),
+        "nsp_accuracy": float(sums["nsp_correct_sum"] / nsp_w),
+        "mlm_majority_baseline": float(tokens.max() / max(tokens.sum(), 1e-5)),
+        "nsp_majority_baseline": float(labels.max() / max(labels.sum(), 1e-5)),
     }
+
+
+# --- End of run: the summary, fill-mask examples -----------------------------------------------
+
+
+class _Throughput:
+    """Steps per second over the logged windows of a run, the first one (compilation)
+    left out when there are others; evaluation and checkpoint time stay in."""
+
+    def __init__(self):
+        self.windows: list[tuple[int, float]] = []
+
+    def add(self, steps: int, seconds: float) -> None:
+        self.windows.append((steps, seconds))
+
+    def steps_per_sec(self) -> float:
+        timed = self.windows[1:] or self.windows
+        steps, seconds = sum(n for n, _ in timed), sum(t for _, t in timed)
+        return steps / seconds if seconds > 0 else float("nan")
+
+
+def run_summary(
+    last: dict[str, float],
+    *,
+    steps: int,
+    start_step: int,
+    wall_seconds: float,
+    steps_per_sec: float,
+    tokens_per_step: int,
+    flops_per_step: float,
+    peak: float,
+) -> dict[str, float]:
+    """The figures of the end-of-run summary; `last` is the loop's last metrics (eval_*
+    from the final evaluation, absent without held-out data)."""
+    out = {
+        "steps": float(steps),
+        "start_step": float(start_step),
+        "wall_seconds": wall_seconds,
+        "tokens_per_sec": tokens_per_step * steps_per_sec,
+        "mfu": flops_per_step * steps_per_sec / peak if peak == peak else float("nan"),
+        "peak_flops": peak,
+    }
+    for key in (
+        "eval_mlm_accuracy",
+        "eval_mlm_majority_baseline",
+        "eval_nsp_accuracy",
+        "eval_nsp_majority_baseline",
+    ):
+        if key in last:
+            out[key] = last[key]
+    return out
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def format_summary(summary: dict[str, float], *, peak_source: str = "") -> str:
+    """A few aligned lines: steps, wall time, tokens/s, MFU and the held-out accuracies
+    against their majority baselines."""
+    steps, start = int(summary["steps"]), int(summary["start_step"])
+    peak = f"{summary['peak_flops']:.3g} FLOP/s" + (f" ({peak_source})" if peak_source else "")
+    rows = [
+        ("steps", f"{steps:,}" + (f" (resumed at step {start:,})" if start else "")),
+        ("wall time", _duration(summary["wall_seconds"]) + " (data and compilation included)"),
+        ("tokens/s", f"{summary['tokens_per_sec']:,.0f}"),
+        ("MFU", f"{summary['mfu']:.1%} of {peak}"),
+    ]
+    if "eval_mlm_accuracy" in summary:
+        rows += [
+            (
+                "eval MLM accuracy",
+                f"{summary['eval_mlm_accuracy']:.1%} (majority baseline "
+                f"{summary['eval_mlm_majority_baseline']:.1%})",
+            ),
+            (
+                "eval NSP accuracy",
+                f"{summary['eval_nsp_accuracy']:.1%} (majority baseline "
+                f"{summary['eval_nsp_majority_baseline']:.1%}, chance 50%)",
+            ),
+        ]
+    else:
+        rows.append(("eval", "none (no held-out data)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(["summary:"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+# Function words never masked in the fill-mask examples (shorter words are left out anyway).
+_FUNCTION_WORDS = frozenset(
+    """about above after again also because been before being below between both could does
+    each either from have into itself many more most much must neither only other over same
+    should some such than that their them then there these they this those through under
+    until very were what when where which while will with within without would your""".split()
+)
+_EDGE_PUNCTUATION = "\"'()[]{}<>,.;:!?*`"
+
+
+def fill_mask_sentences(
+    documents: Any, tokenizer: Any, count: int, *, max_tokens: int, max_sentences: int = 5000
+) -> list[tuple[str, str]]:
+    """`count` (text with one [MASK], the masked word) pairs from held-out documents (their
+    first `max_sentences` sentences).
+
+    A sentence qualifies when it reads as prose: 8 to 40 words, at least 80% of them
+    alphabetic (edge punctuation aside), ending with a full stop, at most `max_tokens`
+    tokens. Its masked word is a content word: alphabetic, 4 letters or more, not a function
+    word, one token of the vocabulary (so one [MASK] stands for it); of those, the most
+    frequent in these documents (the words of their subject, not a rare name), the one
+    nearest the middle of the sentence on a tie. The qualifying sentences are taken evenly
+    spaced, in corpus order: the same documents always give the same examples.
+    """
+    sentences = [s for d in documents for s in d][:max_sentences]
+    cores = [[w.strip(_EDGE_PUNCTUATION) for w in s.split()] for s in sentences]
+    frequency: dict[str, int] = {}
+    for words in cores:
+        for w in words:
+            frequency[w.lower()] = frequency.get(w.lower(), 0) + 1
+    mask = tokenizer.convert_ids_to_tokens([tokenizer.mask_id])[0]
+    candidates = []
+    for sentence, core in zip(sentences, cores, strict=True):
+        words = sentence.split()
+        if not 8 <= len(words) <= 40 or not sentence.endswith("."):
+            continue
+        if sum(c.isalpha() for c in core) < 0.8 * len(words):
+            continue
+        if len(tokenizer.encode(sentence)) > max_tokens:
+            continue
+        content = [
+            i
+            for i, c in enumerate(core)
+            if c.isalpha()
+            and c.isascii()
+            and len(c) >= 4
+            and c.lower() not in _FUNCTION_WORDS
+            and len(tokenizer.tokenize(c)) == 1
+        ]
+        if not content:
+            continue
+        i = min(
+            content, key=lambda j: (-frequency[core[j].lower()], abs(2 * j - len(words) + 1), j)
+        )
+        masked = words[:i] + [words[i].replace(core[i], mask, 1)] + words[i + 1 :]
+        candidates.append((" ".join(masked), core[i]))
+    if not candidates or count <= 0:
+        return []
+    count = min(count, len(candidates))
+    return [candidates[(2 * k + 1) * len(candidates) // (2 * count)] for k in range(count)]
+
+
+def held_out_text_files(data: PreparedData) -> list[str]:
+    """The text files the held-out shards were prepared from (their dataset_info.json's
+    input_files), or [] when there are none to read."""
+    from data_pipelines.pretraining_data import load_dataset_info
+
+    if not data.eval_dir or not storage.isfile(storage.join(data.eval_dir, "dataset_info.json")):
+        return []
+    files = load_dataset_info(data.eval_dir).get("input_files") or []
+    return [f for f in files if storage.isfile(f)]
+
+
+def show_fill_mask_examples(workdir: str, data: PreparedData, count: int) -> None:
+    """Prints the top 5 of `bertjax.load(workdir).fill_mask` for `count` held-out sentences
+    (`fill_mask_sentences`), process 0 only; a one-line notice when there are none."""
+    if jax.process_index() != 0:
+        return
+    from data_pipelines import corpus
+
+    files = held_out_text_files(data)
+    if jax.process_count() > 1 or not files:
+        why = "a multi-process run" if files else "no held-out text beside the eval shards"
+        print(f"fill-mask examples: none ({why}); try bertjax.load(WORKDIR).fill_mask(...)")
+        return
+    from bertjax import api
+
+    lm = api.load(workdir)
+    max_tokens = min(int(data.info["max_seq_length"]), lm.max_seq_length) - 2
+    examples = fill_mask_sentences(
+        corpus.iter_documents(files), lm.tokenizer, count, max_tokens=max_tokens
+    )
+    if not examples:
+        print("fill-mask examples: none (no held-out sentence qualifies)")
+        return
+    print(f"fill-mask, held-out sentences (bertjax.load({workdir!r}).fill_mask, top 5):")
+    results = lm.fill_mask([text for text, _ in examples], top_k=5)
+    for n, ((text, word), top) in enumerate(zip(examples, results, strict=True), 1):
+        guesses = [r["token"] for r in top]
+        answer = lm.tokenizer.encode(word)[0]
+        rank = f"rank {guesses.index(answer) + 1}" if answer in guesses else "not in the top 5"
+        print(f"  {n}. {text}")
+        print(
+            f"     {word!r} ({rank}): "
+            + ", ".join(f"{r['token_str']} {r['score']:.2f}" for r in top)
+        )

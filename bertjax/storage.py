@@ -11,11 +11,15 @@ data_pipelines module), so the library and the data pipelines both use it. Paths
     exists, isdir, isfile, listdir, glob, holds_files
     open_file, read_text, read_bytes, read_json     a missing file/bucket/object: one line
     makedirs, remove, rmtree, copy_file
+    file_mode, dir_mode          0o666 / 0o777 less the umask (read once), as open() gives
+    temp_dir_beside(out)         an empty directory to be renamed onto out, mode dir_mode()
     atomic_open(p, mode)         a file whose content appears at p whole or not at all
     write_text / write_bytes / write_json           through atomic_open
     publish_dir(out, write, ...) a directory that appears at out whole or not at all
     local_copy(p)                a local copy of a URI for readers of local files only
     require_local(p, what)       one-line error where a URI cannot be used (ArrayRecord)
+    require_extra(module, what)  a module of an optional extra (TensorFlow for TFDS, TF1
+                                 checkpoints, TFRecord), or one line naming the extra
     check_writable(dir)          probe write + delete: fail before compiling, not at step N
 
 How "whole or not at all" is kept:
@@ -36,6 +40,7 @@ How "whole or not at all" is kept:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -44,9 +49,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-# epath picks tf.io.gfile for gs:// when TensorFlow is installed (as it is here, for TFDS and
-# the TF1 import); gcsfs is the backend that honours STORAGE_EMULATOR_HOST and needs no probe
-# of the bucket's storage layout, so it is the one used, for bertjax's files and Orbax's.
+# epath picks tf.io.gfile for gs:// when TensorFlow is installed (the `tf` extra, for TFDS
+# and TF1 checkpoints); gcsfs is the backend that honours STORAGE_EMULATOR_HOST and needs no
+# probe of the bucket's storage layout, so it is the one used, for bertjax's files and Orbax's.
 os.environ.setdefault("EPATH_USE_TF", "false")
 # gcsfs's experimental file system asks the Storage Control API for every bucket's layout
 # (zonal / hierarchical namespace) first; the plain one serves every bucket.
@@ -68,8 +73,51 @@ FUSE_RECIPE = (
 )
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+def _read_umask() -> int:
+    """The process's umask. Linux reports it in /proc/self/status, read without changing it;
+    elsewhere it is read by setting a private 0o077 and restoring it at once (a file another
+    thread creates in between comes out more private, never less)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+# Read once: bertjax never changes its umask. Temporary files and directories (mkstemp,
+# mkdtemp: 0600 / 0700) are given the mode open() and os.makedirs would have given them
+# before they are renamed into place, so outputs follow the user's umask.
+_UMASK = _read_umask()
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file: 0o666 without the umask's bits."""
+    return 0o666 & ~_UMASK
+
+
+def dir_mode() -> int:
+    """The mode os.makedirs gives a new directory: 0o777 without the umask's bits."""
+    return 0o777 & ~_UMASK
+
+
+def temp_dir_beside(out: PathLike, prefix: str | None = None) -> str:
+    """A new empty local directory in out's parent (created if missing), named
+    `prefix` + a random suffix (default `.NAME.tmp-`), with the mode os.makedirs gives
+    (`dir_mode`), to be renamed onto out once complete."""
+    parent, name = os.path.split(os.path.abspath(os.fspath(out)))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-" if prefix is None else prefix, dir=parent)
+    try:
+        os.chmod(tmp, dir_mode())
+    except BaseException:
+        os.rmdir(tmp)
+        raise
+    return tmp
 
 
 class StorageError(ValueError):
@@ -240,7 +288,7 @@ def atomic_open(p: PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
         try:
             with os.fdopen(fd, mode, **kwargs) as f:
                 yield f
-            os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it
+            os.chmod(tmp, file_mode())  # mkstemp's 0600 -> what open() would give
             os.replace(tmp, s)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -328,8 +376,7 @@ def publish_dir(
         raise make(out)
     if not is_remote(out):
         parent, name = os.path.split(out)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=name + ".tmp-", dir=parent)
+        tmp = temp_dir_beside(out, prefix=name + ".tmp-")
         try:
             write(tmp)
         except BaseException:
@@ -388,6 +435,32 @@ def require_local(p: PathLike, what: str) -> str:
     if is_remote(s):
         raise StorageError(f"{s}: {what} needs a local path, not a bucket URI; {FUSE_RECIPE}")
     return s
+
+
+class MissingExtraError(ValueError):
+    """A feature whose optional dependency is not installed; the message names the extra."""
+
+
+# The modules of the optional extras: the name a user knows them by, and the extra.
+_EXTRA_MODULES = {
+    "tensorflow": ("TensorFlow", "tf"),
+    "tensorflow_datasets": ("TensorFlow Datasets", "tf"),
+}
+
+
+def require_extra(module: str, what: str) -> Any:
+    """The imported `module`, which `what` needs; MissingExtraError when it is not installed,
+    one line naming the extra: "reading TFDS sources needs TensorFlow Datasets: pip install
+    'bertjax[tf]'". TFDS reads through TensorFlow, so tensorflow_datasets needs both."""
+    try:
+        loaded = importlib.import_module(module)
+        if module == "tensorflow_datasets":
+            importlib.import_module("tensorflow")
+    except ModuleNotFoundError as e:
+        missing = (e.name or module).split(".")[0]  # the extra's module that is not there
+        label, extra = _EXTRA_MODULES.get(missing, _EXTRA_MODULES[module])
+        raise MissingExtraError(f"{what} needs {label}: pip install 'bertjax[{extra}]'") from e
+    return loaded
 
 
 def check_writable(directory: PathLike) -> None:

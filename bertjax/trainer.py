@@ -10,11 +10,18 @@ from a checkpoint continues with the keys the uninterrupted run would have used.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from struct import pack, unpack
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from google.protobuf.message import DecodeError
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.text import metadata as text_metadata
 
 from bertjax import checkpoint as ckpt
 from bertjax import sharding, storage
@@ -126,28 +138,179 @@ def params_are_finite(params: Any) -> jax.Array:
 
 # --- Metrics output -----------------------------------------------------------------------------
 
+# Tags the writer owns besides the metrics ("<split>/<name>"): the run config as text and the
+# hparams plugin's experiment and session.
+CONFIG_TAG = "config"
+HPARAMS_TAGS = (hparams_metadata.EXPERIMENT_TAG, hparams_metadata.SESSION_START_INFO_TAG)
+EVENTS_PREFIX = "events.out.tfevents."  # what TensorBoard's loaders take for an event file
+
+try:  # C; google-crc32c comes with gcsfs
+    from google_crc32c import value as _crc32c
+
+    def _masked_crc(data: bytes) -> int:
+        x = _crc32c(data)
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+except ImportError:  # pragma: no cover - TensorBoard's pure-Python one
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+
+    _masked_crc = pywrap_tensorflow.masked_crc32c
+
+
+def _record(data: bytes) -> bytes:
+    """One TFRecord: the length, its masked CRC-32C, the data, its masked CRC-32C."""
+    header = pack("<Q", len(data))
+    crc = pack("<I", _masked_crc(header))
+    return header + crc + data + pack("<I", _masked_crc(data))
+
+
+def _read_events(data: bytes) -> Iterator[event_pb2.Event]:
+    """The events of an event file's bytes, up to the first torn or damaged record (the last
+    one of a killed writer)."""
+    pos = 0
+    while pos + 12 <= len(data):
+        header, (crc,) = data[pos : pos + 8], unpack("<I", data[pos + 8 : pos + 12])
+        end = pos + 12 + unpack("<Q", header)[0]
+        if crc != _masked_crc(header) or end + 4 > len(data):
+            return
+        body = data[pos + 12 : end]
+        if unpack("<I", data[end : end + 4])[0] != _masked_crc(body):
+            return
+        try:
+            yield event_pb2.Event.FromString(body)
+        except DecodeError:
+            return
+        pos = end + 4
+
+
+def flat_hparams(tree: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested mappings and dataclasses as {"group.name": value}, sorted by name: bools,
+    numbers and strings as they are, anything else (None, tuples, lists) as its JSON text.
+    What TensorBoard's hparams plugin takes."""
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        tree = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+    if not isinstance(tree, Mapping):
+        value = tree.item() if isinstance(tree, np.generic) else tree
+        if not isinstance(value, (bool, int, float, str)):
+            value = json.dumps(value, default=str)
+        return {prefix: value}
+    out: dict[str, bool | int | float | str] = {}
+    for k, v in tree.items():
+        out.update(flat_hparams(v, f"{prefix}.{k}" if prefix else str(k)))
+    return dict(sorted(out.items()))
+
+
+def _config_value(config: Any) -> summary_pb2.Summary.Value:
+    """The run config as a text summary (a JSON block, which the text plugin shows as code)."""
+    text = "```json\n" + json.dumps(config, indent=2, default=str) + "\n```"
+    return summary_pb2.Summary.Value(
+        tag=CONFIG_TAG,
+        metadata=text_metadata.create_summary_metadata("config", "the run config"),
+        tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode()]),
+    )
+
+
+def _hparams_values(
+    hparams: Mapping[str, bool | int | float | str], metrics: Sequence[str]
+) -> dict[str, summary_pb2.Summary.Value]:
+    """The hparams plugin's experiment (every hparam and metric tag) and session start (the
+    values), as TensorBoard's own hparams summaries write them."""
+    start = plugin_data_pb2.SessionStartInfo()
+    infos = []
+    for name, value in hparams.items():
+        if isinstance(value, str):
+            start.hparams[name].string_value = value
+            kind = api_pb2.DATA_TYPE_STRING
+        elif isinstance(value, bool):
+            start.hparams[name].bool_value = value
+            kind = api_pb2.DATA_TYPE_BOOL
+        else:
+            start.hparams[name].number_value = float(value)
+            kind = api_pb2.DATA_TYPE_FLOAT64
+        infos.append(api_pb2.HParamInfo(name=name, type=kind))
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics],
+    )
+    datas = {
+        hparams_metadata.EXPERIMENT_TAG: plugin_data_pb2.HParamsPluginData(experiment=experiment),
+        hparams_metadata.SESSION_START_INFO_TAG: plugin_data_pb2.HParamsPluginData(
+            session_start_info=start
+        ),
+    }
+    return {
+        tag: summary_pb2.Summary.Value(
+            tag=tag,
+            metadata=hparams_metadata.create_summary_metadata(data),
+            tensor=hparams_metadata.NULL_TENSOR,
+        )
+        for tag, data in datas.items()
+    }
+
+
+def _hparams_content(value: summary_pb2.Summary.Value) -> plugin_data_pb2.HParamsPluginData:
+    return plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+
 
 class MetricWriter:
-    """metrics.jsonl (append-only across restarts, never a step twice) and TensorBoard.
+    """metrics.jsonl (append-only across restarts, never a step twice) and TensorBoard event
+    files in WORKDIR/tensorboard that hold exactly the same values.
 
     On opening, the records after `resume_step` (those of steps a restarted run computes
     again) are dropped, and so are those at or before it for which `keep(record)` is False
     (a loop that may redo an evaluation of `resume_step` passes which ones to keep);
-    `resume_step=-1` starts a fresh file. Only process 0 writes.
+    `resume_step=-1` starts afresh. Only process 0 writes.
+
+    TensorBoard. On opening, the event files are rewritten as one, which the writer then
+    appends to: it holds the value of each tag "<split>/<name>" at each step metrics.jsonl
+    keeps (the last one written, should older files hold two) and nothing else of the
+    metrics; the old files are deleted once it is written. After a kill and a resume each
+    step is there once, with metrics.jsonl's value, whatever reads the files. A purge marker
+    would not do that (tensorboardX's `purge_step`: a SessionLog.START at the resume step, in
+    a new file beside the old ones): TensorBoard's Python loader (EventAccumulator,
+    `--load_fast=false`) takes no notice of the first START of a run directory, so with a
+    first file holding none both copies stay, and a START purges only the events read
+    before it; the Rust data server (the default loader) ignores SessionLog (it drops, per
+    tag, the values at and after a step seen again, which happens to be right); and other
+    readers of the event files (tbparse, pandas, tf.data) see every copy. The new file's
+    name sorts after every old one and it starts with a START at step 0, so a TensorBoard
+    that has read old files (a live one, or one finding them still there after a kill
+    between the write and the deletes, which the next opening deletes) drops what it read
+    from them: the Python loader at the START, the Rust one as the steps start again.
+
+    `config` (a JSON-like mapping: the run config) is logged as text under "config", and
+    `hparams` (flat: name -> bool, number or string; see `flat_hparams`) with `metrics` (the
+    metric tags they go with) through the hparams plugin, at step max(resume_step, 0): once
+    per run, since a resume with the same config finds them in the files; a resume with
+    another config adds its text at the resume step and replaces the hparams.
+
+    On an object store (no append) the event file is written locally and uploaded whole at
+    every write.
     """
 
-    def __init__(self, workdir: str, resume_step: int, keep: Any = None):
+    def __init__(
+        self,
+        workdir: str,
+        resume_step: int,
+        keep: Any = None,
+        *,
+        config: Any = None,
+        hparams: Mapping[str, bool | int | float | str] | None = None,
+        metrics: Sequence[str] = (),
+    ):
         self.enabled = jax.process_index() == 0
         self.path = storage.join(workdir, "metrics.jsonl")
         # An object has no append: on a bucket the file is rewritten whole (atomically) at
         # every write from the lines kept here; locally lines are appended.
         self.remote = storage.is_remote(self.path)
         self.lines: list[str] = []
-        self.tb = None
         self.tb_dir = storage.join(workdir, "tensorboard")
-        self.tb_local = None
+        self.tb_local: str | None = None  # on a bucket: the local directory of the event file
+        self.tb_file: str | None = None  # the event file written to
+        self._events: Any = None  # its open handle
         if not self.enabled:
             return
+        logged: set[tuple[str, int]] = set()  # (split, step) of the records kept
         if storage.exists(self.path):
             kept = []
             for line in storage.read_text(self.path).splitlines(keepends=True):
@@ -155,22 +318,85 @@ class MetricWriter:
                     record = json.loads(line)
                     if record["step"] <= resume_step and (keep is None or keep(record)):
                         kept.append(line if line.endswith("\n") else line + "\n")
+                        logged.add((record.get("split", "train"), record["step"]))
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a torn last line from a killed run
             storage.write_text(self.path, "".join(kept))
             self.lines = kept
-        try:
-            from tensorboardX import SummaryWriter
+        self._open_tensorboard(resume_step, logged, config, hparams, metrics)
 
-            if self.remote:
-                # tensorboardX's own bucket writer re-uploads from its finalizer, after the
-                # run; the events are written locally and uploaded whole at every flush.
-                import tempfile
+    def _event_files(self) -> list[str]:
+        if not storage.isdir(self.tb_dir):
+            return []
+        return sorted(n for n in storage.listdir(self.tb_dir) if n.startswith(EVENTS_PREFIX))
 
-                self.tb_local = tempfile.mkdtemp(prefix="bertjax-tensorboard-")
-            self.tb = SummaryWriter(self.tb_local or self.tb_dir)
-        except ImportError:  # pragma: no cover - tensorboardX is a dependency
-            self.tb = None
+    def _open_tensorboard(self, resume_step, logged, config, hparams, metrics) -> None:
+        old = self._event_files()
+        own = {CONFIG_TAG, *HPARAMS_TAGS}
+        kept: dict[tuple[str, int], tuple[float, summary_pb2.Summary.Value]] = {}
+        for name in old:
+            for event in _read_events(storage.read_bytes(storage.join(self.tb_dir, name))):
+                for value in event.summary.value:
+                    key = (value.tag, event.step)
+                    if event.step > resume_step or (
+                        value.tag not in own and (value.tag.split("/")[0], event.step) not in logged
+                    ):
+                        continue
+                    kept.pop(key, None)  # the last one written wins, and takes its place
+                    kept[key] = (event.wall_time, value)
+
+        step, now = max(resume_step, 0), time.time()
+        new: dict[str, summary_pb2.Summary.Value] = {}
+        if config is not None:
+            value = _config_value(config)
+            texts = [(s, v) for (t, s), (_, v) in kept.items() if t == CONFIG_TAG]
+            if not texts or max(texts, key=lambda sv: sv[0])[1].tensor != value.tensor:
+                new[CONFIG_TAG] = value
+        if hparams is not None:
+            values = _hparams_values(hparams, metrics)
+            logged_hparams = {t: v for (t, _), (_, v) in kept.items() if t in HPARAMS_TAGS}
+            if logged_hparams.keys() != values.keys() or any(
+                _hparams_content(logged_hparams[t]) != _hparams_content(v)
+                for t, v in values.items()
+            ):
+                kept = {k: v for k, v in kept.items() if k[0] not in HPARAMS_TAGS}
+                new.update(values)
+        for tag, value in new.items():
+            kept.pop((tag, step), None)
+            kept[(tag, step)] = (now, value)
+
+        # A name after every old one (TensorBoard reads a run's files in name order).
+        stamps = [n[len(EVENTS_PREFIX) :].split(".")[0] for n in old]
+        stamp = max([int(now), *(int(s) + 1 for s in stamps if s.isdigit())])
+        name = f"{EVENTS_PREFIX}{stamp:010d}.{socket.gethostname()}.{os.getpid()}.bertjax"
+        if self.remote:
+            self.tb_local = tempfile.mkdtemp(prefix="bertjax-tensorboard-")
+        else:
+            storage.makedirs(self.tb_dir)
+        self.tb_file = os.path.join(self.tb_local or self.tb_dir, name)
+        self._events = open(self.tb_file, "wb")  # open until close()
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._append(
+            [
+                event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+                event_pb2.Event(wall_time=now, step=0, session_log=start),
+            ]
+            + [
+                event_pb2.Event(wall_time=t, step=s, summary=summary_pb2.Summary(value=[v]))
+                for (_, s), (t, v) in sorted(kept.items(), key=lambda kv: kv[0][1])
+            ]
+        )
+        for old_name in old:
+            if old_name != name:
+                storage.remove(storage.join(self.tb_dir, old_name))
+
+    def _append(self, events: list[event_pb2.Event]) -> None:
+        self._events.write(b"".join(_record(e.SerializeToString()) for e in events))
+        self._events.flush()
+        if self.tb_local is not None:
+            storage.copy_file(
+                self.tb_file, storage.join(self.tb_dir, os.path.basename(self.tb_file))
+            )
 
     def write(self, step: int, values: dict[str, float], split: str = "train") -> None:
         if not self.enabled:
@@ -183,26 +409,20 @@ class MetricWriter:
         else:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{split}/{k}", v, step)
-            self.tb.flush()
-            self._upload_tensorboard()
-
-    def _upload_tensorboard(self) -> None:
-        if self.tb_local is not None:
-            for name in sorted(os.listdir(self.tb_local)):
-                storage.copy_file(
-                    os.path.join(self.tb_local, name), storage.join(self.tb_dir, name)
-                )
+        if self._events is not None:
+            summary = summary_pb2.Summary(
+                value=[
+                    summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
+                    for k, v in values.items()
+                ]
+            )
+            self._append([event_pb2.Event(wall_time=time.time(), step=step, summary=summary)])
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self._upload_tensorboard()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         if self.tb_local is not None:
-            import shutil
-
             shutil.rmtree(self.tb_local, ignore_errors=True)
             self.tb_local = None
 

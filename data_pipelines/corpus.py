@@ -35,7 +35,8 @@ Sources
   one string field of each example (``text`` by default) as a document, splits it into
   paragraphs at line breaks and each paragraph into sentences with `split_sentences`
   (or keeps whole paragraphs as segments with ``segment="paragraph"``).
-  `write_tfds_corpus` exports such a stream to sharded files in the BERT text format,
+  `write_tfds_corpus` exports such a stream to sharded files in the BERT text format
+  (`export_tfds_corpus` also returns the counts: documents, sentences, bytes),
   which is what `data_pipelines.pretraining_data` consumes; the TFDS read is in file
   order (``shuffle_files=False``), so the export is deterministic.
 
@@ -97,12 +98,14 @@ class CorpusWarning(UserWarning):
 
 @dataclasses.dataclass(frozen=True)
 class CorpusStats:
-    """What a corpus writer wrote."""
+    """What a corpus writer wrote: `path` (the file, or the directory of shards), the
+    totals over its files, and the files."""
 
     path: str
     num_documents: int
     num_sentences: int
     num_bytes: int
+    files: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,6 +298,17 @@ def _check_errors(errors: str) -> str:
 _BLOCK_BYTES = 1 << 20
 
 
+def count_lines(path: str | os.PathLike) -> int:
+    """The number of lines `iter_lines` yields for a local file (a total for progress bars):
+    its line ends, plus one for a last line without one."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK_BYTES):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
 def _read(reader: _LineReader, on_bytes: Callable[[int], None] | None) -> Iterator[str]:
     """What `reader` makes of its file's lines, read in 1 MiB blocks; warns of bad bytes."""
     try:
@@ -468,7 +482,7 @@ def write_documents(documents: Iterable[Document], out_path: str | os.PathLike) 
             num_documents += 1
             num_sentences += len(lines)
     size = storage.path(out_path).stat().length
-    return CorpusStats(out_path, num_documents, num_sentences, size)
+    return CorpusStats(out_path, num_documents, num_sentences, size, (out_path,))
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,6 +498,7 @@ def iter_tfds_documents(
     segment: Literal["sentence", "paragraph"] = "sentence",
     download: bool = False,
     max_documents: int | None = None,
+    progress: bool = False,
 ) -> Iterator[Document]:
     """Streams documents from a TFDS dataset (e.g. "wikipedia/20230601.en").
 
@@ -497,8 +512,9 @@ def iter_tfds_documents(
         paragraph (line) as one segment.
       download: let TFDS download and prepare the dataset when missing (needs network).
       max_documents: stop after this many (non-empty) documents.
+      progress: show a tqdm progress bar of the examples read (of the split's total).
     """
-    import tensorflow_datasets as tfds  # heavy import (TensorFlow): only when used
+    tfds = storage.require_extra("tensorflow_datasets", f"tfds:{name}: reading a TFDS source")
 
     try:
         ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False, download=download)
@@ -507,7 +523,14 @@ def iter_tfds_documents(
         hint = "" if download else " (pass --download to download and prepare it)"
         raise CorpusError(f"tfds:{name}[{split}]: cannot load the dataset: {first}{hint}") from e
     count = 0
-    for index, example in enumerate(tfds.as_numpy(ds)):
+    examples = tfds.as_numpy(ds)
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = int(ds.cardinality())  # negative: unknown
+        examples = tqdm(examples, total=total if total >= 0 else None, desc=f"tfds:{name}",
+                        unit=" examples")  # fmt: skip
+    for index, example in enumerate(examples):
         value = example
         for key in text_field.split("/"):
             if not isinstance(value, dict) or key not in value:
@@ -544,24 +567,50 @@ def write_tfds_corpus(
     num_shards: int = 1,
     download: bool = False,
     max_documents: int | None = None,
+    progress: bool = True,
 ) -> list[str]:
     """Exports a TFDS text dataset to `num_shards` files in the BERT text format.
 
-    Documents go round-robin to ``corpus-XXXXX-of-YYYYY.txt``; returns the file paths.
+    Documents go round-robin to ``corpus-XXXXX-of-YYYYY.txt``; returns the file paths
+    (`export_tfds_corpus` returns the counts too).
     """
+    return list(
+        export_tfds_corpus(
+            name, out_dir, split=split, text_field=text_field, data_dir=data_dir,
+            segment=segment, num_shards=num_shards, download=download,
+            max_documents=max_documents, progress=progress,
+        ).files
+    )  # fmt: skip
+
+
+def export_tfds_corpus(
+    name: str,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "train",
+    text_field: str = "text",
+    data_dir: str | None = None,
+    segment: Literal["sentence", "paragraph"] = "sentence",
+    num_shards: int = 1,
+    download: bool = False,
+    max_documents: int | None = None,
+    progress: bool = True,
+) -> CorpusStats:
+    """`write_tfds_corpus`, returning what it wrote: the counts over all shards and the
+    shard files (`path` is `out_dir`)."""
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     if storage.is_remote(out_dir):  # written locally, then each shard uploaded whole
         with tempfile.TemporaryDirectory(prefix="bertjax-corpus-") as tmp:
-            local = write_tfds_corpus(
+            local = export_tfds_corpus(
                 name, tmp, split=split, text_field=text_field, data_dir=data_dir,
                 segment=segment, num_shards=num_shards, download=download,
-                max_documents=max_documents,
+                max_documents=max_documents, progress=progress,
             )  # fmt: skip
-            paths = [storage.join(out_dir, os.path.basename(p)) for p in local]
-            for src, dst in zip(local, paths, strict=True):
+            paths = [storage.join(out_dir, os.path.basename(p)) for p in local.files]
+            for src, dst in zip(local.files, paths, strict=True):
                 storage.copy_file(src, dst)
-        return paths
+        return dataclasses.replace(local, path=os.fspath(out_dir), files=tuple(paths))
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -569,6 +618,7 @@ def write_tfds_corpus(
     tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
     files = [open(t, "w", encoding="utf-8", newline="\n") for t in tmps]  # noqa: SIM115
     counts = [0] * num_shards
+    num_sentences = 0
     try:
         docs = iter_tfds_documents(
             name,
@@ -578,6 +628,7 @@ def write_tfds_corpus(
             segment=segment,
             download=download,
             max_documents=max_documents,
+            progress=progress,
         )
         for index, document in enumerate(docs):
             shard = index % num_shards
@@ -586,6 +637,7 @@ def write_tfds_corpus(
             files[shard].write("\n".join(document))
             files[shard].write("\n")
             counts[shard] += 1
+            num_sentences += len(document)
         for f in files:
             f.close()
         for tmp, path in zip(tmps, paths, strict=True):
@@ -597,7 +649,8 @@ def write_tfds_corpus(
                 tmp.unlink()
         if created and not any(out_dir.iterdir()):  # a failed export leaves nothing behind
             out_dir.rmdir()
-    return [str(p) for p in paths]
+    size = sum(p.stat().st_size for p in paths)
+    return CorpusStats(str(out_dir), sum(counts), num_sentences, size, tuple(map(str, paths)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -833,19 +886,23 @@ def _source_docs(path: str) -> list[str]:
     return texts
 
 
-def collect_embedded_documents(*, timeout: float = 300.0) -> list[Document]:
+def collect_embedded_documents(*, timeout: float = 300.0, progress: bool = False) -> list[Document]:
     """The embedded corpus as documents (see module docstring), deterministically ordered.
 
     One document per `pydoc_data.topics` topic (sorted by topic name), then one per
     standard-library module (sorted by dotted name) holding, in order: the docstrings
     and comment blocks of its Python source (read with `ast`; no code is executed), and
     the docstrings of its public objects as imported in an isolated interpreter (which
-    adds C-implemented objects). A text seen before is not repeated.
+    adds C-implemented objects). A text seen before is not repeated. `progress` shows a
+    tqdm bar of the source files read, the import pass counted as one more.
     """
     import sysconfig
     from pydoc_data.topics import topics
 
+    from tqdm.auto import tqdm
+
     per_module: dict[str, list[str]] = {}
+    sources: list[tuple[str, str]] = []  # (module, file), read after the walk: a known total
     root = sysconfig.get_paths()["stdlib"]
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
@@ -865,8 +922,13 @@ def collect_embedded_documents(*, timeout: float = 300.0) -> list[Document]:
             name = _source_module_name(rel)
             if not name or not _embedded_module_allowed(name, allow_private=True):
                 continue
-            per_module.setdefault(name, []).extend(_source_docs(os.path.join(dirpath, filename)))
+            sources.append((name, os.path.join(dirpath, filename)))
+    bar = tqdm(total=len(sources) + 1, desc="embedded corpus", unit=" files", disable=not progress)
+    for name, path in sources:
+        per_module.setdefault(name, []).extend(_source_docs(path))
+        bar.update()
 
+    bar.set_postfix_str("importing the modules for their docstrings")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "docs.json")
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
@@ -896,6 +958,8 @@ def collect_embedded_documents(*, timeout: float = 300.0) -> list[Document]:
         with open(out, encoding="utf-8") as f:
             for name, docs in json.load(f):
                 per_module.setdefault(name, []).extend(docs)
+    bar.update()
+    bar.close()
 
     documents: list[Document] = []
     seen: set[str] = set()
@@ -914,9 +978,10 @@ def collect_embedded_documents(*, timeout: float = 300.0) -> list[Document]:
     return documents
 
 
-def write_embedded_corpus(out_path: str | os.PathLike) -> CorpusStats:
+def write_embedded_corpus(out_path: str | os.PathLike, *, progress: bool = True) -> CorpusStats:
     """Writes the embedded corpus (CPython's documentation) in the BERT text format.
 
-    Deterministic: the same CPython version writes the same bytes.
+    Deterministic: the same CPython version writes the same bytes. `progress`: a tqdm bar
+    of the standard-library files read.
     """
-    return write_documents(collect_embedded_documents(), out_path)
+    return write_documents(collect_embedded_documents(progress=progress), out_path)

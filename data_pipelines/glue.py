@@ -30,6 +30,9 @@ Reading the local TSV files (`read_split`), deliberately:
 * Malformed rows (wrong field count, unknown label, bad UTF-8) in a *train* file are skipped, as
   the original processors do for QQP's broken rows, with one `GlueDataWarning` giving their count
   and the first file:line. In dev and test files they raise `GlueDataError` naming file:line.
+* A train or dev file without a single example (only a header, or every train row malformed)
+  raises `GlueDataError` naming the file; a test file with only a header has nothing to predict.
+  `check_split` reads a split the same way without keeping it, to check the files up front.
 * `Example.index` is the test file's `index`/`id` column (the id the GLUE server expects); for
   train/dev files it is the 0-based data-row number (counting skipped rows, like TFDS's `idx`).
 
@@ -54,6 +57,7 @@ from data_pipelines import features
 from data_pipelines.tokenizers import Tokenizer, encode_pair
 
 EXAMPLE_INDEX = "example_index"  # featurize(): the Example.index of each row
+TFDS_NEEDS = "reading GLUE from TFDS (data_dir tfds)"  # what needs the `tf` extra
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -405,9 +409,21 @@ def read_split(task: str, data_dir: str, split: str) -> list[Example]:
     """The examples of one split from the local GLUE files under `data_dir` (see module doc).
 
     Raises FileNotFoundError naming the expected directory or file, and GlueDataError naming
-    file:line for a wrong header, or a malformed row in a dev/test file. Malformed train rows are
-    skipped with one GlueDataWarning.
+    the file (file:line for a wrong header or a malformed row in a dev/test file; the file for
+    an empty file, or a train/dev file with no examples: a header only, or every row
+    malformed). Malformed train rows are skipped with one GlueDataWarning.
     """
+    return list(_examples(task, data_dir, split, warn=True))
+
+
+def check_split(task: str, data_dir: str, split: str) -> int:
+    """Reads one split as `read_split` does, raising the same errors, without keeping the
+    examples or warning about skipped train rows; returns the number of examples. For a
+    check of the files before any training."""
+    return sum(1 for _ in _examples(task, data_dir, split, warn=False))
+
+
+def _examples(task: str, data_dir: str, split: str, *, warn: bool) -> Iterator[Example]:
     spec = get_task(task)
     sf = spec.split(split)
     directory = os.path.join(os.fspath(data_dir), spec.directory)
@@ -421,7 +437,6 @@ def read_split(task: str, data_dir: str, split: str) -> list[Example]:
 
     lenient = split == "train"
     width = None if sf.has_header else sf.num_columns
-    examples: list[Example] = []
     skipped, first_skipped = 0, ""
     row_number = 0
     for lineno, raw in _lines(path):
@@ -436,22 +451,30 @@ def read_split(task: str, data_dir: str, split: str) -> list[Example]:
                 continue
             if len(fields) != width:
                 raise _BadRow(f"{len(fields)} fields, expected {width}")
-            examples.append(_parse_row(spec, sf, fields, row_number))
+            example = _parse_row(spec, sf, fields, row_number)
         except _BadRow as e:
             if not lenient or width is None:
                 raise GlueDataError(f"{where}: {e}") from None
             skipped += 1
             first_skipped = first_skipped or f"{where}: {e}"
+        else:
+            yield example
         row_number += 1
     if width is None or (row_number == 0 and not sf.has_header):
         raise GlueDataError(f"{path}: empty file")
-    if skipped:
+    if sf.is_labelled and row_number == skipped:  # nothing to train or evaluate on
+        what = (
+            "only a header, no rows"
+            if row_number == 0
+            else f"every one of its {row_number} rows is malformed; first: {first_skipped}"
+        )
+        raise GlueDataError(f"{path}: no {spec.display_name} {split} examples ({what})")
+    if skipped and warn:
         warnings.warn(
             f"{path}: skipped {skipped} malformed row(s) of {row_number}; first: {first_skipped}",
             GlueDataWarning,
-            stacklevel=2,
+            stacklevel=3,  # read_split's caller
         )
-    return examples
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,10 +490,9 @@ def load_tfds_split(
     `tfds_label_names` (then TFDS class ids are our class ids). `download=False` only reads an
     already prepared dataset.
     """
-    import tensorflow_datasets as tfds  # heavy; only this path needs it
-
     spec = get_task(task)
     spec.split(split)  # validates the split name
+    tfds = storage.require_extra("tensorflow_datasets", TFDS_NEEDS)
     ds, info = tfds.load(
         spec.tfds_name,
         split=split,

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from bertjax import storage
 from data_pipelines import features
 
 log = logging.getLogger(__name__)
@@ -256,10 +257,11 @@ def split_file(data_dir: str | epath.PathLike, split: str) -> epath.Path:
 def load_tfds_split(split: str, *, data_dir: str | None = None, download: bool = False) -> Corpus:
     """The sentences of the TFDS `conll2003` split `split` (train, dev, test); its tags are
     IOB2 already (checked: repairs are counted as for files)."""
-    import tensorflow_datasets as tfds
-
     if split not in TFDS_SPLITS:
         raise NerDataError(f"{TFDS_NAME}: no split {split!r}; one of {sorted(TFDS_SPLITS)}")
+    tfds = storage.require_extra(
+        "tensorflow_datasets", f"reading {TFDS_NAME} from TFDS (data_dir tfds)"
+    )
     ds, info = tfds.load(
         TFDS_NAME,
         split=TFDS_SPLITS[split],

@@ -143,44 +143,101 @@ def pack_examples(
     """Lays decoded examples (the 7 features each, padded) out in one packed row."""
     if not 1 <= len(examples) <= max_sequences:
         raise ValueError(f"a pack holds 1 to {max_sequences} examples, got {len(examples)}")
+    stacked = {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in examples[0]}
+    rows = pack_batch(
+        stacked,
+        np.zeros(len(examples), np.int64),
+        1,
+        max_seq_length=max_seq_length,
+        max_sequences=max_sequences,
+        max_predictions=max_predictions,
+        pad_id=pad_id,
+    )
+    return {k: v[0] for k, v in rows.items()}
+
+
+def pack_batch(
+    examples: dict[str, np.ndarray],
+    pack_index: np.ndarray,
+    num_packs: int,
+    *,
+    max_seq_length: int,
+    max_sequences: int,
+    max_predictions: int,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
+    """Lays a batch of decoded examples out in `num_packs` packed rows at once.
+
+    `examples` holds the 7 features of M examples ([M, T'] / [M, P'] / [M], padded);
+    example m goes into row ``pack_index[m]``, after the examples before it with the
+    same row. Row r is `pack_examples` of the examples m with ``pack_index[m] == r``,
+    in order; every row needs 1 to `max_sequences` of them.
+    """
     t, k, p = max_seq_length, max_sequences, max_predictions
-    row = {
-        F.INPUT_IDS: np.full(t, pad_id, np.int32),
-        F.INPUT_MASK: np.zeros(t, np.int32),
-        F.SEGMENT_IDS: np.zeros(t, np.int32),
-        POSITION_IDS: np.zeros(t, np.int32),
-        ATTENTION_SEGMENT_IDS: np.zeros(t, np.int32),
-        F.MASKED_LM_POSITIONS: np.zeros(p, np.int32),
-        F.MASKED_LM_IDS: np.zeros(p, np.int32),
-        F.MASKED_LM_WEIGHTS: np.zeros(p, np.float32),
-        NEXT_SENTENCE_POSITIONS: np.zeros(k, np.int32),
-        F.NEXT_SENTENCE_LABELS: np.full(k, -1, np.int32),
+    pack_index = np.asarray(pack_index, np.int64)
+    if pack_index.size and (pack_index.min() < 0 or pack_index.max() >= num_packs):
+        raise ValueError(f"pack_index must be in [0, {num_packs})")
+    per_pack = np.bincount(pack_index, minlength=num_packs)
+    bad = np.flatnonzero((per_pack < 1) | (per_pack > k))
+    if bad.size:
+        raise ValueError(f"a pack holds 1 to {k} examples, got {int(per_pack[bad[0]])}")
+    order = np.argsort(pack_index, kind="stable")  # by row, in order within a row
+    row = pack_index[order]  # [M]
+    ex = {name: np.asarray(a)[order] for name, a in examples.items()}
+    m = row.size
+    first = np.cumsum(per_pack) - per_pack  # each row's first example (sorted)
+    slot = np.arange(m) - first[row]  # [M] 0, 1, ... within a row
+
+    def starts(counts: np.ndarray) -> np.ndarray:
+        """Each example's start within its row, given per-example counts."""
+        before = np.cumsum(counts) - counts
+        return before - before[first][row]
+
+    n = ex[F.INPUT_MASK].sum(axis=1)  # [M] tokens
+    real = ex[F.MASKED_LM_WEIGHTS] > 0  # [M, P'] real predictions
+    npred = real.sum(axis=1)
+    offset, pred_offset = starts(n), starts(npred)
+    over = np.flatnonzero((offset + n > t) | (pred_offset + npred > p))
+    if over.size:
+        i = over[0]
+        if offset[i] + n[i] > t:
+            raise ValueError(f"examples of {offset[i] + n[i]} tokens do not fit a row of {t}")
+        raise ValueError(
+            f"examples with {pred_offset[i] + npred[i]} masked positions exceed "
+            f"max_predictions_per_pack={p}"
+        )
+
+    out = {
+        F.INPUT_IDS: np.full((num_packs, t), pad_id, np.int32),
+        F.INPUT_MASK: np.zeros((num_packs, t), np.int32),
+        F.SEGMENT_IDS: np.zeros((num_packs, t), np.int32),
+        POSITION_IDS: np.zeros((num_packs, t), np.int32),
+        ATTENTION_SEGMENT_IDS: np.zeros((num_packs, t), np.int32),
+        F.MASKED_LM_POSITIONS: np.zeros((num_packs, p), np.int32),
+        F.MASKED_LM_IDS: np.zeros((num_packs, p), np.int32),
+        F.MASKED_LM_WEIGHTS: np.zeros((num_packs, p), np.float32),
+        NEXT_SENTENCE_POSITIONS: np.zeros((num_packs, k), np.int32),
+        F.NEXT_SENTENCE_LABELS: np.full((num_packs, k), -1, np.int32),
     }
-    offset = npred = 0
-    for j, ex in enumerate(examples):
-        n = int(ex[F.INPUT_MASK].sum())
-        if offset + n > t:
-            raise ValueError(f"examples of {offset + n} tokens do not fit a row of {t}")
-        span = slice(offset, offset + n)
-        row[F.INPUT_IDS][span] = ex[F.INPUT_IDS][:n]
-        row[F.INPUT_MASK][span] = 1
-        row[F.SEGMENT_IDS][span] = ex[F.SEGMENT_IDS][:n]
-        row[POSITION_IDS][span] = np.arange(n)
-        row[ATTENTION_SEGMENT_IDS][span] = j + 1
-        real = ex[F.MASKED_LM_WEIGHTS] > 0
-        m = int(real.sum())
-        if npred + m > p:
-            raise ValueError(
-                f"examples with {npred + m} masked positions exceed max_predictions_per_pack={p}"
-            )
-        row[F.MASKED_LM_POSITIONS][npred : npred + m] = ex[F.MASKED_LM_POSITIONS][real] + offset
-        row[F.MASKED_LM_IDS][npred : npred + m] = ex[F.MASKED_LM_IDS][real]
-        row[F.MASKED_LM_WEIGHTS][npred : npred + m] = 1.0
-        row[NEXT_SENTENCE_POSITIONS][j] = offset
-        row[F.NEXT_SENTENCE_LABELS][j] = int(np.asarray(ex[F.NEXT_SENTENCE_LABELS]).reshape(-1)[0])
-        offset += n
-        npred += m
-    return row
+    # Tokens: example m's first n[m] tokens go to its row at [offset, offset + n).
+    j = np.arange(ex[F.INPUT_IDS].shape[1])[None, :]
+    tok = j < n[:, None]  # [M, T']
+    rows = np.broadcast_to(row[:, None], tok.shape)[tok]
+    cols = (offset[:, None] + j)[tok]
+    out[F.INPUT_IDS][rows, cols] = ex[F.INPUT_IDS][tok]
+    out[F.INPUT_MASK][rows, cols] = 1
+    out[F.SEGMENT_IDS][rows, cols] = ex[F.SEGMENT_IDS][tok]
+    out[POSITION_IDS][rows, cols] = np.broadcast_to(j, tok.shape)[tok]
+    out[ATTENTION_SEGMENT_IDS][rows, cols] = np.broadcast_to(slot[:, None] + 1, tok.shape)[tok]
+    # Predictions: the real ones, in order, shifted to the row.
+    rows = np.broadcast_to(row[:, None], real.shape)[real]
+    cols = (pred_offset[:, None] + np.cumsum(real, axis=1) - 1)[real]
+    out[F.MASKED_LM_POSITIONS][rows, cols] = (ex[F.MASKED_LM_POSITIONS] + offset[:, None])[real]
+    out[F.MASKED_LM_IDS][rows, cols] = ex[F.MASKED_LM_IDS][real]
+    out[F.MASKED_LM_WEIGHTS][rows, cols] = 1.0
+    out[NEXT_SENTENCE_POSITIONS][row, slot] = offset
+    out[F.NEXT_SENTENCE_LABELS][row, slot] = ex[F.NEXT_SENTENCE_LABELS].reshape(m, -1)[:, 0]
+    return out
 
 
 def padding_fraction(lengths: np.ndarray, num_rows: int, max_seq_length: int) -> float:

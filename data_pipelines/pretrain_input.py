@@ -40,10 +40,22 @@ Design
   epochs, are identical for a given (seed, epoch, example), and do not depend on the
   process count, shuffling or worker count. The masking parameters (probability,
   budget, whole-word masking, vocabulary tables) come from ``dataset_info.json``.
+* **Per batch.** Each local batch is made in one go (`_ReadBatch`): its records are read
+  one by one, then decoded together with numpy (`decode_batch`), masked together
+  (`pretraining_data.mask_rows`: only the few draws from each example's generator are
+  made per example, so the masks are bit for bit those of `mask_example`) and, with
+  packing, laid out together (`packing.pack_batch`). This is 2-4x less CPU time per
+  sequence than decoding, masking and packing each example alone, with the same bytes
+  out (`benchmarks/input_pipeline.py`).
 * **Workers.** ``worker_count=0`` decodes (and masks) in the calling process;
   ``worker_count=N`` prepares whole batches in N grain worker processes (``mp_prefetch``:
   worker i makes batches i, i + N, ... and they are returned in order), so the batches do
-  not depend on `worker_count` either.
+  not depend on `worker_count` either. Arrays under `MIN_SHARED_MEMORY_BYTES` come back
+  through the pipe rather than in a shared-memory block each, which costs more below it.
+* **Device prefetch.** `prefetch_to_device` wraps the iterator so that the next batches
+  are put on the devices (``jax.make_array_from_process_local_data`` in
+  `bertjax.pretrain`) while the current step runs; its state is the position after the
+  batches taken, so a checkpoint taken between steps resumes exactly.
 * **Checkpointing.** The returned iterator is a grain `DatasetIterator` over the local
   batches: ``state = it.get_state()`` (a dict holding the next batch index) and
   ``it.set_state(state)`` on an iterator built with the same arguments resume exactly
@@ -60,6 +72,9 @@ Design
 
 from __future__ import annotations
 
+import bisect
+import collections
+import copy
 import functools
 import json
 import os
@@ -78,6 +93,10 @@ from data_pipelines import pretraining_data as pdata
 from data_pipelines.packing import DEFAULT_MAX_SEQUENCES_PER_PACK
 
 Batch = dict[str, np.ndarray]
+
+# Worker processes hand arrays of at least this size over in shared memory, smaller ones
+# through the pipe: a shared-memory block per array costs more than copying below it.
+MIN_SHARED_MEMORY_BYTES = 256 * 1024
 
 
 class PretrainRecordSource:
@@ -108,7 +127,7 @@ class PretrainRecordSource:
         key = int(record_key)
         if not 0 <= key < len(self):
             raise IndexError(f"record {key} out of range [0, {len(self)})")
-        shard = int(np.searchsorted(self._starts, key, side="right")) - 1
+        shard = bisect.bisect_right(self._starts, key) - 1
         position = key - self._starts[shard]
         with self._locks[shard]:
             reader = self._readers[shard]
@@ -189,12 +208,13 @@ def process_rows(global_batch_size: int, process_index: int, process_count: int)
     return process_index * rows, (process_index + 1) * rows
 
 
-class _ReadRow:
-    """Local row k -> the decoded (masked, packed) example at its stream position.
+class _ReadBatch:
+    """Local batch b -> its rows, decoded (masked, packed) together.
 
     Local row k is row ``start + k % B`` of global batch ``k // B`` (B rows per process
     starting at row `start` of each global batch), i.e. stream position
-    ``(k // B) * G + start + k % B``.
+    ``(k // B) * G + start + k % B``; local batch b is local rows ``[b * B, (b + 1) * B)``
+    (fewer for a last partial batch: `num_rows` local rows in all).
     """
 
     def __init__(
@@ -204,7 +224,8 @@ class _ReadRow:
         *,
         global_batch_size: int,
         rows: tuple[int, int],
-        make: Callable[[Any, np.random.Generator | None], Batch],
+        num_rows: int,
+        make: Callable[[list[Any], list[np.random.Generator] | None], Batch],
         seed: int,
         dynamic: bool,
     ):
@@ -213,22 +234,96 @@ class _ReadRow:
         self.global_batch_size = global_batch_size
         self.start, stop = rows
         self.batch_size = stop - self.start
+        self.num_rows = num_rows
         self.make = make
         self.seed = seed
         self.dynamic = dynamic
 
-    def position(self, k: int) -> int:
-        step, row = divmod(int(k), self.batch_size)
-        return step * self.global_batch_size + self.start + row
+    def __call__(self, b: int) -> Batch:
+        b = int(b)
+        n = min(self.batch_size, self.num_rows - b * self.batch_size)
+        first = b * self.global_batch_size + self.start  # stream position of row 0
+        examples = [self.order(x) for x in range(first, first + n)]  # (epoch, key)
+        rngs = None
+        if self.dynamic:
+            rngs = [pdata.example_rng(self.seed, epoch, key) for epoch, key in examples]
+        return self.make([self.source[key] for _, key in examples], rngs)
 
-    def __call__(self, k: int) -> Batch:
-        epoch, key = self.order(self.position(k))
-        rng = pdata.example_rng(self.seed, epoch, key) if self.dynamic else None
-        return self.make(self.source[key], rng)
+
+def decode_batch(
+    records: Sequence[bytes], *, max_seq_length: int, max_predictions_per_seq: int, pad_id: int = 0
+) -> Batch:
+    """`pretraining_data.decode_records`, vectorized: the records are decoded together.
+
+    The same arrays as decoding each record with `pretraining_data.decode_record` and
+    stacking them (the record layout is in `pretraining_data`'s docstring); a record
+    whose size does not match its header is refused.
+    """
+    t, p = max_seq_length, max_predictions_per_seq
+    if not records:
+        return pdata.decode_records([], max_seq_length=t, max_predictions_per_seq=p)
+    sizes = np.fromiter(map(len, records), np.int64, len(records))
+    if (sizes % 2).any() or (sizes < pdata.HEADER.size).any():
+        i = int(np.flatnonzero((sizes % 2) | (sizes < pdata.HEADER.size))[0])
+        raise ValueError(f"record {i}: {sizes[i]} bytes is not a {pdata.RECORD_ENCODING} record")
+    words = np.frombuffer(b"".join(records), "<u2")  # every field is 2 or 4 bytes
+    at = (np.cumsum(sizes) - sizes) // 2  # [N] first word of each record
+    head = words[at[:, None] + np.arange(pdata.HEADER.size // 2)].astype(np.int64)  # [N, 6]
+    magic, version, flags = head[:, 0], head[:, 1] & 0xFF, head[:, 1] >> 8
+    length, seg_a, npred, nsp = head[:, 2], head[:, 3], head[:, 4], head[:, 5] & 0xFF
+    bad = np.flatnonzero(
+        (magic != int.from_bytes(pdata.MAGIC, "little")) | (version != pdata.VERSION)
+    )
+    if bad.size:
+        i = bad[0]
+        raise ValueError(
+            f"not a {pdata.RECORD_ENCODING} record (magic {int(magic[i]).to_bytes(2, 'little')!r}, "
+            f"version {version[i]})"
+        )
+    bad = np.flatnonzero((length > t) | (npred > p))
+    if bad.size:
+        i = bad[0]
+        raise ValueError(
+            f"record of length {length[i]} with {npred[i]} predictions exceeds max_seq_length="
+            f"{t} / max_predictions_per_seq={p}"
+        )
+    w = np.where(flags & pdata.FLAG_WIDE, 2, 1)  # [N] words per token id
+    ids_at = at + pdata.HEADER.size // 2
+    pos_at = ids_at + w * length
+    labels_at = pos_at + npred
+    bad = np.flatnonzero(sizes // 2 != labels_at + w * npred - at)
+    if bad.size:
+        i = bad[0]
+        raise ValueError(f"record {i}: {sizes[i]} bytes, but its header describes another size")
+
+    def gather(start: np.ndarray, count: np.ndarray, stride: np.ndarray, width: int) -> tuple:
+        """[N, width] values at words start + stride * j for j < count (0 elsewhere)."""
+        j = np.arange(width)[None, :]
+        valid = j < count[:, None]
+        index = np.where(valid, start[:, None] + stride[:, None] * j, 0)
+        low = words[index].astype(np.uint32)
+        if (stride == 2).any():  # wide ids: int32 from two little-endian words
+            high = words[np.where(valid & (stride[:, None] == 2), index + 1, 0)]
+            low |= np.where(stride[:, None] == 2, high.astype(np.uint32) << 16, 0)
+        return np.where(valid, low.view(np.int32), 0), valid
+
+    ids, real = gather(ids_at, length, w, t)
+    positions, predicted = gather(pos_at, npred, np.ones_like(w), p)
+    labels, _ = gather(labels_at, npred, w, p)
+    j = np.arange(t)[None, :]
+    return {
+        F.INPUT_IDS: np.where(real, ids, pad_id).astype(np.int32),
+        F.INPUT_MASK: real.astype(np.int32),
+        F.SEGMENT_IDS: (real & (j >= seg_a[:, None])).astype(np.int32),
+        F.MASKED_LM_POSITIONS: positions,
+        F.MASKED_LM_IDS: labels,
+        F.MASKED_LM_WEIGHTS: predicted.astype(np.float32),
+        F.NEXT_SENTENCE_LABELS: nsp.astype(np.int32),
+    }
 
 
-class _Example:
-    """Record bytes (+ generator for dynamic masking) -> the 7 features."""
+class _Examples:
+    """A batch of records (+ a generator per record for dynamic masking) -> the 7 features."""
 
     def __init__(self, info: dict[str, Any]):
         self.max_seq_length = int(info["max_seq_length"])
@@ -238,45 +333,51 @@ class _Example:
             pdata.MaskingSpec.from_json(info["masking"]) if info["dynamic_masking"] else None
         )
 
-    def __call__(self, record: bytes, rng: np.random.Generator | None) -> Batch:
-        ex = pdata.decode_record(
-            record,
+    def __call__(self, records: list[bytes], rngs: list[np.random.Generator] | None) -> Batch:
+        ex = decode_batch(
+            records,
             max_seq_length=self.max_seq_length,
             max_predictions_per_seq=self.max_predictions_per_seq,
             pad_id=self.pad_id,
         )
-        return ex if rng is None else _mask(ex, self.spec, rng)
+        if rngs is None:
+            return ex
+        # Row i is masked as mask_example(row i, rng=rngs[i]) would, row after row.
+        masked = pdata.mask_rows(ex[F.INPUT_IDS], ex[F.INPUT_MASK].sum(axis=1), self.spec, rngs)
+        return {
+            **ex,
+            F.INPUT_IDS: masked.input_ids,
+            F.MASKED_LM_POSITIONS: masked.masked_lm_positions,
+            F.MASKED_LM_IDS: masked.masked_lm_ids,
+            F.MASKED_LM_WEIGHTS: masked.masked_lm_weights,
+        }
 
 
-def _mask(ex: Batch, spec: pdata.MaskingSpec, rng: np.random.Generator) -> Batch:
-    """One decoded example, masked with `rng`."""
-    length = int(ex[F.INPUT_MASK].sum())
-    masked = pdata.mask_example(ex[F.INPUT_IDS], length, spec, rng=rng)
-    return {
-        **ex,
-        F.INPUT_IDS: masked.input_ids,
-        F.MASKED_LM_POSITIONS: masked.masked_lm_positions,
-        F.MASKED_LM_IDS: masked.masked_lm_ids,
-        F.MASKED_LM_WEIGHTS: masked.masked_lm_weights,
-    }
+class _Packs:
+    """A batch of packs (each a tuple of records, + the pack's generator) -> packed rows;
+    with dynamic masking a pack's pairs are masked in turn with its (seed, epoch, pack
+    index) generator."""
 
-
-class _Pack:
-    """A pack's records (+ the pack's generator) -> one packed row; with dynamic masking
-    each pair is masked in turn with the pack's (seed, epoch, pack index) generator."""
-
-    def __init__(self, example: _Example, max_sequences: int, max_predictions: int):
-        self.example = example
+    def __init__(self, examples: _Examples, max_sequences: int, max_predictions: int):
+        self.examples = examples
         self.max_sequences = max_sequences
         self.max_predictions = max_predictions
 
-    def __call__(self, records: tuple[bytes, ...], rng: np.random.Generator | None) -> Batch:
-        return packing_lib.pack_examples(
-            [self.example(record, rng) for record in records],
-            max_seq_length=self.example.max_seq_length,
+    def __call__(
+        self, packs: list[tuple[bytes, ...]], rngs: list[np.random.Generator] | None
+    ) -> Batch:
+        sizes = [len(pack) for pack in packs]
+        records = [record for pack in packs for record in pack]
+        if rngs is not None:  # every pair of a pack draws from the pack's generator
+            rngs = [g for g, size in zip(rngs, sizes, strict=True) for _ in range(size)]
+        return packing_lib.pack_batch(
+            self.examples(records, rngs),
+            np.repeat(np.arange(len(packs)), sizes),
+            len(packs),
+            max_seq_length=self.examples.max_seq_length,
             max_sequences=self.max_sequences,
             max_predictions=self.max_predictions,
-            pad_id=self.example.pad_id,
+            pad_id=self.examples.pad_id,
         )
 
 
@@ -365,22 +466,13 @@ def make_pretrain_dataset(
         raise ValueError(f"num_epochs must be None or positive, got {num_epochs}")
 
     source: Any = PretrainRecordSource.from_dataset(data_dir, info)
-    make: Any = _Example(info)
+    make: Any = _Examples(info)
     if packing:
         source = PackedRecordSource(source, pack_plan(data_dir, max_sequences_per_pack, seed))
-        make = _Pack(make, max_sequences_per_pack, packed_shapes(info, max_sequences_per_pack)[1])
+        make = _Packs(make, max_sequences_per_pack, packed_shapes(info, max_sequences_per_pack)[1])
     if not len(source):
         raise ValueError(f"{data_dir}: no examples")
     rows = process_rows(global_batch_size, process_index, process_count)
-    read = _ReadRow(
-        source,
-        GlobalOrder(len(source), seed=seed, shuffle=shuffle),
-        global_batch_size=global_batch_size,
-        rows=rows,
-        make=make,
-        seed=seed,
-        dynamic=bool(info["dynamic_masking"]),
-    )
     batch_size = rows[1] - rows[0]
     if num_epochs is None:  # endless: as many batches as an index can count
         local_rows = sys.maxsize // global_batch_size * batch_size
@@ -389,10 +481,21 @@ def make_pretrain_dataset(
         local_rows = full * batch_size
         if not drop_remainder:
             local_rows += min(max(rest - rows[0], 0), batch_size)
+    read = _ReadBatch(
+        source,
+        GlobalOrder(len(source), seed=seed, shuffle=shuffle),
+        global_batch_size=global_batch_size,
+        rows=rows,
+        num_rows=local_rows,
+        make=make,
+        seed=seed,
+        dynamic=bool(info["dynamic_masking"]),
+    )
+    # One element per local batch (a last partial one with fewer rows): the state of
+    # the iterator is the index of the next batch.
     ds = (
-        grain.MapDataset.range(local_rows)
+        grain.MapDataset.range(-(-local_rows // batch_size))
         .map(read)
-        .batch(batch_size, drop_remainder=drop_remainder)
         .to_iter_dataset(
             grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads)
         )
@@ -403,7 +506,8 @@ def make_pretrain_dataset(
 
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(
+        options = grain.experimental.DatasetOptions(min_shm_size=MIN_SHARED_MEMORY_BYTES)
+        ds = grain.experimental.WithOptionsIterDataset(ds, options).mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
             )
@@ -475,6 +579,62 @@ def make_pretrain_iterator(
         max_sequences_per_pack=max_sequences_per_pack,
     )
     return iter(dataset)
+
+
+class DevicePrefetchIterator(grain.DatasetIterator):
+    """Batches with `put` (e.g. the host-to-device copy) started `size` batches ahead.
+
+    Each ``next()`` takes one more batch from `iterator`, calls `put` on it and returns
+    the result of `put` for the batch `size` places earlier, so while the caller's step
+    runs on one batch the next ones are already on their way to the devices (`put`
+    returns without waiting for the copy, as `jax.device_put` does). The batches and
+    their order are those of `iterator`. The state (`get_state` / `set_state`, and so
+    Orbax checkpoints through `iterator_save_args`) is that of `iterator` after the
+    batches returned so far, not after the ones fetched ahead: a restored iterator
+    continues exactly after the last batch the caller received.
+    """
+
+    def __init__(self, iterator: Any, put: Callable[[Batch], Any], size: int = 2):
+        super().__init__(iterator if isinstance(iterator, grain.DatasetIterator) else ())
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self._iterator = iterator
+        self._put = put
+        self._size = size
+        self._ahead: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._state = iterator.get_state()
+        self._exhausted = False
+
+    def __next__(self) -> Any:
+        self._assert_not_closed()
+        while len(self._ahead) <= self._size and not self._exhausted:
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self._exhausted = True
+                break
+            self._ahead.append((self._put(batch), self._iterator.get_state()))
+        if not self._ahead:
+            raise StopIteration
+        batch, self._state = self._ahead.popleft()
+        return batch
+
+    def get_state(self) -> Any:
+        return copy.deepcopy(self._state)
+
+    def set_state(self, state: Any) -> None:
+        self._iterator.set_state(state)
+        self._ahead.clear()
+        self._state = self._iterator.get_state()
+        self._exhausted = False
+
+
+def prefetch_to_device(
+    iterator: Any, put: Callable[[Batch], Any], size: int = 2
+) -> DevicePrefetchIterator:
+    """`iterator`'s batches passed through `put` `size` batches ahead (see
+    `DevicePrefetchIterator`); checkpoint the returned iterator instead of `iterator`."""
+    return DevicePrefetchIterator(iterator, put, size)
 
 
 def save_iterator_state(iterator: Any, path: str | os.PathLike) -> None:

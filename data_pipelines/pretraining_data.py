@@ -143,10 +143,9 @@ import random
 import shutil
 import struct
 import sys
-import tempfile
 import time
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -171,6 +170,7 @@ BLOCK_EXAMPLES = 4096  # examples gathered / masked / serialized at a time
 BYTES_PER_WORKER = 8_000_000  # default num_workers: one per 8 MB of input, up to the cores
 
 OutputFormat = Literal["arrayrecord", "tfrecord"]
+TFRECORD_NEEDS = "writing TFRecord files (output_format tfrecord)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,6 +320,56 @@ def mask_batch(
       spec: tables and parameters (see `MaskingSpec`).
       rng: consumed in a fixed pattern for a given shape, so results are reproducible.
     """
+
+    def draw(key_sizes, key_width, dtype, width, high):
+        n = len(key_sizes)  # every row's keys in one [N, key_width] block
+        keys = rng.random((n, key_width), dtype=dtype)
+        return keys, rng.random((n, width)), rng.integers(0, high, size=(n, width))
+
+    return _mask(input_ids, lengths, spec, draw)
+
+
+def mask_rows(
+    input_ids: np.ndarray,
+    lengths: np.ndarray,
+    spec: MaskingSpec,
+    rngs: Sequence[np.random.Generator],
+) -> MaskedExamples:
+    """Row i masked with generator ``rngs[i]``, all rows computed at once.
+
+    The result is exactly ``mask_example(input_ids[i], lengths[i], spec, rng=rngs[i])``
+    for every row, taken in row order: rows that share one generator draw from it one
+    after the other, as successive `mask_example` calls would. Only the draws are made
+    row by row (a few per row); the masking itself is vectorized over the batch.
+    """
+    if len(rngs) != len(input_ids):
+        raise ValueError(f"{len(input_ids)} rows but {len(rngs)} generators")
+
+    def draw(key_sizes, key_width, dtype, width, high):
+        n = len(key_sizes)
+        keys = np.empty((n, key_width), dtype)
+        r = np.empty((n, width))
+        picks = np.empty((n, width), np.int64)
+        for i, (g, size) in enumerate(zip(rngs, key_sizes.tolist(), strict=True)):
+            keys[i, :size] = g.random(size, dtype=dtype)
+            r[i] = g.random(width)
+            picks[i] = g.integers(0, high, size=width)
+        return keys, r, picks
+
+    return _mask(input_ids, lengths, spec, draw)
+
+
+def _mask(
+    input_ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec, draw: Callable
+) -> MaskedExamples:
+    """The masking of `mask_batch` with its random numbers from `draw`.
+
+    ``draw(key_sizes, key_width, dtype, width, high)`` returns ``(keys, r, picks)``:
+    ``keys`` [N, key_width] of `dtype` in [0, 1), of which row i needs the first
+    ``key_sizes[i]``; ``r`` [N, width] float64 in [0, 1) (mask / keep / replace);
+    ``picks`` [N, width] integers in [0, high) (replacement tokens). A row draws its keys,
+    then r, then picks, so one row masked alone consumes its generator as in `mask_example`.
+    """
     ids = np.asarray(input_ids, dtype=np.int32)
     lengths = np.asarray(lengths, dtype=np.int64)
     n, t = ids.shape
@@ -331,8 +381,16 @@ def mask_batch(
     k = np.minimum(np.minimum(p, np.maximum(1, k)), num_cand)  # [N]
 
     width = min(p, t)
+    high = spec._replacement.size
     if spec.do_whole_word_mask:
-        selected = _select_whole_words(ids, cand, k, spec, rng)
+        prev = np.zeros_like(cand)
+        prev[:, 1:] = cand[:, :-1]
+        start = cand & ~(spec.continuation_mask[ids] & prev)  # a word starts here
+        words_per_row = start.sum(axis=1)
+        w = max(1, int(words_per_row.max(initial=0)))
+        keys, r, picks = draw(np.maximum(1, words_per_row), w, np.float64, width, high)
+        keys[np.arange(w)[None, :] >= words_per_row[:, None]] = 2.0
+        selected = _select_whole_words(cand, start, words_per_row, k, keys)
         rows, cols = np.nonzero(selected)  # row-major: ascending positions per row
         count = selected.sum(axis=1)
         rank = np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count)
@@ -341,7 +399,7 @@ def mask_batch(
     else:
         # The k candidates with the smallest random keys: a uniform draw without
         # replacement, like shuffling the candidates and taking the first k.
-        keys = rng.random((n, t), dtype=np.float32)
+        keys, r, picks = draw(np.full(n, t), t, np.float32, width, high)
         keys[~cand] = 2.0
         part = np.argpartition(keys, width - 1, axis=1)[:, :width] if width < t else None
         if part is None:
@@ -356,8 +414,7 @@ def mask_batch(
     positions = np.where(valid, positions, 0)
     labels = np.where(valid, np.take_along_axis(ids, positions, axis=1), 0)
 
-    r = rng.random((n, width))
-    random_ids = spec._replacement[rng.integers(0, spec._replacement.size, size=(n, width))]
+    random_ids = spec._replacement[picks]
     new = np.where(r < 0.8, spec.mask_id, np.where(r < 0.9, labels, random_ids))
     masked = ids.copy()
     rows = np.broadcast_to(np.arange(n)[:, None], positions.shape)
@@ -373,24 +430,19 @@ def mask_batch(
 
 
 def _select_whole_words(
-    ids: np.ndarray,
     cand: np.ndarray,
+    start: np.ndarray,
+    words_per_row: np.ndarray,
     k: np.ndarray,
-    spec: MaskingSpec,
-    rng: np.random.Generator,
+    keys: np.ndarray,
 ) -> np.ndarray:
-    """Whole-word selection: shuffle words, greedily take those that fit the budget."""
-    n, t = ids.shape
-    prev = np.zeros_like(cand)
-    prev[:, 1:] = cand[:, :-1]
-    start = cand & ~(spec.continuation_mask[ids] & prev)  # a word starts here
-    words_per_row = start.sum(axis=1)
-    w = max(1, int(words_per_row.max(initial=0)))
+    """Whole-word selection: order each row's words by `keys` [N, W] (2.0 past the row's
+    words), greedily take those that fit the budget `k`."""
+    n, t = cand.shape
+    w = keys.shape[1]
     rows, cols = np.nonzero(cand)
     word = (np.cumsum(start, axis=1) - 1)[rows, cols]  # word index (in its row) per candidate
     word_len = np.bincount(rows * w + word, minlength=n * w).reshape(n, w)
-    keys = rng.random((n, w))
-    keys[np.arange(w)[None, :] >= words_per_row[:, None]] = 2.0
     order = np.argsort(keys, axis=1)  # a random order of each row's words
     shuffled_len = np.take_along_axis(word_len, order, axis=1).T.copy()  # [W, N]
     chosen = np.zeros((w, n), dtype=bool)
@@ -1070,8 +1122,7 @@ class _ArrayRecordShard:
 
 class _TFRecordShard:
     def __init__(self, path: str, params: ExampleParams):
-        import tensorflow as tf
-
+        tf = storage.require_extra("tensorflow", TFRECORD_NEEDS)
         self._tf = tf
         self._writer = tf.io.TFRecordWriter(path)
         self._params = params
@@ -1447,6 +1498,8 @@ def create_pretraining_data(
         )
     if output_format == "tfrecord" and dynamic_masking:
         raise ValueError("dynamic_masking needs output_format='arrayrecord'")
+    if output_format == "tfrecord":
+        storage.require_extra("tensorflow", TFRECORD_NEEDS)  # before any work
     if not 0 <= random_seed < 2**63:
         raise ValueError(f"random_seed must be a non-negative 63-bit integer, got {random_seed}")
 
@@ -1490,8 +1543,7 @@ def create_pretraining_data(
         # inputs are faster in this process.
         num_workers = min(os.cpu_count() or 1, max(1, total_bytes // BYTES_PER_WORKER))
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    tmp = Path(storage.temp_dir_beside(output_dir))  # the mode os.makedirs would give it
     bar = None
     start = time.perf_counter()
     try:

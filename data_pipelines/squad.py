@@ -248,11 +248,10 @@ def load_tfds_split(
     task: str, split: str, *, data_dir: str | None = None, download: bool = True
 ) -> list[SquadExample]:
     """The examples of TFDS `squad/v1.1` or `squad/v2.0` ("train" or "validation"), by id."""
-    import tensorflow_datasets as tfds  # heavy; only this path needs it
-
     spec = get_task(task)
     if split not in ("train", "validation"):
         raise ValueError(f"SQuAD split {split!r}: use 'train' or 'validation'")
+    tfds = storage.require_extra("tensorflow_datasets", "reading SQuAD from TFDS (data_dir tfds)")
     ds = tfds.load(
         spec.tfds_name, split=split, data_dir=data_dir, download=download, shuffle_files=False
     )

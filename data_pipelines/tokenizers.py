@@ -42,7 +42,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
@@ -675,6 +674,7 @@ def train_vocab(
     limit_alphabet: int = 1000,
     overwrite: bool = False,
     input_errors: Literal["strict", "replace", "ignore"] = "strict",
+    progress: bool = True,
 ) -> Tokenizer:
     """Train a WordPiece or SentencePiece (unigram) vocabulary on text files (one sentence a line).
 
@@ -700,6 +700,9 @@ def train_vocab(
 
     Output goes to a temporary sibling directory and is renamed into `out_dir` when complete. An
     `out_dir` already holding a tokenizer is refused unless `overwrite=True`.
+
+    `progress` shows a tqdm bar of the text read, in bytes, over all the passes the training
+    makes (WordPiece 3, SentencePiece 1, or 2 on a corpus large enough to be sampled).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -731,12 +734,25 @@ def train_vocab(
             "pass overwrite=True to replace it"
         )
 
-    def documents() -> Iterator[list[str]]:
-        return corpus.iter_documents(files, errors=input_errors)
+    from tqdm.auto import tqdm
 
-    parent, name = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    total_bytes = sum(storage.path(f).stat().length for f in files)
+    # The passes over the text: WordPiece's alphabet, continuation and training passes;
+    # SentencePiece's counting pass (when it may sample, as `_train_sentencepiece`) and
+    # training pass.
+    passes = 3 if kind == "wordpiece" else 1 + (total_bytes >= 2 * SPM_INPUT_SENTENCE_SIZE)
+    bar = tqdm(
+        total=passes * total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc=f"vocab ({passes} pass{'es' if passes > 1 else ''} over the text)",
+        disable=not progress,
+    )
+
+    def documents() -> Iterator[list[str]]:
+        return corpus.iter_documents(files, errors=input_errors, on_bytes=bar.update)
+
+    tmp = storage.temp_dir_beside(out_dir)  # the mode os.makedirs would give out_dir
     try:
         sizes = (vocab_size, num_unused, pad_to_multiple_of)
         if kind == "wordpiece":
@@ -746,6 +762,7 @@ def train_vocab(
         tok.save(tmp)
         _publish(tmp, out_dir)
     finally:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(out_dir)
 

@@ -313,6 +313,42 @@ def test_load_reads_every_kind_of_checkpoint_path(hf_dir, bertjax_dir, tmp_path)
         np.testing.assert_allclose(bert.hidden_states(texts), expected, atol=1e-6, err_msg=path)
 
 
+def test_load_takes_a_hub_model_id(minilm, hf_dir, tmp_path, monkeypatch):
+    """`bertjax.load("org/name")` resolves a Hub id as `convert --from hf --src` does (one
+    resolver): offline, from a cache laid out as huggingface_hub lays it out, the real MiniLM
+    gives what loading its directory gives. A local path of the same spelling wins; an id that
+    is not in the cache is one line."""
+    from huggingface_hub import constants
+    from test_convert import MINILM_ID, hub_cache
+
+    cache = str(tmp_path / "hub")
+    snapshot = hub_cache(cache, MINILM_ID, _minilm_dir())
+    hub_cache(cache, "org/tiny-bert", hf_dir[0])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)  # read from the environment at import
+    monkeypatch.chdir(tmp_path)
+    assert constants.HF_HUB_OFFLINE  # conftest: HF_HUB_OFFLINE=1
+
+    from_hub = bertjax.load(MINILM_ID, batch_size=2)
+    assert from_hub.meta["source"] == f"hf:{snapshot}"
+    np.testing.assert_array_equal(from_hub.hidden_states(TEXTS), minilm.hidden_states(TEXTS))
+    np.testing.assert_array_equal(from_hub.embed(TEXTS, PAIRS), minilm.embed(TEXTS, PAIRS))
+
+    texts = ["the cat sat", "hello world"]
+    hub_tiny = bertjax.load("org/tiny-bert").hidden_states(texts)
+    np.testing.assert_array_equal(hub_tiny, bertjax.load(hf_dir[0]).hidden_states(texts))
+    local = _save_hf(str(tmp_path / "org" / "tiny-bert"), "BertModel", seed=1)
+    states = bertjax.load("org/tiny-bert").hidden_states(texts)
+    np.testing.assert_array_equal(states, bertjax.load(local).hidden_states(texts))
+    assert not np.allclose(states, hub_tiny)
+
+    with pytest.raises(FileNotFoundError) as e:
+        bertjax.load("org/not-cached")
+    assert str(e.value) == (
+        "org/not-cached: no such file or directory, and the Hugging Face Hub model "
+        f"org/not-cached is not in the cache ({cache}) while downloads are off (HF_HUB_OFFLINE=1)"
+    )
+
+
 def test_model_takes_hugging_face_input_names(minilm):
     import jax
 

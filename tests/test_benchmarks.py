@@ -1,9 +1,11 @@
 """The benchmark scripts' own logic: the profile summary's classification, the packing
-benchmark's figures, and the end-to-end fine-tuning benchmark's data generator and flags
-(the step benchmarks' smoke test is in test_flops.py)."""
+benchmark's figures, the end-to-end fine-tuning benchmark's data generator and flags, and
+the input-pipeline benchmark's smoke run (the step benchmarks' smoke test is in
+test_flops.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +62,29 @@ def test_profile_step_runs_and_reads_its_trace(tmp_path):
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "by phase:" in res.stdout and "backward" in res.stdout and "matmul" in res.stdout
+
+
+def test_input_pipeline_benchmark_smoke(tmp_path):
+    """--smoke prepares a tiny dataset, reads every mode and ends with its JSON figures."""
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "input_pipeline.py"),
+        *("--smoke", "--json", "--workdir", str(tmp_path)),
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["target_per_core"] == 450 and isinstance(out["pass"], bool)
+    assert out["sequences_per_sec_per_core"] > 0 and out["sequences_per_sec_per_core_512"] > 0
+    assert len(out["modes"]) == 8  # 128 / 512 x static / dynamic x unpacked / packed
+    runs = [r for m in out["modes"].values() for r in m["runs"]]
+    assert {r["workers"] for r in runs} == {0, 1}
+    worker = next(r for r in runs if r["workers"] == 1)
+    assert 0 < worker["main_process_cpu_share"] < 1  # the workers' CPU time is counted
+    assert all(0 <= r["data_wait"]["wait_share"] < 1 for r in runs if "data_wait" in r)
+    packed = out["modes"]["seq128/dynamic/packed"]["runs"][0]
+    assert packed["pairs_per_row"] > 1
+    assert "target: 450 sequences/s per core" in res.stdout
 
 
 # --- benchmarks/finetune_e2e.py -----------------------------------------------------------------
@@ -168,3 +193,136 @@ def test_finetune_e2e_help():
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "--num_train" in res.stdout and "--config.KEY=VALUE" in res.stdout
+
+
+# --- benchmarks/accelerator_check.py -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "limit,start,granularity,bound",
+    [(37, 4, 1, 4096), (300, 64, 8, 4096), (1000, 900, 8, 4096), (300, 64, 8, 128),
+     (5, 64, 8, 4096)],
+)  # fmt: skip
+def test_accelerator_check_batch_search_brackets_the_limit(limit, start, granularity, bound):
+    import accelerator_check
+
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= limit
+
+    found = accelerator_check.search_batch(
+        fits, start=start, lo=0, bound=bound, granularity=granularity, time_ok=lambda: True
+    )
+    lo, hi = found["largest_fitting"], found["smallest_failing"]
+    assert found["converged"] and all(b % granularity == 0 and b <= bound for b in tried)
+    if limit >= bound:
+        assert lo == bound and hi is None and "bound" in found["stopped"]
+    elif limit < granularity:
+        assert lo is None and hi == granularity
+    else:
+        assert lo <= limit < hi and hi - lo <= max(granularity, lo // 8)
+    assert len(tried) <= 10
+
+    # Out of time after two probes: what is known so far, not converged.
+    if len(tried) > 2:
+        calls = iter([True, True, False])
+        stopped = accelerator_check.search_batch(
+            fits, start=start, lo=0, bound=bound, granularity=granularity,
+            time_ok=lambda: next(calls),
+        )  # fmt: skip
+        assert not stopped["converged"] and stopped["stopped"] == "time budget"
+        assert stopped["largest_fitting"] is None or stopped["largest_fitting"] <= limit
+
+
+def test_accelerator_check_finds_cudnn_fused_attention_in_hlo():
+    import accelerator_check
+
+    hlo = "\n".join(
+        [
+            "  %custom-call.3 = (bf16[8,16,512,64]{3,2,1,0}, u8[0]{0}) custom-call(%q, %k, %v, "
+            '%bias), custom_call_target="__cudnn$fmhaScaleBiasSoftmax", backend_config={}',
+            "  %custom-call.9 = bf16[64,64]{1,0} custom-call(%a, %b), "
+            'custom_call_target="__cublas$lt$matmul"',
+            "  %fusion.2 = bf16[64]{0} fusion(%c), kind=kCustom, backend_config="
+            '{"fusion_backend_config":{"kind":"__triton_gemm"}}',
+        ]
+    )
+    found = accelerator_check.attention_kernels(hlo)
+    assert found["fused_attention"] and found["fused_attention_calls"] == 1
+    assert found["fmha_anywhere_in_hlo"]
+    assert found["fused_attention_targets"] == ["__cudnn$fmhaScaleBiasSoftmax"]
+    assert "__cublas$lt$matmul" in found["custom_call_targets"]
+    assert found["backend_fusion_kinds"] == ["__triton_gemm"]
+    assert not accelerator_check.attention_kernels(hlo.split("\n", 1)[1])["fused_attention"]
+
+
+@pytest.mark.slow
+def test_accelerator_check_dry_run_writes_json_and_markdown(tmp_path):
+    """The one-shot GPU check runs end to end on CPU with a tiny model: every part, the
+    HLO check (no cuDNN on CPU), the targets (n/a off a GPU) and both files."""
+    import json
+
+    out = tmp_path / "accel"
+    cmd = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_check.py"),
+        "--dry_run", "--out", str(out), "--budget_s", "600", "--hard_limit_s", "900",
+    ]  # fmt: skip
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = json.loads((out / "accelerator_check.json").read_text())
+    assert data["complete"] and data["dry_run"] and not data["errors"] and not data["skipped"]
+    env_keys = ("device_kind", "platform", "device_count", "versions", "cuda", "nvidia_smi")
+    assert all(k in data["environment"] for k in env_keys)
+    assert data["environment"]["versions"]["jax"] == __import__("jax").__version__
+
+    steps = {(r["packed"], r["variant"]): r for r in data["steps"]}
+    assert set(steps) == {
+        (p, v) for p in (False, True) for v in ("default", "no attention dropout")
+    }
+    for r in steps.values():
+        assert r["hlo_checked"] and r["fused_attention"] is False  # CPU: no cuDNN
+        assert r["step_seconds"] > 0 and np.isfinite(r["loss"]) and r["mfu"] is None
+        assert r["dtype"] == "bfloat16" and r["param_dtype"] == "float32"
+        assert r["real_tokens_per_sec"] <= r["tokens_per_sec"]
+    packed, unpacked = steps[(True, "default")], steps[(False, "default")]
+    assert packed["pairs_per_row"] >= 1 == unpacked["pairs_per_row"]
+    assert "einsum" in unpacked["attention_path"]
+    assert "dot_product_attention" in steps[(False, "no attention dropout")]["attention_path"]
+
+    probes = {(r["implementation"], r["mask"]): r for r in data["attention_probe"]}
+    assert probes[("xla", "packed block-diagonal mask")]["supported"]
+    assert not probes[("cudnn", "padding mask")]["supported"]  # CPU
+    assert {r["packed"] for r in data["input_pipeline"]} == {False, True}
+    assert all(r["rows_per_sec"] > 0 and r["margin"] > 0 for r in data["input_pipeline"])
+    assert all(r["measured_by"] for r in data["input_pipeline"])
+    search = data["largest_batch"]
+    assert search["no_remat"]["largest_fitting"] == search["remat"]["largest_fitting"] == 2
+    assert {t["status"] for t in data["targets"].values()} == {"n/a"}
+
+    md = (out / "accelerator_check.md").read_text()
+    assert md.strip() in res.stdout  # printed at the end too
+    for heading in ("## Targets", "## Pre-training step", "## Attention alone",
+                    "## Input pipeline", "## Largest batch"):  # fmt: skip
+        assert heading in md
+    assert "| bert-tiny seq 64 | 2 | yes |" in md
+
+
+def test_accelerator_check_hard_time_limit_leaves_its_files(tmp_path):
+    """Past --hard_limit_s the check ends itself (exit 2), even mid-part, with what it has."""
+    import json
+
+    out = tmp_path / "accel"
+    cmd = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_check.py"),
+        "--dry_run", "--out", str(out), "--hard_limit_s", "1",
+    ]  # fmt: skip
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    data = json.loads((out / "accelerator_check.json").read_text())
+    assert not data["complete"]
+    assert data["skipped"][-1]["reason"] == "hard time limit of 1 s reached"
+    assert "hard time limit of 1 s reached" in (out / "accelerator_check.md").read_text()

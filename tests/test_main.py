@@ -112,16 +112,17 @@ def test_vocab_invalid_utf8_is_one_line_naming_file_and_line(tmp_path, capsys, k
     out = str(tmp_path / "v")
     code, _, err = _run(["vocab", "--input", bad, "--out", out, *kind], capsys)
     assert code == 1 and not os.path.exists(out)
-    assert err.splitlines() == [err.strip()] and err.startswith(f"bertjax vocab: error: {bad}:4: ")
+    assert _error_line(err, "vocab").startswith(f"bertjax vocab: error: {bad}:4: ")
+    assert _without_bars(err, "vocab (") == [_error_line(err, "vocab")]
 
     code, _, err = _run(
         ["vocab", "--input", bad, "--out", out, *kind, "--input_errors=replace"], capsys
     )
     assert code == 0, err
-    assert err.strip() == (
+    assert _without_bars(err, "vocab (") == [
         f"bertjax vocab: warning: {bad}:4: invalid UTF-8 bytes replaced by U+FFFD "
         "(1 line(s) in this file)"
-    )
+    ]
     tok = load_tokenizer(out)
     assert not [p for p in tok.convert_ids_to_tokens(range(tok.vocab_size)) if "\ufffd" in p]
 
@@ -131,6 +132,12 @@ def _error_line(err: str, command: str) -> str:
     lines = [x for x in err.splitlines() if x.startswith(f"bertjax {command}: error: ")]
     assert len(lines) == 1 and "Traceback" not in err and err.endswith(lines[0] + "\n"), err
     return lines[0]
+
+
+def _without_bars(err: str, *bars: str) -> list[str]:
+    """The lines of stderr other than the states of the progress bars named `bars` (a bar
+    redraws itself after a carriage return, each state starting with its name)."""
+    return [x for x in err.replace("\r", "\n").splitlines() if x.strip() and not x.startswith(bars)]
 
 
 def test_features_invalid_utf8_is_one_line_naming_file_and_line(bertjax_dir, tmp_path, capsys):
@@ -335,9 +342,8 @@ def test_config_key_typos_packing_on_token_tasks_and_a_cache_file_are_one_line(
     glue = ["finetune", "--config", "glue/sst2", "--workdir", str(tmp_path / "w")]
     code, _, err = _run([*glue, "--config.train.batchsize=8"], capsys)
     assert code == 2
-    assert err.splitlines()[0] == (
-        "bertjax finetune: unknown config key train.batchsize "
-        '(\'batchsize\'; Did you mean "batch_size" instead of "batchsize"?)'
+    assert err == (
+        "bertjax finetune: unknown config key train.batchsize (did you mean train.batch_size?)\n"
     )
     code, _, err = _run(["finetune", "--config", "glue/mrpc:abc", "--workdir", "w"], capsys)
     assert code == 2 and err.splitlines()[0].endswith(
@@ -365,3 +371,341 @@ def test_config_key_typos_packing_on_token_tasks_and_a_cache_file_are_one_line(
         f"bertjax features: error: compilation cache {cache}: exists and is not a directory"
     )
     assert cache.read_text() == "x"
+
+
+# --- prepare under google-research/bert's flag names ---------------------------------------------
+
+
+def test_prepare_takes_google_research_bert_flag_names(tmp_path, capsys):
+    """create_pretraining_data.py's command line gives the records of prepare's own flags;
+    missing or contradictory file flags are one line each."""
+    from _data_helpers import make_documents, write_corpus, write_vocab
+
+    text = tmp_path / "text"
+    text.mkdir()
+    write_corpus(text / "a.txt", make_documents(6, seed=1))
+    write_corpus(text / "b1.txt", make_documents(5, seed=2))
+    write_corpus(text / "b2.txt", make_documents(5, seed=3))
+    vocab = write_vocab(tmp_path)
+    inputs = f"{text / 'a.txt'},{text / 'b*.txt'}"  # a comma-separated list of files and globs
+    common = ["--do_lower_case=True", "--max_seq_length=32", "--max_predictions_per_seq=5",
+              "--random_seed=7", "--dupe_factor=2", "--masked_lm_prob=0.2",
+              "--short_seq_prob=0.3", "--num_workers=1", "--num_shards=2"]  # fmt: skip
+    ours, google = str(tmp_path / "ours"), str(tmp_path / "google")
+    code, out, err = _run(
+        ["prepare", "--input", inputs, "--vocab", vocab, "--output", ours, *common], capsys
+    )
+    assert code == 0, err
+    code, out, err = _run(
+        ["prepare", f"--input_file={inputs}", f"--output_file={google}",
+         f"--vocab_file={vocab}", f"--vocab={vocab}", *common],  # the same value twice: one
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip().endswith(f"examples to {google}")
+    names = sorted(os.listdir(ours))
+    assert names == sorted(os.listdir(google)) and len(names) > 3
+    for name in names:
+        with open(os.path.join(ours, name), "rb") as a, open(os.path.join(google, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+    base = ["prepare", "--vocab_file", vocab, "--output_file", str(tmp_path / "x")]
+    for argv, message in (
+        (
+            [*base, "--input_file", str(text / "a.txt"), "--input", str(text / "b1.txt")],
+            f"--input={text / 'b1.txt'} and --input_file={text / 'a.txt'} contradict each other",
+        ),
+        (base, "give --input (or google-research/bert's name, --input_file)"),
+        (
+            [
+                "prepare",
+                "--input_file",
+                inputs,
+                "--vocab_file",
+                vocab,
+                "--output_file",
+                "out/a.tfrecord,out/b.tfrecord",
+            ],
+            "give one path, e.g. --output_file=out/a.tfrecord --num_shards=2",
+        ),  # fmt: skip
+    ):
+        code, _, err = _run(argv, capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists("out")
+
+
+# --- Config errors: one line for every command that takes --config --------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,line",
+    [
+        (["train", "--config", "tiny_demo", "--config.train.num_step=5"],
+         "unknown config key train.num_step (did you mean train.num_steps?)"),
+        (["train", "--config=bert_base:phase1", "--config.trian.batch_size=8"],
+         "unknown config key trian.batch_size (did you mean train.batch_size?)"),
+        (["train", "--config", "bert_large:phase2", "--config.train.num_steps.x=1"],
+         "config key train.num_steps.x: train.num_steps is a value (int), not a group"),
+        (["finetune", "--config", "squad/v1", "--config.task.versoin=2"],
+         "unknown config key task.versoin (task has: data_dir, dev_file, doc_stride, "),
+        (["finetune", "--config", "ner/conll2003", "--noconfig.model.tager"],
+         "unknown config key model.tager (did you mean model.tagger?)"),
+        (["finetune", "--config", "glue/mrpc", "--config.zzz=1"],
+         "unknown config key zzz (the config has: data, "),
+        (["train", "--config", "no/such_file.py"],
+         "--config=no/such_file.py: 'no/such_file.py' is neither a file nor a shipped config"),
+        (["finetune", "--config", "glue/no_such_task"],
+         "--config=glue/no_such_task: 'glue/no_such_task' is neither a file nor a shipped"),
+    ],
+)  # fmt: skip
+def test_config_errors_are_one_line_for_every_config_command(argv, line, tmp_path, capsys):
+    code, _, err = _run([*argv, "--workdir", str(tmp_path / "w")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"bertjax {argv[0]}: {line}"), err
+    assert not os.path.exists(tmp_path / "w")
+
+
+# --- Progress bars: units, totals, and steps counted when the device has run them --------------
+
+
+def _recording_tqdm(monkeypatch, *targets: str) -> list:
+    """Replaces tqdm at `targets` ("module.attribute") with a subclass that records its bars;
+    each bar's `shown` lists its count after every update."""
+    from tqdm import tqdm
+
+    bars = []
+
+    class Recording(tqdm):
+        def __init__(self, *args, **kwargs):
+            self.shown = []
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+        def update(self, n=1):
+            out = super().update(n)
+            self.shown.append(self.n)
+            return out
+
+    for target in targets:
+        monkeypatch.setattr(target, Recording)
+    return bars
+
+
+@pytest.mark.slow
+def test_pretraining_bar_and_lines_in_percent_and_counted_at_fetches(tmp_path, capsys, monkeypatch):
+    from _data_helpers import make_documents, write_corpus, write_vocab
+
+    from data_pipelines.pretraining_data import create_pretraining_data
+
+    write_corpus(tmp_path / "train.txt", make_documents(40, seed=1))
+    write_corpus(tmp_path / "eval.txt", make_documents(10, seed=2))
+    vocab = write_vocab(tmp_path)
+    for split in ("train", "eval"):
+        create_pretraining_data(
+            [str(tmp_path / f"{split}.txt")], vocab, str(tmp_path / split), max_seq_length=32,
+            max_predictions_per_seq=5, dupe_factor=1, num_workers=1, progress=False,
+        )  # fmt: skip
+    bars = _recording_tqdm(monkeypatch, "bertjax.pretrain.tqdm")
+    work = str(tmp_path / "w")
+    code, out, err = _run(
+        ["train", "--config", "tiny_demo", "--workdir", work,
+         f"--config.data.train_dir={tmp_path / 'train'}",
+         f"--config.data.eval_dir={tmp_path / 'eval'}", f"--config.data.vocab={vocab}",
+         "--config.data.corpus=", "--config.model.size=custom", "--config.model.num_layers=1",
+         "--config.model.hidden_size=32", "--config.model.num_heads=2",
+         "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=32",
+         "--config.train.num_steps=6", "--config.train.batch_size=8",
+         "--config.train.log_every=2", "--config.train.eval_every=3",
+         "--config.train.eval_steps=1", "--config.train.checkpoint_every=6"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))]
+    train = [r for r in records if r.get("split", "train") == "train"]
+    evals = [r for r in records if r.get("split") == "eval"]
+    # Stored as fractions; shown in percent.
+    assert all(0 <= r["mlm_accuracy"] <= 1 and 0 <= r["nsp_accuracy"] <= 1 for r in train)
+    (bar,) = bars
+    assert f"mlm_acc={train[-1]['mlm_accuracy']:.1%}" in bar.postfix
+    assert f"nsp_acc={train[-1]['nsp_accuracy']:.1%}" in bar.postfix
+    for r in evals:
+        line = next(x for x in out.splitlines() if x.startswith(f"step {r['step']}: eval "))
+        assert f"mlm_accuracy={100 * r['mlm_accuracy']:.2f}%" in line
+        assert f"nsp_accuracy={100 * r['nsp_accuracy']:.2f}%" in line
+    final = next(x for x in out.splitlines() if x.startswith("final: "))
+    assert f"eval_mlm_accuracy={100 * evals[-1]['mlm_accuracy']:.2f}%" in final
+    # The bar moves only where the host has waited for the device: metrics fetched (every 2
+    # steps) and the evaluation (step 3), never at a step merely dispatched.
+    assert sorted(set(bar.shown)) == [2, 3, 4, 6], bar.shown
+
+
+@pytest.mark.slow
+def test_finetuning_accuracy_in_percent_everywhere_and_counted_at_fetches(
+    bertjax_dir, tmp_path, capsys, monkeypatch
+):
+    from test_finetune import write_sst2
+
+    data = str(tmp_path / "glue")
+    write_sst2(data, n_train=64, n_dev=32, n_test=8)
+    bars = _recording_tqdm(monkeypatch, "bertjax.finetune.tqdm")
+    work = str(tmp_path / "w")
+    code, out, err = _run(
+        ["finetune", "--config", "glue/sst2", "--workdir", work,
+         f"--config.init_checkpoint={bertjax_dir}", f"--config.task.data_dir={data}",
+         "--config.task.max_seq_length=16", "--config.train.batch_size=16",
+         "--config.train.num_epochs=1", "--config.train.log_every=3"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))]
+    train = [r for r in records if "split" not in r]
+    (ev,) = [r for r in records if r.get("split") == "eval"]
+    results = json.load(open(os.path.join(work, "eval_results.json")))
+    assert results["metrics"]["accuracy"] == ev["accuracy"]  # percent, as before
+    # Train accuracy in the same unit: percent of the window's examples (16 a step).
+    assert all(0 <= r["accuracy"] <= 100 for r in train)
+    assert any(r["accuracy"] > 1 for r in train)
+    (bar,) = bars
+    assert f"accuracy={train[-1]['accuracy']:.2f}%" in bar.postfix
+    assert f"sst2 epoch 1 (step 4): accuracy={ev['accuracy']:.2f}% " in out
+    assert f"best dev (epoch 1): accuracy={ev['accuracy']:.2f}%;" in out
+    # 4 steps, metrics fetched at 3 and 4 (the last), the evaluation at 4.
+    assert sorted(set(bar.shown)) == [3, 4], bar.shown
+
+
+def test_vocab_and_features_bars_have_totals(bertjax_dir, tmp_path, capsys, monkeypatch):
+    from _data_helpers import make_documents, write_corpus
+
+    bars = _recording_tqdm(monkeypatch, "tqdm.auto.tqdm", "bertjax.features.tqdm")
+    text = write_corpus(tmp_path / "c.txt", make_documents(20, seed=1))
+    size = os.path.getsize(text)
+    for kind, passes in (("wordpiece", 3), ("sentencepiece", 1)):
+        size_flags = ["--vocab_size", "120" if kind == "wordpiece" else "60"]
+        code, _, err = _run(
+            ["vocab", "--input", text, "--kind", kind, *size_flags, "--num_unused", "0",
+             "--out", str(tmp_path / kind)],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        bar = bars.pop()
+        assert bar.total == bar.n == passes * size, (kind, bar.total, bar.n)
+        assert err.count(f"vocab ({passes} pass") > 0  # on stderr
+
+    lines = tmp_path / "s.txt"
+    lines.write_text("the cat sat\n\nthe dog ||| ran")  # 3 lines, the last without a newline
+    code, _, err = _run(
+        ["features", "--checkpoint", bertjax_dir, "--input", str(lines),
+         "--output", str(tmp_path / "f.jsonl"), "--layers", "-1", "--max_seq_length", "16"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    (bar,) = bars
+    assert bar.total == bar.n == 3 and "features: 100%" in err.replace("\r", "\n")
+
+
+# --- corpus: progress with a total and a readable summary -----------------------------------------
+
+
+def test_corpus_summary_lines():
+    from data_pipelines.corpus import CorpusStats
+
+    stats = CorpusStats(
+        "data/wiki", 6_458_670, 123_456_789, 20_312_345_678,
+        tuple(f"data/wiki/corpus-{i:05d}-of-00064.txt" for i in range(64)),
+    )  # fmt: skip
+    assert main_module.corpus_summary(stats, 3 * 3600 + 12 * 60 + 5).splitlines() == [
+        "corpus written:",
+        "  output     data/wiki",
+        "  documents  6,458,670",
+        "  sentences  123,456,789 (lines)",
+        "  size       20.3 GB (20,312,345,678 bytes)",
+        "  files      64 (corpus-00000-of-00064.txt ... corpus-00063-of-00064.txt)",
+        "  time       3 h 12 min",
+    ]
+    one = CorpusStats("data/pydoc.txt", 522, 40_570, 2_864_315, ("data/pydoc.txt",))
+    assert main_module.corpus_summary(one, 6.04).splitlines()[4:] == [
+        "  size       2.9 MB (2,864,315 bytes)",
+        "  files      1 (pydoc.txt)",
+        "  time       6.0 s",
+    ]
+
+
+def test_corpus_command_tfds_bar_total_and_summary(tmp_path, capsys, monkeypatch):
+    from test_corpus import WIKI, _mock_wikipedia
+
+    bars = _recording_tqdm(monkeypatch, "tqdm.auto.tqdm")
+    out_dir = tmp_path / "wiki"
+    with _mock_wikipedia(WIKI):
+        code, out, err = _run(
+            ["corpus", "--source", "tfds:wikipedia/20230601.en", "--out", str(out_dir),
+             "--num_shards", "2"],
+            capsys,
+        )  # fmt: skip
+    assert code == 0, err
+    (bar,) = bars
+    assert bar.total == bar.n == len(WIKI)  # the split's examples, the empty one included
+    size = sum(os.path.getsize(out_dir / f) for f in os.listdir(out_dir))
+    lines = out.splitlines()
+    assert lines[:5] == [
+        "corpus written:",
+        f"  output     {out_dir}",
+        "  documents  3",
+        "  sentences  7 (lines)",
+        f"  size       {size} B ({size:,} bytes)",
+    ]
+    assert lines[5] == "  files      2 (corpus-00000-of-00002.txt ... corpus-00001-of-00002.txt)"
+    assert lines[6].startswith("  time       ") and len(lines) == 7
+
+
+@pytest.mark.slow
+def test_corpus_command_embedded_bar_total_and_summary(tmp_path, capsys):
+    out = tmp_path / "pydoc.txt"
+    code, stdout, err = _run(["corpus", "--source", "embedded", "--out", str(out)], capsys)
+    assert code == 0, err
+    states = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("embedded corpus")]
+    total = states[-1].split("/")[1].split()[0]
+    assert f" {total}/{total} " in states[-1] and int(total) > 100
+    text = out.read_text(encoding="utf-8")
+    assert stdout.splitlines()[:4] == [
+        "corpus written:",
+        f"  output     {out}",
+        f"  documents  {text.count(chr(10) * 2) + 1:,}",
+        f"  sentences  {len([x for x in text.splitlines() if x]):,} (lines)",
+    ]
+
+
+# --- Start-up noise ------------------------------------------------------------------------------
+
+_PROBE = """
+import logging, sys
+from jax._src import xla_bridge
+
+def unavailable():
+    raise RuntimeError("no such chip on this machine")
+
+# A platform that fails to start, as the TPU one does on a GPU or CPU machine with libtpu.
+xla_bridge.register_backend_factory("probe", unavailable, priority=-100, fail_quietly=True)
+from bertjax import main
+
+define, _, doc = main.COMMANDS["smoke"]
+
+def devices(fv):
+    import jax
+
+    print(jax.devices(), "probe" in xla_bridge._backend_errors)
+    logging.getLogger("jax._src.xla_bridge").warning("a real warning stays")
+
+main.COMMANDS["smoke"] = (define, devices, doc)
+main.main(["bertjax", "smoke"])
+"""
+
+
+def test_backend_probing_is_not_printed_but_warnings_are():
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # JAX probes them all
+    res = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("True")  # the probe failed, logged at INFO ...
+    assert "Unable to initialize backend" not in res.stderr  # ... which is not shown
+    assert "a real warning stays" in res.stderr

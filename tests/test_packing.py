@@ -136,6 +136,27 @@ def test_pack_examples_layout():
         packing.pack_examples([a, b], max_seq_length=16, max_sequences=3, max_predictions=2)
 
 
+def test_pack_batch_rows_are_pack_examples_of_their_examples():
+    rng = np.random.default_rng(1)
+    pairs = [_pair(rng, int(n), 3, 64) for n in rng.integers(4, 7, 7)]
+    rows = [[0, 3], [1], [2, 5, 6], [4]]  # examples per row (in order), interleaved
+    index = np.empty(7, np.int64)
+    for r, members in enumerate(rows):
+        index[members] = r
+    stacked = {k: np.stack([ex[k] for ex in pairs]) for k in pairs[0]}
+    kwargs = dict(max_seq_length=16, max_sequences=3, max_predictions=6)
+    got = packing.pack_batch(stacked, index, len(rows), **kwargs)
+    for r, members in enumerate(rows):
+        want = packing.pack_examples([pairs[i] for i in members], **kwargs)
+        for k, v in want.items():
+            assert got[k].dtype == v.dtype
+            np.testing.assert_array_equal(got[k][r], v, err_msg=f"{k} row {r}")
+    with pytest.raises(ValueError, match="a pack holds 1 to 3 examples, got 0"):
+        packing.pack_batch(stacked, index, len(rows) + 1, **kwargs)
+    with pytest.raises(ValueError, match="do not fit a row of 8"):
+        packing.pack_batch(stacked, index, len(rows), **dict(kwargs, max_seq_length=8))
+
+
 # --- the model: a packed row == its pairs alone -------------------------------------------------
 
 

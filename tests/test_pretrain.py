@@ -1,5 +1,6 @@
 """Pre-training: sharded == single device, gradient accumulation, exact resume after SIGKILL,
-SIGTERM checkpoints, damaged-checkpoint fallback, the NaN policy, and bad configs."""
+SIGTERM checkpoints, damaged-checkpoint fallback, the NaN policy, bad configs, and the
+end-of-run summary and fill-mask examples."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ def _config(data_dirs, **over):
     c.train.checkpoint_every = 2
     c.train.async_checkpointing = True
     c.optim.warmup_steps = 2
+    c.eval.fill_mask_examples = 0
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
     for key, value in over.items():
         group, name = key.split(".")
@@ -255,6 +257,137 @@ def test_nonfinite_update_is_skipped_and_counted():
         pretrain._check_nonfinite(Cfg, new, 1, 0)
 
 
+# --- End of run: the summary and fill-mask examples --------------------------------------------
+
+
+def test_eval_step_counts_masked_tokens_and_nsp_labels():
+    state, _ = _tiny_state(1)
+    model = BertForPreTraining(
+        model_config_for_size(
+            "tiny", vocab_size=64, hidden_size=16, num_heads=2, intermediate_size=32,
+            max_position_embeddings=16,
+        )
+    )  # fmt: skip
+    batch = _batch(seed=3)
+    batch["next_sentence_labels"][:3] = [[1], [1], [-1]]  # -1: no pair, not counted
+    out = pretrain.eval_step(state.params, batch, model=model)
+    expected = np.bincount(
+        batch["masked_lm_ids"].ravel(), batch["masked_lm_weights"].ravel(), minlength=64
+    )
+    np.testing.assert_allclose(out["masked_token_counts"], expected)
+    labels = batch["next_sentence_labels"].ravel()
+    assert out["nsp_label_counts"].tolist() == [np.sum(labels == 0), np.sum(labels == 1)]
+    assert float(out["mlm_weight_sum"]) == pytest.approx(expected.sum())
+
+
+def test_summary_figures_and_rows():
+    windows = pretrain._Throughput()
+    for steps, seconds in ((5, 30.0), (10, 2.0), (10, 3.0)):  # the first: compilation
+        windows.add(steps, seconds)
+    assert windows.steps_per_sec() == pytest.approx(4.0)
+    only = pretrain._Throughput()
+    only.add(4, 8.0)
+    assert only.steps_per_sec() == pytest.approx(0.5)
+    last = {
+        "loss": 3.0,
+        "eval_mlm_accuracy": 0.2134,
+        "eval_mlm_majority_baseline": 0.045,
+        "eval_nsp_accuracy": 0.75,
+        "eval_nsp_majority_baseline": 0.69,
+    }
+    summary = pretrain.run_summary(
+        last,
+        steps=1000,
+        start_step=250,
+        wall_seconds=170.4,
+        steps_per_sec=4.0,
+        tokens_per_step=64 * 64,
+        flops_per_step=2e9,
+        peak=1e11,
+    )
+    assert summary["tokens_per_sec"] == pytest.approx(4 * 4096)
+    assert summary["mfu"] == pytest.approx(4 * 2e9 / 1e11)
+    assert "loss" not in summary
+    text = pretrain.format_summary(summary, peak_source="measured")
+    lines = text.splitlines()
+    assert lines[0] == "summary:"
+    keys = ["steps", "wall time", "tokens/s", "MFU", "eval MLM accuracy", "eval NSP accuracy"]
+    assert [line[2:].split("  ")[0] for line in lines[1:]] == keys
+    values = [line[2:].split("  ", 1)[1].lstrip() for line in lines[1:]]
+    assert len({len(line) - len(v) for line, v in zip(lines[1:], values, strict=True)}) == 1
+    assert "1,000 (resumed at step 250)" in lines[1] and "2 min 50 s" in lines[2]
+    assert "16,384" in lines[3] and "8.0% of 1e+11 FLOP/s (measured)" in lines[4]
+    assert "21.3% (majority baseline 4.5%)" in lines[5]
+    assert "75.0% (majority baseline 69.0%, chance 50%)" in lines[6]
+    no_eval = {k: v for k, v in summary.items() if not k.startswith("eval_")}
+    assert "none (no held-out data)" in pretrain.format_summary(no_eval)
+
+
+def test_fill_mask_sentences_are_held_out_prose_picked_deterministically(data_dirs):
+    from data_pipelines.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(data_dirs[2])
+    docs = [
+        [
+            "the cat sees the dog in the garden .",  # "dog" is too short: "sees", nearer
+            "x = f ( y ) + g ( z ) .",  # code, not prose
+            "the cat sees the dog .",  # too short
+            "the horse watches them there with the dog .",  # function words in the middle
+        ],
+        ["the bird likes the fish in the river .", "the frog chases the mouse in the barn"],
+    ]  # the last sentence has no full stop
+    qualifying = [
+        ("the cat [MASK] the dog in the garden .", "sees"),
+        ("the horse [MASK] them there with the dog .", "watches"),
+        ("the bird likes the [MASK] in the river .", "fish"),
+    ]
+    assert pretrain.fill_mask_sentences(docs, tok, 5, max_tokens=30) == qualifying
+    assert pretrain.fill_mask_sentences(docs, tok, 2, max_tokens=30) == qualifying[::2]
+    assert pretrain.fill_mask_sentences(docs, tok, 1, max_tokens=30) == qualifying[1:2]
+    assert pretrain.fill_mask_sentences(docs, tok, 2, max_tokens=8) == []  # 9 tokens each
+
+
+def test_run_prints_the_summary_and_fill_mask_examples_of_held_out_sentences(
+    data_dirs, tmp_path, capsys
+):
+    from data_pipelines.pretrain_input import make_pretrain_iterator
+
+    cfg = _config(
+        data_dirs,
+        **{"train.num_steps": 4, "train.eval_every": 4, "eval.fill_mask_examples": 2},
+    )
+    metrics = pretrain.train(cfg, str(tmp_path / "w"))
+    out = capsys.readouterr().out
+    # The majority baselines, counted here from the batch the evaluation read (record order).
+    first = next(
+        make_pretrain_iterator(
+            data_dirs[1], global_batch_size=8, seed=0, shuffle=False, num_epochs=1,
+            process_index=0, process_count=1,
+        )
+    )  # fmt: skip
+    counts = np.bincount(first["masked_lm_ids"].ravel(), first["masked_lm_weights"].ravel())
+    labels = np.bincount(first["next_sentence_labels"].ravel(), minlength=2)
+    assert metrics["eval_mlm_majority_baseline"] == pytest.approx(counts.max() / counts.sum())
+    assert metrics["eval_nsp_majority_baseline"] == pytest.approx(labels.max() / labels.sum())
+    summary = out[out.index("summary:") :].splitlines()
+    assert summary[1].split() == ["steps", "4"]
+    assert summary[5].startswith("  eval MLM accuracy  ")
+    assert f"{metrics['eval_mlm_accuracy']:.1%} (majority baseline " in summary[5]
+    assert f"{counts.max() / counts.sum():.1%})" in summary[5]
+    assert f"{metrics['eval_nsp_accuracy']:.1%} (majority baseline " in summary[6]
+    # Two held-out sentences (eval.txt), one word masked in each, and the model's top 5.
+    shown = out[out.index("fill-mask, held-out sentences") :].splitlines()[1:]
+    assert len(shown) == 4
+    with open(os.path.join(os.path.dirname(data_dirs[1]), "eval.txt")) as f:
+        held_out = {line.strip() for line in f}
+    for n, (sentence, guesses) in enumerate(zip(shown[::2], shown[1::2], strict=True), 1):
+        assert sentence.startswith(f"  {n}. ") and sentence.count("[MASK]") == 1
+        word = guesses.split("'")[1]
+        assert sentence[5:].replace("[MASK]", word) in held_out
+        assert "(rank " in guesses or "(not in the top 5)" in guesses
+        assert len(guesses.split(": ", 1)[1].split(", ")) == 5
+
+
 # --- Fault tolerance: real processes, real signals ----------------------------------------------
 
 
@@ -285,6 +418,7 @@ def _cli(workdir: str, data_dirs, steps: int) -> list[str]:
         "--config.train.eval_every=100",
         "--config.train.checkpoint_every=3",
         "--config.optim.warmup_steps=2",
+        "--config.eval.fill_mask_examples=0",
     ]
 
 

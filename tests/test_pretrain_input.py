@@ -12,6 +12,7 @@ import pytest
 from _data_helpers import make_documents, write_corpus, write_vocab
 
 from data_pipelines import features as F
+from data_pipelines import packing
 from data_pipelines import pretrain_input as pinput
 from data_pipelines import pretraining_data as pdata
 from data_pipelines.tokenizers import load_tokenizer
@@ -356,3 +357,129 @@ def test_dynamic_whole_word_masking_in_the_pipeline(tmp_path_factory, tok):
             else:
                 word.append(pos)
     assert whole > 5
+
+
+def test_decode_batch_is_decode_record_stacked(static_dir, dynamic_dir):
+    records = [*pdata.read_examples(static_dir)][:40] + [*pdata.read_examples(dynamic_dir)][:40]
+    # Wide (int32) ids, static masking, one record without predictions.
+    ids = np.zeros((3, T), np.int32)
+    ids[:, :6] = [[2, 70_000, 3, 65_536, 99_999, 3], [2, 5, 3, 6, 7, 3], [2, 8, 3, 9, 10, 3]]
+    masked = pdata.MaskedExamples(
+        ids,
+        np.array([[1, 4, 0, 0, 0], [3, 0, 0, 0, 0], [0] * 5], np.int32),
+        np.array([[70_000, 99_999, 0, 0, 0], [6, 0, 0, 0, 0], [0] * 5], np.int32),
+        np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0] * 5], np.float32),
+    )
+    blob, sizes = pdata._serialize(
+        ids, np.full(3, 6), np.full(3, 3), np.array([1, 0, 1]), masked, wide=True
+    )
+    records += pdata.split_records(blob, sizes)
+    pad = 7
+    got = pinput.decode_batch(records, max_seq_length=T, max_predictions_per_seq=P, pad_id=pad)
+    want = [
+        pdata.decode_record(r, max_seq_length=T, max_predictions_per_seq=P, pad_id=pad)
+        for r in records
+    ]
+    for k in F.PRETRAINING_FEATURES:
+        expected = np.stack([w[k] for w in want])
+        assert got[k].dtype == expected.dtype, k
+        np.testing.assert_array_equal(got[k], expected, err_msg=k)
+    assert got[F.INPUT_IDS][-3, 1] == 70_000 and got[F.MASKED_LM_IDS][-3, 1] == 99_999
+    empty = pinput.decode_batch([], max_seq_length=T, max_predictions_per_seq=P)
+    assert empty[F.INPUT_IDS].shape == (0, T)
+    # Damaged records are refused, as decode_record refuses them.
+    with pytest.raises(ValueError, match="not a bertjax-pretrain-v1 record"):
+        pinput.decode_batch([records[0], b"XY" + records[1][2:]], max_seq_length=T,
+                            max_predictions_per_seq=P)  # fmt: skip
+    with pytest.raises(ValueError, match="exceeds max_seq_length"):
+        pinput.decode_batch(records[:2], max_seq_length=4, max_predictions_per_seq=P)
+    with pytest.raises(ValueError, match="header describes another size"):
+        pinput.decode_batch([records[0][:-2]], max_seq_length=T, max_predictions_per_seq=P)
+
+
+@pytest.fixture(scope="module")
+def short_pairs_dir(tmp_path_factory, tok):
+    """Dynamic whole-word masking, short documents and pairs: most packs hold 2-3 pairs."""
+    d = tmp_path_factory.mktemp("short_pairs")
+    files = [write_corpus(d / "corpus.txt", make_documents(80, seed=11, max_sents=5))]
+    pdata.create_pretraining_data(
+        files,
+        tok,
+        d / "data",
+        max_seq_length=64,
+        max_predictions_per_seq=10,
+        dupe_factor=1,
+        short_seq_prob=1.0,
+        dynamic_masking=True,
+        do_whole_word_mask=True,
+        num_output_shards=2,
+        num_workers=1,
+        progress=False,
+    )
+    return str(d / "data")
+
+
+def test_dynamic_packed_rows_are_their_pairs_masked_in_turn(short_pairs_dir):
+    """Pack r of epoch e: its pairs masked one after the other with the one generator
+    example_rng(seed, e, r), then laid out by pack_examples."""
+    info = pdata.load_dataset_info(short_pairs_dir)
+    t, p = info["max_seq_length"], info["max_predictions_per_seq"]
+    spec = pdata.MaskingSpec.from_json(info["masking"])
+    plan = pinput.pack_plan(short_pairs_dir, 3, seed=5)
+    assert ((plan >= 0).sum(1) > 1).mean() > 0.5
+    _, budget = pinput.packed_shapes(info, 3)
+    records = list(pdata.read_examples(short_pairs_dir))
+    n, g = len(plan), len(plan) // 4
+    it = _iterator(short_pairs_dir, packing=True, shuffle=False, seed=5, global_batch_size=g)
+    for r in range(4 * g):
+        if r % g == 0:
+            batch = next(it)
+        rng = pdata.example_rng(5, 0, r)
+        pairs = []
+        for i in plan[r][plan[r] >= 0]:
+            ex = pdata.decode_record(records[i], max_seq_length=t, max_predictions_per_seq=p)
+            m = pdata.mask_example(ex[F.INPUT_IDS], int(ex[F.INPUT_MASK].sum()), spec, rng=rng)
+            pairs.append({**ex, **dict(zip(_MASKED, m, strict=True))})
+        want = packing.pack_examples(
+            pairs, max_seq_length=t, max_sequences=3, max_predictions=budget
+        )
+        for k, v in want.items():
+            np.testing.assert_array_equal(batch[k][r % g], v, err_msg=f"{k} row {r} of {n}")
+
+
+_MASKED = (F.INPUT_IDS, F.MASKED_LM_POSITIONS, F.MASKED_LM_IDS, F.MASKED_LM_WEIGHTS)
+
+
+def test_device_prefetch_runs_ahead_and_checkpoints_the_batches_taken(static_dir, tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    expected = _take(_iterator(static_dir), 9)
+    puts = []
+
+    def put(batch):
+        puts.append(batch)
+        return {k: v.copy() for k, v in batch.items()}
+
+    it = pinput.prefetch_to_device(_iterator(static_dir), put, size=2)
+    _assert_same_batches(_take(it, 3), expected[:3])
+    assert len(puts) == 5  # two batches ahead of the three taken
+    state = it.get_state()
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(3, args=ocp.args.Composite(data=pinput.iterator_save_args(it)))
+        mngr.wait_until_finished()
+    _assert_same_batches(_take(it, 3), expected[3:6])
+    # The saved position is after the batches taken, not after those fetched ahead.
+    resumed = _iterator(static_dir)
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 3), expected[3:6])
+    from_orbax = _iterator(static_dir)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.restore(3, args=ocp.args.Composite(data=pinput.iterator_restore_args(from_orbax)))
+    _assert_same_batches(_take(from_orbax, 3), expected[3:6])
+    it.set_state(state)  # back: the batches fetched ahead are dropped
+    _assert_same_batches(_take(it, 6), expected[3:9])
+    # A finite iterator ends after its last batch.
+    n = len(_rows(_records(static_dir)))
+    finite = pinput.prefetch_to_device(
+        _iterator(static_dir, num_epochs=1, global_batch_size=n // 3), lambda b: b
+    )
+    assert len(list(finite)) == 3

@@ -277,6 +277,28 @@ def test_mask_example_is_pure_and_seeded(tok):
     assert ids[16] == 25 and a.input_ids.shape == ids.shape  # the input is not modified
 
 
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_mask_rows_is_mask_example_row_after_row(tok, token_docs, whole_words):
+    """Row i of mask_rows is mask_example(row i, rng=rngs[i]); rows sharing a generator
+    take its numbers in turn, as successive mask_example calls do."""
+    spec = pdata.MaskingSpec.from_tokenizer(
+        tok, max_predictions_per_seq=6, do_whole_word_mask=whole_words
+    )
+    ex = pdata.create_examples(token_docs[:40], _params(tok, dynamic_masking=True))
+    ids, lengths = ex[F.INPUT_IDS], ex[F.INPUT_MASK].sum(1)
+    groups = [pdata.example_rng(4, 0, g) for g in range(len(ids))]
+    rngs = [groups[i // 3] for i in range(len(ids))]  # three rows per generator
+    got = pdata.mask_rows(ids, lengths, spec, rngs)
+    again = [pdata.example_rng(4, 0, g) for g in range(len(ids))]
+    for i in range(len(ids)):
+        want = pdata.mask_example(ids[i], int(lengths[i]), spec, rng=again[i // 3])
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a[i], b)
+    assert len({got.masked_lm_positions[i].tobytes() for i in range(3)}) == 3
+    with pytest.raises(ValueError, match="generators"):
+        pdata.mask_rows(ids, lengths, spec, rngs[:-1])
+
+
 def test_special_ids_inside_text_become_unk(tok):
     docs = [
         [tok.encode("the [SEP] cat [MASK] sat ."), tok.encode("a dog ran .")],

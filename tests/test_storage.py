@@ -317,3 +317,71 @@ def test_an_unreachable_object_store_is_one_line_naming_the_path():
     with pytest.raises(PermissionError):
         with storage._reaching("/local/x"):
             raise PermissionError("/local/x")
+
+
+# --- File modes --------------------------------------------------------------------------------
+
+
+def _modes(root) -> tuple[set[int], set[int]]:
+    """(modes of the directories, modes of the files) at and under root."""
+    dirs, files = {os.stat(root).st_mode & 0o777}, set()
+    for d, subdirs, names in os.walk(root):
+        dirs |= {os.stat(os.path.join(d, s)).st_mode & 0o777 for s in subdirs}
+        files |= {os.stat(os.path.join(d, n)).st_mode & 0o777 for n in names}
+    return dirs, files
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=["022", "077"])
+def test_outputs_follow_the_umask(mask, hf_dir, tmp_path, monkeypatch):
+    """Directories made under a temporary name and renamed into place (mkdtemp: 0700) and
+    files written through a temporary file (mkstemp: 0600) get the modes os.makedirs and
+    open() give: with umask 022 drwxr-xr-x and -rw-r--r--, with 077 they stay private.
+    Outputs of three commands: `convert` (a model directory: publish_dir, Orbax's files),
+    `vocab` and `prepare` (their own directory writers), and one atomic file."""
+    from bertjax import convert
+    from data_pipelines import pretraining_data as pdata
+    from data_pipelines.tokenizers import train_vocab
+
+    monkeypatch.setattr(storage, "_UMASK", mask)  # read once per process; set for this test
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat .\nthe dog sat .\n\nhello world .\nbert jax .\n" * 4)
+    out = tmp_path / "out"
+    old = os.umask(mask)
+    try:
+        convert.convert_to_bertjax("hf", hf_dir[0], str(out / "model"))
+        tok = train_vocab([str(text)], kind="wordpiece", vocab_size=300, out_dir=out / "vocab")
+        pdata.create_pretraining_data(
+            [str(text)], tok, out / "examples", dupe_factor=1, num_output_shards=1, progress=False
+        )
+        storage.write_json(str(out / "notes.json"), {"a": 1})
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(out)) == ["examples", "model", "notes.json", "vocab"]
+    dirs, files = _modes(out)
+    assert dirs == {0o777 & ~mask}, sorted(map(oct, dirs))
+    assert files == {0o666 & ~mask}, sorted(map(oct, files))
+
+
+def test_the_umask_is_read_without_changing_it(monkeypatch):
+    import subprocess
+
+    code = (
+        "import os; os.umask(0o027); from bertjax import storage; "
+        "print(oct(storage._UMASK), oct(os.umask(0)), oct(storage.dir_mode()), "
+        "oct(storage.file_mode()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["0o27", "0o27", "0o750", "0o640"]
+
+    # Without /proc (other systems): set and restored, the same value.
+    def no_proc(*a, **k):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(storage, "open", no_proc, raising=False)
+    old = os.umask(0o026)
+    try:
+        assert storage._read_umask() == 0o026 and os.umask(old) == 0o026
+    finally:
+        os.umask(old)

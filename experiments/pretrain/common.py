@@ -98,5 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.profile_start = 10  # first step traced with jax.profiler (after compilation)
     c.train.profile_steps = 0  # steps traced into WORKDIR/profile (0 = no trace)
 
+    c.eval = ml_collections.ConfigDict()
+    c.eval.fill_mask_examples = 0  # held-out sentences whose fill-mask top 5 ends the run
+
     c.mesh = mesh_config()
     return c
