@@ -47,15 +47,15 @@ test: lint
 BENCH_ARGS ?= --size base --seq_len 128 --batch_size 8 --steps 3 --peer
 FINETUNE_BENCH_ARGS ?= --size base --seq_len 128 --batch_size 32 --steps 3 --peer
 bench: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
-	$(BIN)/python benchmarks/finetune_step.py $(FINETUNE_BENCH_ARGS)
-	$(BIN)/python benchmarks/finetune_e2e.py --num_train 128 --num_dev 64 --epochs 1
-	$(BIN)/python benchmarks/ner_e2e.py
-	$(BIN)/python benchmarks/profile_step.py --size base --seq_len 128 --batch_size 8 --steps 2
-	$(BIN)/python benchmarks/step_breakdown.py
-	$(BIN)/python benchmarks/packing.py
-	$(BIN)/python benchmarks/prepare_data.py
-	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python -m benchmarks.train_step $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.finetune_step $(FINETUNE_BENCH_ARGS)
+	$(BIN)/python -m benchmarks.finetune_e2e --num_train 128 --num_dev 64 --epochs 1
+	$(BIN)/python -m benchmarks.ner_e2e
+	$(BIN)/python -m benchmarks.profile_step --size base --seq_len 128 --batch_size 8 --steps 2
+	$(BIN)/python -m benchmarks.step_breakdown
+	$(BIN)/python -m benchmarks.packing
+	$(BIN)/python -m benchmarks.prepare_data
+	$(BIN)/python -m benchmarks.input_pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,7 +1,7 @@
 """One command that measures what bertjax needs to know about an accelerator, in minutes.
 
-    python benchmarks/accelerator_check.py --out runs/accel            # one GPU, < 8 minutes
-    python benchmarks/accelerator_check.py --out /tmp/accel --dry_run  # CPU smoke run
+    python -m benchmarks.accelerator_check --out runs/accel            # one GPU, < 8 minutes
+    python -m benchmarks.accelerator_check --out /tmp/accel --dry_run  # CPU smoke run
 
 Writes `--out`/accelerator_check.json and accelerator_check.md (rewritten after every part,
 so a run stopped early still leaves what it measured) and prints the Markdown at the end.
@@ -84,17 +84,22 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bertjax import flops, pretrain, sharding, trainer  # noqa: E402
-from bertjax.config import model_config_from_config_dict  # noqa: E402
-from bertjax.model import BertForPreTraining, padding_mask  # noqa: E402
-from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer  # noqa: E402
+from bertjax import flops, pretrain, sharding, trainer
+from bertjax.config import model_config_from_config_dict
+from bertjax.model import BertForPreTraining, padding_mask
+from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from data_pipelines.features import (
+    ATTENTION_SEGMENT_IDS,
+    INPUT_IDS,
+    INPUT_MASK,
+    MASKED_LM_POSITIONS,
+    NEXT_SENTENCE_LABELS,
+)
 
 PARTS = ("steps", "attention", "pipeline", "steps_no_attention_dropout", "largest_batch")
 FUSED_ATTENTION = "__cudnn$fmha"  # prefix of cuDNN's fused attention custom-call targets
@@ -360,9 +365,10 @@ def experiment_config(case: Case):
 def prepare_data(args: argparse.Namespace, work: str, all_cases: list[Case]) -> dict[str, Any]:
     """A dataset per case in `work`: {"corpus", "tokenizer_vocab_size", "seconds", and per
     case name {"dir", "examples"}}."""
-    from data_pipelines import corpus
+    from data_pipelines import corpus_sources
     from data_pipelines import pretraining_data as pdata
-    from data_pipelines.tokenizers import load_tokenizer, train_vocab
+    from data_pipelines.tokenizers import load_tokenizer
+    from data_pipelines.vocab import train_vocab
 
     t0 = time.perf_counter()
     if args.corpus:
@@ -372,7 +378,7 @@ def prepare_data(args: argparse.Namespace, work: str, all_cases: list[Case]) -> 
         what = "generated (80 documents)"
     else:
         source = os.path.join(work, "embedded.txt")
-        corpus.write_embedded_corpus(source)
+        corpus_sources.write_embedded_corpus(source)
         what = "embedded (CPython's documentation)"
     if args.vocab:
         tokenizer = load_tokenizer(args.vocab)
@@ -398,7 +404,7 @@ def prepare_data(args: argparse.Namespace, work: str, all_cases: list[Case]) -> 
             num_output_shards=4,
             progress=False,
         )
-        out[case.name] = {"dir": directory, "examples": info.get("num_examples")}
+        out[case.name] = {"dir": directory, "examples": info.num_examples}
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -426,9 +432,9 @@ def tile_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
 
 
 def batch_counts(batch: dict[str, np.ndarray]) -> dict[str, float]:
-    rows, t = batch["input_ids"].shape
-    real = float(batch["input_mask"].sum())
-    labels = batch["next_sentence_labels"]
+    rows, t = batch[INPUT_IDS].shape
+    real = float(batch[INPUT_MASK].sum())
+    labels = batch[NEXT_SENTENCE_LABELS]
     pairs = float((labels >= 0).sum()) if labels.ndim == 2 else float(rows)
     return {"rows": rows, "real_tokens": real, "pairs": pairs, "padding": 1 - real / (rows * t)}
 
@@ -468,8 +474,8 @@ def build_step(model_cfg, optim_cfg, num_steps: int, host_batch, mesh) -> BuiltS
     model = BertForPreTraining(model_cfg)
     tx = make_optimizer(optim_cfg, num_steps)
     rules = sharding.DEFAULT_RULES
-    seq_len = host_batch["input_ids"].shape[1]
-    num_pred = host_batch["masked_lm_positions"].shape[1]
+    seq_len = host_batch[INPUT_IDS].shape[1]
+    num_pred = host_batch[MASKED_LM_POSITIONS].shape[1]
     with mesh, nn.logical_axis_rules(rules):
         init = functools.partial(
             pretrain.init_state, model=model, tx=tx, seq_len=seq_len, num_predictions=num_pred
@@ -574,8 +580,8 @@ def measure_step(
     del state, batch, compiled, metrics
     step_s = statistics.median(times)
     counts = batch_counts(host_batch)
-    rows, t = host_batch["input_ids"].shape
-    p = host_batch["masked_lm_positions"].shape[1]
+    rows, t = host_batch[INPUT_IDS].shape
+    p = host_batch[MASKED_LM_POSITIONS].shape[1]
     step_flops = rows * flops.training_flops_per_sequence(model_cfg, t, p)
     return {
         "case": case.name,
@@ -640,20 +646,20 @@ def attention_probe(
 ) -> list[dict[str, Any]]:
     """Forward + backward of jax.nn.dot_product_attention at the model's shapes, per
     implementation and mask (PROBES); the masks are the model's own (`padding_mask`)."""
-    b, t = unpacked["input_ids"].shape
+    b, t = unpacked[INPUT_IDS].shape
     h, k = model_cfg.num_heads, model_cfg.head_dim
     rng = np.random.default_rng(0)
     q, key, v = (jnp.asarray(rng.standard_normal((b, t, h, k)), jnp.bfloat16) for _ in range(3))
     cotangent = jnp.asarray(rng.standard_normal((b, t, h, k)), jnp.float32)
-    lengths = jnp.asarray(unpacked["input_mask"].sum(1), jnp.int32)  # [B]
-    pad = padding_mask({"input_mask": jnp.asarray(unpacked["input_mask"])})  # [B, 1, 1, S]
+    lengths = jnp.asarray(unpacked[INPUT_MASK].sum(1), jnp.int32)  # [B]
+    pad = padding_mask({INPUT_MASK: jnp.asarray(unpacked[INPUT_MASK])})  # [B, 1, 1, S]
     masks = {
         "padding mask": pad,
         "padding mask, [B, 1, T, S]": jnp.broadcast_to(pad, (b, 1, t, t)),
         "packed block-diagonal mask": padding_mask(
             {
-                "input_mask": jnp.asarray(packed["input_mask"]),
-                "attention_segment_ids": jnp.asarray(packed["attention_segment_ids"]),
+                INPUT_MASK: jnp.asarray(packed[INPUT_MASK]),
+                ATTENTION_SEGMENT_IDS: jnp.asarray(packed[ATTENTION_SEGMENT_IDS]),
             }
         ),
     }
@@ -711,11 +717,11 @@ def pipeline_throughput(
     data_dir: str, batch_size: int, seq_len: int, *, packed: bool, workers: int, seconds: float
 ) -> dict[str, Any]:
     """Rows/s and pairs/s of make_pretrain_iterator: through benchmarks/input_pipeline.py's
-    `run` when that script is there (it also counts CPU-seconds and waits for the workers'
+    `run` when that module is there (it also counts CPU-seconds and waits for the workers'
     buffers to fill), else timed here after the first batch."""
     try:
-        import input_pipeline
-    except ImportError:
+        from benchmarks import input_pipeline
+    except ImportError:  # this file run on its own, without the benchmarks package
         input_pipeline = None
     out: dict[str, Any] = {"packed": packed, "workers": workers, "batch_size": batch_size}
     if input_pipeline is not None and hasattr(input_pipeline, "run"):

@@ -1,6 +1,6 @@
 """End-to-end GLUE fine-tuning, bertjax against Hugging Face transformers (PyTorch).
 
-    python benchmarks/finetune_e2e.py [--model minilm|base] [--tasks sst2,mrpc]
+    python -m benchmarks.finetune_e2e [--model minilm|base] [--tasks sst2,mrpc]
         [--num_train 640] [--num_dev 256] [--epochs 3] [--batch_size 32]
         [--max_seq_length 128] [--lr 5e-5] [--seed 0] [--torch_threads N] [--json OUT]
         [--config.KEY=VALUE ...]
@@ -34,8 +34,8 @@ that contain any of them are left out); MRPC label 1 iff the second sentence is 
 the same passage as the first, starting inside it (label 0: from a random other place).
 The dev split is drawn the same way with another seed.
 
-bertjax. `bertjax.finetune.finetune(config, workdir)` with the task's GLUE config
-(`experiments/glue/common.task_config`) and the flags above; evaluation once at the end
+bertjax. `bertjax.finetune.finetune(glue_task.FAMILY, config, workdir)` with the task's GLUE
+config (`experiments/glue/common.task_config`) and the flags above; evaluation once at the end
 (`train.eval_every_epoch=False`), no test predictions, metrics fetched every step
 (`train.log_every=1`: each step then ends on the host, as the peer's `loss.item()` does).
 Any `--config.KEY=VALUE` is applied last, as on the `bertjax finetune` command line
@@ -97,10 +97,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from data_pipelines import glue as glue_data  # noqa: E402
+from data_pipelines import glue as glue_data
+from data_pipelines.features import HF_ATTENTION_MASK
 
 TASK_NAMES = ("sst2", "mrpc")
 CACHE_DIR = os.path.join(tempfile.gettempdir(), "bertjax_finetune_e2e")
@@ -277,12 +275,12 @@ def corpus_sentences(path: str | None) -> list[str]:
     """The non-blank lines of a corpus in BERT's text format (one sentence a line); without
     a path, the embedded corpus (written once under CACHE_DIR)."""
     if path is None:
-        from data_pipelines import corpus
+        from data_pipelines import corpus_sources
 
         path = os.path.join(CACHE_DIR, "embedded_corpus.txt")
         if not os.path.isfile(path):
             os.makedirs(CACHE_DIR, exist_ok=True)
-            corpus.write_embedded_corpus(path)
+            corpus_sources.write_embedded_corpus(path)
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 
@@ -403,10 +401,10 @@ def prepare_models(size: str) -> tuple[str, str]:
         return minilm, hf_minilm
     base, base_hf = os.path.join(CACHE_DIR, "base_random"), os.path.join(CACHE_DIR, "base_hf")
     if not ckpt.is_model_dir(base):
-        from bertjax import finetune as ft
         from bertjax.config import model_config_for_size
+        from bertjax.finetune_state import save_random_encoder
 
-        ft.save_random_encoder(
+        save_random_encoder(
             base,
             model_config_for_size("base"),
             tokenizer=ckpt.load_tokenizer_from(minilm),
@@ -437,8 +435,8 @@ def observe_bertjax() -> Iterator[Observed]:
     """Records every batch passed to sharding.global_batch and every JAX compilation."""
     import jax
 
-    from bertjax import finetune as ft
     from bertjax import sharding
+    from bertjax.finetune_batching import WEIGHT
     from data_pipelines.features import INPUT_MASK, LABEL
 
     seen = Observed()
@@ -446,8 +444,8 @@ def observe_bertjax() -> Iterator[Observed]:
 
     def global_batch(mesh, rules, local):
         mask = np.asarray(local[INPUT_MASK])
-        weight = np.asarray(local.get(ft.WEIGHT, np.ones(len(mask))))
-        # Packed rows ([R, K] weights) hold only real tokens in their mask; otherwise the
+        weight = np.asarray(local.get(WEIGHT, np.ones(len(mask))))
+        # Packed rows ([R, E] weights) hold only real tokens in their mask; otherwise the
         # weight-0 rows that fill up a last batch are copies and count as padding.
         real = int(mask.sum() if weight.ndim == 2 else mask[weight > 0].sum())
         seen.batches.append((time.perf_counter(), LABEL in local, mask.shape, real))
@@ -485,10 +483,11 @@ def bertjax_config(args, task: str, checkpoint: str, data_dir: str, overrides: S
 
 def run_bertjax(config: Any, workdir: str) -> dict[str, Any]:
     from bertjax import finetune as ft
+    from bertjax import glue_task
 
     t0 = time.perf_counter()
     with observe_bertjax() as seen:
-        result = ft.finetune(config, workdir)
+        result = ft.finetune(glue_task.FAMILY, config, workdir)
     total = time.perf_counter() - t0
     end = t0 + total
     times = [b[0] for b in seen.batches] + [end]
@@ -600,7 +599,7 @@ def run_peer(
                 break
             t_step = time.perf_counter()
             batch = batch_of(train, train_labels, order[start : start + batch_size])
-            mask = batch["attention_mask"]
+            mask = batch[HF_ATTENTION_MASK]
             cells += mask.numel()
             real += int(mask.sum())
             loss = model(**batch).loss

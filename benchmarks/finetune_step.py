@@ -1,13 +1,13 @@
 """Steady-state GLUE fine-tuning step throughput, compile time, peak memory and MFU.
 
-    python benchmarks/finetune_step.py --size base --seq_len 128 --batch_size 32
+    python -m benchmarks.finetune_step --size base --seq_len 128 --batch_size 32
         [--num_labels 3] [--dtype bfloat16] [--steps 3] [--rounds 3] [--peer] [--json]
 
 The step is bertjax's real fine-tuning one (finetune.train_step on
 BertForSequenceClassification: weighted cross-entropy on the pooled [CLS] vector, or mean
 squared error with --num_labels 1; AdamW with the paper's recipe of warmup + linear decay,
 weight decay 0.01, global-norm clipping at 1.0; dropout 0.1), its state created sharded
-by finetune.init_state + sharding.sharded_init and the step jitted with in/out shardings
+by finetune_state.init_state + sharding.sharded_init and the step jitted with in/out shardings
 and donated state over a data-parallel mesh of the local devices, as finetune.finetune
 does. The batch is synthetic: GLUE-like sentence pairs padded to --seq_len. MFU = model
 FLOPs per step (flops.finetuning_flops_per_sequence: 6*N*tokens for the encoder matmuls +
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import time
 
@@ -35,16 +34,21 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import harness  # noqa: E402
-
-from bertjax import finetune, flops, sharding  # noqa: E402
-from bertjax.config import MODEL_SIZES, model_config_for_size  # noqa: E402
-from bertjax.model import BertForSequenceClassification  # noqa: E402
-from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer  # noqa: E402
-from data_pipelines.features import INPUT_IDS, INPUT_MASK, LABEL, SEGMENT_IDS  # noqa: E402
+from benchmarks import harness
+from bertjax import finetune, finetune_state, flops, sharding
+from bertjax.config import MODEL_SIZES, model_config_for_size
+from bertjax.finetune_batching import WEIGHT
+from bertjax.finetune_task import ModelOverrides
+from bertjax.model import BertForSequenceClassification
+from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from data_pipelines.features import (
+    HF_ATTENTION_MASK,
+    HF_TOKEN_TYPE_IDS,
+    INPUT_IDS,
+    INPUT_MASK,
+    LABEL,
+    SEGMENT_IDS,
+)
 
 # The schedule of a typical run (MNLI: 393k examples, batch 32, 3 epochs) with the
 # fine-tuning configs' 10% warmup; its length does not change the step's cost.
@@ -75,13 +79,13 @@ def make_batch(batch_size: int, seq_len: int, num_labels: int, vocab: int, seed:
         INPUT_MASK: input_mask,
         SEGMENT_IDS: segment_ids,
         LABEL: label,
-        finetune.WEIGHT: np.ones(batch_size, np.float32),  # no filled-up rows
+        WEIGHT: np.ones(batch_size, np.float32),  # no filled-up rows
     }
 
 
 def setup_bertjax(args):
     """(runner, finish), as in train_step.setup_bertjax."""
-    config = finetune.ModelOverrides(dtype=args.dtype).apply(model_config_for_size(args.size))
+    config = ModelOverrides(dtype=args.dtype).apply(model_config_for_size(args.size))
     model = BertForSequenceClassification(config, args.num_labels)
     optim = OptimConfig(
         learning_rate=LEARNING_RATE, warmup_steps=round(WARMUP_FRACTION * SCHEDULE_STEPS)
@@ -91,7 +95,9 @@ def setup_bertjax(args):
     rules = sharding.DEFAULT_RULES
     sharding.check_divisible(args.batch_size, mesh, rules, what="--batch_size")
     with mesh, nn.logical_axis_rules(rules):
-        init = functools.partial(finetune.init_state, model=model, tx=tx, seq_len=args.seq_len)
+        init = functools.partial(
+            finetune_state.init_state, model=model, tx=tx, seq_len=args.seq_len
+        )
         seed_key = jax.random.key_data(jax.random.key(0))
         _, state_sharding, init_jit = sharding.sharded_init(init, seed_key, mesh, rules)
         state = init_jit(seed_key)
@@ -116,25 +122,13 @@ def setup_bertjax(args):
         t0 = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
-    run, holder = harness.jax_runner(compiled, state, batch)
     model_flops = args.batch_size * flops.finetuning_flops_per_sequence(
         config, args.seq_len, args.num_labels
     )
-
-    def finish(step_s: float, peak: float, peak_source: str) -> dict:
-        return harness.jax_result(
-            args,
-            mesh=mesh,
-            compile_seconds=compile_s,
-            model_flops=model_flops,
-            metrics=holder["metrics"],
-            step_seconds=step_s,
-            peak=peak,
-            peak_source=peak_source,
-            num_labels=args.num_labels,
-        )
-
-    return run, finish
+    return harness.jax_setup(
+        args, compiled, state, batch, mesh=mesh, compile_seconds=compile_s,
+        model_flops=model_flops, num_labels=args.num_labels,
+    )  # fmt: skip
 
 
 def setup_peer(args):
@@ -153,9 +147,9 @@ def setup_peer(args):
     b = make_batch(args.batch_size, args.seq_len, args.num_labels, 30522)
     label_dtype = torch.float32 if args.num_labels == 1 else torch.long
     inputs = {
-        "input_ids": torch.tensor(b[INPUT_IDS], dtype=torch.long, device=device),
-        "attention_mask": torch.tensor(b[INPUT_MASK], dtype=torch.long, device=device),
-        "token_type_ids": torch.tensor(b[SEGMENT_IDS], dtype=torch.long, device=device),
+        INPUT_IDS: torch.tensor(b[INPUT_IDS], dtype=torch.long, device=device),
+        HF_ATTENTION_MASK: torch.tensor(b[INPUT_MASK], dtype=torch.long, device=device),
+        HF_TOKEN_TYPE_IDS: torch.tensor(b[SEGMENT_IDS], dtype=torch.long, device=device),
         "labels": torch.tensor(b[LABEL], dtype=label_dtype, device=device),
     }
     return harness.torch_peer(model, opt, inputs, device=device, bf16=args.dtype == "bfloat16")

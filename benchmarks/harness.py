@@ -37,6 +37,38 @@ def jax_runner(compiled: Callable, state, batch) -> tuple[Callable[[int], float]
     return run, holder
 
 
+def jax_setup(
+    args,
+    compiled: Callable,
+    state,
+    batch,
+    *,
+    mesh,
+    compile_seconds: float,
+    model_flops: float,
+    **extra,
+) -> tuple[Callable[[int], float], Callable[[float, float, str], dict]]:
+    """(runner, finish) of a compiled bertjax step: the runner times steps (`jax_runner`);
+    finish(step_seconds, peak, peak_source) gives the result fields (`jax_result`, with
+    `extra`)."""
+    run, holder = jax_runner(compiled, state, batch)
+
+    def finish(step_s: float, peak: float, peak_source: str) -> dict:
+        return jax_result(
+            args,
+            mesh=mesh,
+            compile_seconds=compile_seconds,
+            model_flops=model_flops,
+            metrics=holder["metrics"],
+            step_seconds=step_s,
+            peak=peak,
+            peak_source=peak_source,
+            **extra,
+        )
+
+    return run, finish
+
+
 def torch_runner(step: Callable[[], object], device: str) -> Callable[[int], float]:
     """A runner for a PyTorch training step function (synchronised on CUDA)."""
     import torch

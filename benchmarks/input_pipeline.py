@@ -1,7 +1,7 @@
 """Can the pre-training input pipeline feed an accelerator? Sequences per second per core.
 
-    python benchmarks/input_pipeline.py [--data DIR ...] [--workers 1 2] [--json]
-    python benchmarks/input_pipeline.py --smoke --json     # a tiny run, seconds
+    python -m benchmarks.input_pipeline [--data DIR ...] [--workers 1 2] [--json]
+    python -m benchmarks.input_pipeline --smoke --json     # a tiny run, seconds
 
 The target: at 50% MFU one H200 trains bert-base at seq 128 at about 7,000 sequences/s,
 and its host has 16 cores, so the pipeline must deliver at least 450 sequences/s per
@@ -50,16 +50,15 @@ import os
 import pstats
 import random
 import resource
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_pipelines import corpus  # noqa: E402
-from data_pipelines import pretrain_input as pinput  # noqa: E402
-from data_pipelines import pretraining_data as pdata  # noqa: E402
-from data_pipelines.tokenizers import load_tokenizer, train_vocab  # noqa: E402
+from data_pipelines import corpus, corpus_sources, records
+from data_pipelines import pretrain_input as pinput
+from data_pipelines import pretraining_data as pdata
+from data_pipelines.features import INPUT_IDS, NEXT_SENTENCE_LABELS
+from data_pipelines.tokenizers import load_tokenizer
+from data_pipelines.vocab import train_vocab
 
 H200_SEQUENCES_PER_SEC = 7000  # bert-base, seq 128, 50% MFU
 HOST_CORES = 16  # cores of the host that feeds one H200
@@ -121,7 +120,7 @@ def prepare(args: argparse.Namespace, work: str) -> list[str]:
         if args.smoke:
             _smoke_corpus(source)
         elif not os.path.isfile(source):
-            corpus.write_embedded_corpus(source, progress=False)
+            corpus_sources.write_embedded_corpus(source, progress=False)
     if args.vocab:
         tok = load_tokenizer(args.vocab)
     else:
@@ -137,7 +136,7 @@ def prepare(args: argparse.Namespace, work: str) -> list[str]:
     for t in args.seq_lens:
         for dynamic in (False, True):
             out = os.path.join(work, f"seq{t}_{'dynamic' if dynamic else 'static'}")
-            if not os.path.isfile(os.path.join(out, pdata.DATASET_INFO)):
+            if not os.path.isfile(os.path.join(out, records.DATASET_INFO)):
                 pdata.create_pretraining_data(
                     [source],
                     tok,
@@ -204,7 +203,7 @@ def _iterator(data_dir: str, packing: bool, workers: int, batch_size: int):
 
 
 def _pairs(batch: dict) -> int:
-    labels = batch["next_sentence_labels"]
+    labels = batch[NEXT_SENTENCE_LABELS]
     return int((labels >= 0).sum()) if labels.ndim == 2 else len(labels)
 
 
@@ -233,7 +232,7 @@ def measure(it, workers: int, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     while batches < 2 * skip + 2 or time.perf_counter() - start < args.seconds:
         batch = next(it)
-        rows += len(batch["input_ids"])
+        rows += len(batch[INPUT_IDS])
         pairs += _pairs(batch)
         batches += 1
         times.append(time.perf_counter())
@@ -315,8 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
         dirs = prepare(args, work)
         modes: dict[str, dict] = {}
         for data_dir in dirs:
-            info = pdata.load_dataset_info(data_dir)
-            t, dynamic = int(info["max_seq_length"]), bool(info["dynamic_masking"])
+            info = records.load_dataset_info(data_dir)
+            t, dynamic = int(info.max_seq_length), bool(info.dynamic_masking)
             for packing in (False, True):
                 name = (
                     f"seq{t}/{'dynamic' if dynamic else 'static'}/"
@@ -331,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "seq_len": t,
                     "dynamic_masking": dynamic,
                     "packing": packing,
-                    "examples": int(info["num_examples"]),
+                    "examples": int(info.num_examples),
                     "target_per_core": target_per_core(t),
                     "sequences_per_sec_per_core": per_core,
                     "pass": per_core >= target_per_core(t),

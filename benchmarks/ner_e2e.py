@@ -1,6 +1,6 @@
 """End-to-end NER fine-tuning, bertjax against Hugging Face transformers (PyTorch).
 
-    python benchmarks/ner_e2e.py [--num_train 400] [--num_dev 100] [--epochs 3]
+    python -m benchmarks.ner_e2e [--num_train 400] [--num_dev 100] [--epochs 3]
         [--batch_size 32] [--max_seq_length 64] [--lr 1e-4] [--seed 0] [--torch_threads N]
         [--skip_random] [--json OUT]
 
@@ -13,8 +13,8 @@ AdamW, peak lr, 10% linear warmup then linear decay to 0, weight decay 0.01 (not
 and biases), clipping at 1.0, dropout 0.1, batch, epochs. The label of a word is on its first
 WordPiece, the other pieces are ignored in the loss, as in the BERT paper.
 
-bertjax: `bertjax.finetune.finetune` with experiments/ner/conll2003.py (length bucketing on,
-evaluation once at the end, no test predictions). Peer: transformers'
+bertjax: `bertjax.finetune.finetune` with `ner.FAMILY` and experiments/ner/conll2003.py (length
+bucketing on, evaluation once at the end, no test predictions). Peer: transformers'
 BertForTokenClassification on PyTorch CPU (`torch.set_num_threads`, default all cores), its
 rows shuffled every epoch and each batch padded to its longest row (dynamic padding, as
 DataCollatorForTokenClassification does). Both are scored with seqeval (default mode) on the
@@ -31,14 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from data_pipelines.features import INPUT_IDS
 
 CACHE_DIR = os.path.join(tempfile.gettempdir(), "bertjax_ner_e2e")
 
@@ -53,6 +51,7 @@ def run_bertjax(args, checkpoint: str, data_dir: str, workdir: str) -> dict:
     import shutil
 
     from bertjax import finetune as ft
+    from bertjax import ner
     from experiments.ner import conll2003
 
     c = conll2003.get_config()
@@ -68,7 +67,7 @@ def run_bertjax(args, checkpoint: str, data_dir: str, workdir: str) -> dict:
     c.seed = args.seed
     shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
-    out = ft.finetune(c, workdir)
+    out = ft.finetune(ner.FAMILY, c, workdir)
     total = time.perf_counter() - t0
     return {
         "f1": out["metrics"]["f1"],
@@ -111,7 +110,7 @@ def run_peer(args, data_dir: str) -> dict:
                     y.append(label_ids[s.tags[w]])
                     firsts.append(i)
                 prev = w if w is not None else prev
-            rows.append((enc["input_ids"], y, firsts))
+            rows.append((enc[INPUT_IDS], y, firsts))
         return rows
 
     def collate(rows):
@@ -190,7 +189,7 @@ def main() -> None:
 
     from bertjax import checkpoint as ckpt
     from bertjax import convert, ner
-    from bertjax import finetune as ft
+    from bertjax.finetune_state import save_random_encoder
 
     os.makedirs(CACHE_DIR, exist_ok=True)
     minilm = os.path.join(CACHE_DIR, "minilm")
@@ -207,7 +206,7 @@ def main() -> None:
         random_dir = os.path.join(CACHE_DIR, "random")
         if not ckpt.is_model_dir(random_dir):
             config, _ = ckpt.load_model_config(minilm)
-            ft.save_random_encoder(
+            save_random_encoder(
                 random_dir, config, tokenizer=ckpt.load_tokenizer_from(minilm), source="random"
             )
         results["bertjax_random"] = run_bertjax(

@@ -1,6 +1,6 @@
 """What sequence packing saves: padding, rows per epoch and pairs per second of compute.
 
-    python benchmarks/packing.py [--corpus FILE] [--vocab DIR] [--seq_lens 128 512] [--json]
+    python -m benchmarks.packing [--corpus FILE] [--vocab DIR] [--seq_lens 128 512] [--json]
 
 Prepares pre-training pairs from a corpus (default: the embedded CPython documentation,
 with google-research/bert's recipe: dupe_factor 1, short_seq_prob 0.1) at each sequence
@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bertjax import flops  # noqa: E402
-from bertjax.config import model_config_for_size  # noqa: E402
-from data_pipelines import corpus, packing  # noqa: E402
-from data_pipelines import pretrain_input as pinput  # noqa: E402
-from data_pipelines import pretraining_data as pdata  # noqa: E402
-from data_pipelines.tokenizers import load_tokenizer, train_vocab  # noqa: E402
+from bertjax import flops
+from bertjax.config import model_config_for_size
+from data_pipelines import corpus_sources, packing
+from data_pipelines import pretrain_input as pinput
+from data_pipelines import pretraining_data as pdata
+from data_pipelines.records import load_dataset_info
+from data_pipelines.tokenizers import load_tokenizer
+from data_pipelines.vocab import train_vocab
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
         source = args.corpus
         if source is None:
             source = os.path.join(work, "embedded.txt")
-            corpus.write_embedded_corpus(source)
+            corpus_sources.write_embedded_corpus(source)
         if args.vocab:
             tok = load_tokenizer(args.vocab)
         else:
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                 dynamic_masking=True,
                 progress=False,
             )
-            info = pdata.load_dataset_info(out)
+            info = load_dataset_info(out)
             records = pinput.PretrainRecordSource.from_dataset(out, info)
             lengths = pinput.record_lengths(records)
             plan = packing.plan_packs(lengths, t, args.max_sequences)

@@ -3,7 +3,7 @@
 Measures, on one corpus and one vocabulary:
 
 * tokenization alone: `Tokenizer.encode_batch` over every sentence (this process; the
-  Rust tokenizer uses its own threads), and through `pretraining_data.WordPieceCache`
+  Rust tokenizer uses its own threads), and through `tokenizers.WordPieceCache`
   (what the pipeline does for WordPiece vocabularies);
 * full example creation: `create_pretraining_data` (read, tokenize, build pairs, mask,
   serialize, write ArrayRecord shards) in this process and with `--num_workers`
@@ -22,8 +22,8 @@ The default corpus is the embedded one (CPython's documentation, written on the 
 is a WordPiece vocabulary trained on the corpus. Figures are printed; with `--json`, a
 final line holds them as JSON.
 
-  python benchmarks/prepare_data.py --json
-  python benchmarks/prepare_data.py --reference ~/bert/create_pretraining_data.py
+  python -m benchmarks.prepare_data --json
+  python -m benchmarks.prepare_data --reference ~/bert/create_pretraining_data.py
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_pipelines import corpus  # noqa: E402
-from data_pipelines import pretraining_data as pdata  # noqa: E402
-from data_pipelines.tokenizers import load_tokenizer, train_vocab  # noqa: E402
+from data_pipelines import corpus, corpus_sources
+from data_pipelines import pretraining_data as pdata
+from data_pipelines.tokenizers import load_tokenizer, make_word_cache
+from data_pipelines.vocab import train_vocab
 
 # Runs the reference script with tensorflow.compat.v1 as `tensorflow`; prints its time.
 _REFERENCE_SHIM = r"""
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             name = ",".join(sources)
         else:
             sources = [os.path.join(work, "embedded.txt")]
-            corpus.write_embedded_corpus(sources[0])
+            corpus_sources.write_embedded_corpus(sources[0])
             name = "embedded (CPython documentation)"
         path = os.path.join(work, "bench_corpus.txt")
         with open(path, "wb") as out:
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
             tok.encode_batch(sentences[i : i + 20_000])
         tok_seconds = time.perf_counter() - start
         print(f"tokenization (encode_batch, this process): {mb / tok_seconds:.2f} MB/s")
-        cache = pdata.make_word_cache(tok)
+        cache = make_word_cache(tok)
         cache_seconds = None
         if cache is not None:
             start = time.perf_counter()
@@ -218,12 +217,12 @@ def main(argv: list[str] | None = None) -> dict:
                 f"example creation (create_pretraining_data, num_workers={workers}, "
                 f"dupe_factor {args.dupe_factor}, seq {args.max_seq_length}): "
                 f"{mb / seconds:.2f} MB/s ({mb / cpu:.2f} MB per CPU-second), "
-                f"{info['num_examples']} examples in {seconds:.1f} s"
+                f"{info.num_examples} examples in {seconds:.1f} s"
             )
             result[f"create_mb_per_s_{workers}w"] = round(mb / seconds, 3)
             result[f"create_mb_per_cpu_s_{workers}w"] = round(mb / cpu, 3)
             result[f"create_seconds_{workers}w"] = round(seconds, 3)
-            result["num_examples"] = info["num_examples"]
+            result["num_examples"] = info.num_examples
         best = min(result[f"create_seconds_{w}w"] for w in runs)
 
         if args.reference:

@@ -1,6 +1,6 @@
 """Where the time of a pre-training step goes, from a jax.profiler trace.
 
-    python benchmarks/profile_step.py --size base --seq_len 128 --batch_size 8 \
+    python -m benchmarks.profile_step --size base --seq_len 128 --batch_size 8 \
         [--logdir /tmp/bertjax-profile] [--steps 3] [--top 15]
 
 Builds the step of benchmarks/train_step.py (same flags), runs `--steps` steps under
@@ -32,9 +32,7 @@ import time
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import train_step  # noqa: E402
+from benchmarks import train_step
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name=\"([^\"]*)\"")
 _LAYER = re.compile(r"/layer_\d+")

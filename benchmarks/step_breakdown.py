@@ -1,7 +1,7 @@
 """Where a pre-training step's time goes: forward, forward + backward, and the cost of
 dropout, against the model FLOPs of each part.
 
-    python benchmarks/step_breakdown.py --size base --seq_len 128 --batch_size 8
+    python -m benchmarks.step_breakdown --size base --seq_len 128 --batch_size 8
 
 Prints, for BERT's dropout, no attention-probability dropout and no dropout at all, the
 time of the jitted forward loss and of its gradient, with the FLOP/s each reaches (model
@@ -12,21 +12,16 @@ with `benchmarks/train_step.py`, whose step adds the optimizer update.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import flax.linen as nn
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from train_step import make_batch  # noqa: E402
-
-from bertjax import flops, losses  # noqa: E402
-from bertjax.config import model_config_for_size  # noqa: E402
-from bertjax.model import BertForPreTraining  # noqa: E402
+from benchmarks.train_step import make_batch
+from bertjax import flops, losses
+from bertjax.config import model_config_for_size
+from bertjax.model import BertForPreTraining
 
 
 def seconds(fn, *args, repeats: int = 3) -> float:

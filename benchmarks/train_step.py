@@ -1,6 +1,6 @@
 """Steady-state pre-training step throughput, compile time, peak memory and MFU.
 
-    python benchmarks/train_step.py --size base --seq_len 128 --batch_size 8 [--dtype bfloat16]
+    python -m benchmarks.train_step --size base --seq_len 128 --batch_size 8 [--dtype bfloat16]
         [--steps 3] [--rounds 3] [--scan_layers] [--remat] [--peer] [--json]
 
 The step is bertjax's real one (pretrain.train_step: MLM on gathered positions + NSP,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import time
 
@@ -33,15 +32,22 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import harness  # noqa: E402
-
-from bertjax import flops, pretrain, sharding  # noqa: E402
-from bertjax.config import model_config_for_size  # noqa: E402
-from bertjax.model import BertForPreTraining  # noqa: E402
-from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer  # noqa: E402
+from benchmarks import harness
+from bertjax import flops, pretrain, sharding
+from bertjax.config import model_config_for_size
+from bertjax.model import BertForPreTraining
+from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from data_pipelines.features import (
+    HF_ATTENTION_MASK,
+    HF_TOKEN_TYPE_IDS,
+    INPUT_IDS,
+    INPUT_MASK,
+    MASKED_LM_IDS,
+    MASKED_LM_POSITIONS,
+    MASKED_LM_WEIGHTS,
+    NEXT_SENTENCE_LABELS,
+    SEGMENT_IDS,
+)
 
 
 def make_batch(batch_size: int, seq_len: int, num_pred: int, vocab: int, seed: int = 0):
@@ -56,15 +62,15 @@ def make_batch(batch_size: int, seq_len: int, num_pred: int, vocab: int, seed: i
         axis=1,
     )
     return {
-        "input_ids": rng.integers(1000, vocab, (batch_size, seq_len)).astype(np.int32),
-        "input_mask": np.ones((batch_size, seq_len), np.int32),
-        "segment_ids": (np.arange(seq_len)[None] >= seq_len // 2)
+        INPUT_IDS: rng.integers(1000, vocab, (batch_size, seq_len)).astype(np.int32),
+        INPUT_MASK: np.ones((batch_size, seq_len), np.int32),
+        SEGMENT_IDS: (np.arange(seq_len)[None] >= seq_len // 2)
         .astype(np.int32)
         .repeat(batch_size, 0),
-        "masked_lm_positions": positions.astype(np.int32),
-        "masked_lm_ids": rng.integers(1000, vocab, (batch_size, num_pred)).astype(np.int32),
-        "masked_lm_weights": np.ones((batch_size, num_pred), np.float32),
-        "next_sentence_labels": rng.integers(0, 2, (batch_size, 1)).astype(np.int32),
+        MASKED_LM_POSITIONS: positions.astype(np.int32),
+        MASKED_LM_IDS: rng.integers(1000, vocab, (batch_size, num_pred)).astype(np.int32),
+        MASKED_LM_WEIGHTS: np.ones((batch_size, num_pred), np.float32),
+        NEXT_SENTENCE_LABELS: rng.integers(0, 2, (batch_size, 1)).astype(np.int32),
     }
 
 
@@ -123,24 +129,13 @@ def setup_bertjax(args):
     """(runner, finish): the runner times steps; finish(step_seconds, peak, source) gives
     the result fields."""
     compiled, state, batch, config, mesh, compile_s = build_step(args)
-    run, holder = harness.jax_runner(compiled, state, batch)
     model_flops = args.batch_size * flops.training_flops_per_sequence(
         config, args.seq_len, args.num_pred
     )
-
-    def finish(step_s: float, peak: float, peak_source: str) -> dict:
-        return harness.jax_result(
-            args,
-            mesh=mesh,
-            compile_seconds=compile_s,
-            model_flops=model_flops,
-            metrics=holder["metrics"],
-            step_seconds=step_s,
-            peak=peak,
-            peak_source=peak_source,
-        )
-
-    return run, finish
+    return harness.jax_setup(
+        args, compiled, state, batch, mesh=mesh, compile_seconds=compile_s,
+        model_flops=model_flops,
+    )  # fmt: skip
 
 
 def setup_peer(args):
@@ -155,14 +150,14 @@ def setup_peer(args):
     )
     b = make_batch(args.batch_size, args.seq_len, args.num_pred, 30522)
     labels = np.full((args.batch_size, args.seq_len), -100, np.int64)
-    np.put_along_axis(labels, b["masked_lm_positions"], b["masked_lm_ids"], axis=1)
+    np.put_along_axis(labels, b[MASKED_LM_POSITIONS], b[MASKED_LM_IDS], axis=1)
     inputs = {
-        "input_ids": torch.tensor(b["input_ids"], dtype=torch.long, device=device),
-        "attention_mask": torch.tensor(b["input_mask"], dtype=torch.long, device=device),
-        "token_type_ids": torch.tensor(b["segment_ids"], dtype=torch.long, device=device),
+        INPUT_IDS: torch.tensor(b[INPUT_IDS], dtype=torch.long, device=device),
+        HF_ATTENTION_MASK: torch.tensor(b[INPUT_MASK], dtype=torch.long, device=device),
+        HF_TOKEN_TYPE_IDS: torch.tensor(b[SEGMENT_IDS], dtype=torch.long, device=device),
         "labels": torch.tensor(labels, device=device),
         "next_sentence_label": torch.tensor(
-            b["next_sentence_labels"][:, 0], dtype=torch.long, device=device
+            b[NEXT_SENTENCE_LABELS][:, 0], dtype=torch.long, device=device
         ),
     }
     return harness.torch_peer(model, opt, inputs, device=device, bf16=args.dtype == "bfloat16")

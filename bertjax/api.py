@@ -21,7 +21,7 @@ compile); a text's outputs do not depend on the other texts of the call, and the
 padding positions (input_mask 0) are returned as zeros.
 
 Loading reuses the checkpoint readers of the commands (`checkpoint.load_model_and_tokenizer`,
-`convert.read_hf`), so every check they make (a tokenizer whose ids all have an embedding row,
+`convert_hf.read_hf`), so every check they make (a tokenizer whose ids all have an embedding row,
 task metadata that fits the head) holds here too; their errors are ValueErrors naming the file.
 """
 
@@ -40,8 +40,9 @@ import numpy as np
 from bertjax import checkpoint as ckpt
 from bertjax import storage
 from bertjax.config import ModelConfig
+from data_pipelines.features import INPUT_IDS, INPUT_MASK, SEGMENT_IDS
 
-BATCH_KEYS = ("input_ids", "input_mask", "segment_ids")
+BATCH_KEYS = (INPUT_IDS, INPUT_MASK, SEGMENT_IDS)
 POOLINGS = ("cls", "mean")
 _WIDTH_MULTIPLE = 32  # padded batch lengths are multiples of this: few compiled shapes
 _SEQUENCE_KINDS = ("classification", "multi_label_classification", "regression")
@@ -59,14 +60,15 @@ def load(path: str | os.PathLike, *, max_seq_length: int = 512, batch_size: int 
         directory above it (.../models--org--name, read at the revision refs/main names);
       - where no such path exists, a Hugging Face Hub model id ("bert-base-uncased",
         "org/name"), fetched as `bertjax convert --from hf --src ID` fetches it
-        (`convert.resolve_hf_source`: the local Hub cache, downloaded when the network allows).
+        (`convert_hf.resolve_hf_source`: the local Hub cache, downloaded when the network allows).
 
     `max_seq_length` caps the tokens per text (cut to the model's max_position_embeddings);
     `batch_size` is the number of texts per forward pass.
 
-    Raises FileNotFoundError (one line) when `path` is none of the above, and ValueError
-    (CheckpointError, ConversionError, VocabMismatchError) naming the file when what is there
-    cannot be used.
+    Raises FileNotFoundError (one line) when `path` is none of the above or a workdir with
+    no finished checkpoint yet (`checkpoint.NoCheckpointError`, also a CheckpointError), and
+    ValueError (CheckpointError, ConversionError, VocabMismatchError) naming the file when
+    what is there cannot be used.
     """
     path = os.fspath(path)
     if max_seq_length < 2 or batch_size < 1:
@@ -91,6 +93,14 @@ def load(path: str | os.PathLike, *, max_seq_length: int = 512, batch_size: int 
     )
 
 
+def _quote(value: Any, limit: int = 60) -> str:
+    """`value` for an error message: repr of a text cut to its first `limit` characters + '…'
+    (a long input is not repeated whole)."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "…"
+    return repr(value)
+
+
 def _bertjax_dir(path: str) -> str | None:
     """The bertjax directory to read for `path` (itself, or a fine-tuning workdir's best/)."""
     if storage.isfile(storage.join(path, ckpt.CONFIG_FILE)):
@@ -102,12 +112,12 @@ def _bertjax_dir(path: str) -> str | None:
 
 
 def _hf_dir(path: str) -> str:
-    """The Hugging Face checkpoint directory `path` names (`convert.resolve_hf_source`: the
+    """The Hugging Face checkpoint directory `path` names (`convert_hf.resolve_hf_source`: the
     path itself, a Hub cache repository's snapshot at refs/main, or a Hub model id's snapshot),
     checked to hold a config.json."""
-    from bertjax import convert
+    from bertjax import convert_hf
 
-    resolved = convert.resolve_hf_source(path)
+    resolved = convert_hf.resolve_hf_source(path)
     if storage.isfile(storage.join(resolved, "config.json")):
         return resolved
     raise FileNotFoundError(
@@ -119,10 +129,10 @@ def _hf_dir(path: str) -> str:
 def _load_hf(path: str) -> tuple[ModelConfig, dict[str, Any], dict[str, Any], Any]:
     """(config, params, metadata, tokenizer) of a Hugging Face BERT directory, read as
     `bertjax convert --from hf` reads it, in memory."""
-    from bertjax import convert
+    from bertjax import convert, convert_hf
 
     with storage.local_copy(path) as local, tempfile.TemporaryDirectory() as scratch:
-        config, params, task = convert.read_hf(local)
+        config, params, task = convert_hf.read_hf(local)
         # The tokenizer is built in memory; the scratch vocab.txt (tokenizer.json only) can go.
         tokenizer = convert.tokenizer_or_none(local, scratch)
     if tokenizer is None:
@@ -159,7 +169,7 @@ def _jit_hidden(config: ModelConfig):
             {"params": _encoder_params(params)}, batch, train=False, output_hidden_states=True
         )
         states = jnp.stack(out["hidden_states"], axis=1)[:, layers]  # [B, l, T, D]
-        mask = batch["input_mask"][:, None, :, None].astype(jnp.float32)
+        mask = batch[INPUT_MASK][:, None, :, None].astype(jnp.float32)
         return states.astype(jnp.float32) * mask  # padding positions are zeros
 
     return jax.jit(hidden)
@@ -212,7 +222,7 @@ def _as_texts(texts: str | Sequence[str], what: str = "texts") -> list[str]:
     texts = list(texts)
     bad = next((t for t in texts if not isinstance(t, str)), None)
     if bad is not None:
-        raise TypeError(f"{what} must be a str or a list of str; got an element {bad!r}")
+        raise TypeError(f"{what} must be a str or a list of str; got an element {_quote(bad)}")
     return texts
 
 
@@ -285,7 +295,7 @@ class Bert:
             seconds = list(pairs)
             bad = next((p for p in seconds if p is not None and not isinstance(p, str)), None)
             if bad is not None:
-                raise TypeError(f"pairs must hold a str or None per text; got {bad!r}")
+                raise TypeError(f"pairs must hold a str or None per text; got {_quote(bad)}")
             if len(seconds) != len(texts):
                 raise ValueError(f"{len(seconds)} pairs for {len(texts)} texts")
             if any(seconds):
@@ -314,7 +324,7 @@ class Bert:
         batch = self.encode(texts)
         return [
             self.tokenizer.convert_ids_to_tokens(ids[mask > 0])
-            for ids, mask in zip(batch["input_ids"], batch["input_mask"], strict=True)
+            for ids, mask in zip(batch[INPUT_IDS], batch[INPUT_MASK], strict=True)
         ]
 
     # --- Batches of similar length through the model -----------------------------------------
@@ -323,9 +333,9 @@ class Bert:
         """(row indexes, device batch, rows used, width): the rows in length order, by
         batch_size; each chunk padded to a multiple of 32 tokens and to the rows of the first
         chunk, a power of two (copies of its first row), so a call compiles few shapes."""
-        lengths = batch["input_mask"].sum(axis=1)
+        lengths = batch[INPUT_MASK].sum(axis=1)
         order = np.argsort(-lengths, kind="stable")
-        pads = {"input_ids": self.tokenizer.pad_id, "input_mask": 0, "segment_ids": 0}
+        pads = {INPUT_IDS: self.tokenizer.pad_id, INPUT_MASK: 0, SEGMENT_IDS: 0}
         rows = min(1 << max(len(order) - 1, 0).bit_length(), self.batch_size)
         for lo in range(0, len(order), self.batch_size):
             idx = order[lo : lo + self.batch_size]
@@ -373,7 +383,7 @@ class Bert:
         chosen = self._layer_indexes(
             range(self.config.num_layers + 1) if layers is None else layers
         )
-        n, t = batch["input_ids"].shape
+        n, t = batch[INPUT_IDS].shape
         out = np.zeros((len(chosen), n, t, self.config.hidden_size), np.float32)
         hidden = _jit_hidden(self.config)
         for idx, chunk, m, width in self._chunks(batch):
@@ -406,7 +416,7 @@ class Bert:
             raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
         batch = self.encode(texts, pairs)
         chosen = self._layer_indexes(layers)
-        out = np.zeros((batch["input_ids"].shape[0], self.config.hidden_size), np.float32)
+        out = np.zeros((batch[INPUT_IDS].shape[0], self.config.hidden_size), np.float32)
         hidden = _jit_hidden(self.config)
         for idx, chunk, m, _ in self._chunks(batch):
             h = np.asarray(hidden(self._device_params, chunk, np.array(chosen)))[:m]
@@ -414,7 +424,7 @@ class Bert:
             if pooling == "cls":
                 out[idx] = h[:, 0]
             else:
-                mask = chunk["input_mask"][:m, :, None].astype(np.float32)  # [m, W, 1]
+                mask = chunk[INPUT_MASK][:m, :, None].astype(np.float32)  # [m, W, 1]
                 out[idx] = h.sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
         if normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -446,19 +456,21 @@ class Bert:
         if top_k < 1:
             raise ValueError(f"top_k={top_k} must be >= 1")
         texts = _as_texts(text)
+        if not texts:
+            return []
         top_k = min(top_k, self.tokenizer.vocab_size)
         batch = self.encode(texts)
         mask_id = self.tokenizer.mask_id
-        positions = [np.flatnonzero(ids == mask_id) for ids in batch["input_ids"]]
+        positions = [np.flatnonzero(ids == mask_id) for ids in batch[INPUT_IDS]]
         for t, p in zip(texts, positions, strict=True):
             if not len(p):
                 mask = self.tokenizer.convert_ids_to_tokens([mask_id])[0]
-                raise ValueError(f"no {mask} token in {t!r} (within max_seq_length)")
+                raise ValueError(f"no {mask} token in {_quote(t)} (within max_seq_length)")
         width = max(len(p) for p in positions)
         results: list[Any] = [None] * len(texts)
         top = _jit_mlm(self.config, self.tokenizer.vocab_size)
         for idx, chunk, _, _ in self._chunks(batch):
-            pos = np.zeros((len(chunk["input_ids"]), width), np.int32)
+            pos = np.zeros((len(chunk[INPUT_IDS]), width), np.int32)
             for j, i in enumerate(idx):
                 pos[j, : len(positions[i])] = positions[i]
             scores, ids = (np.asarray(x) for x in top(self._device_params, chunk, pos, top_k))
@@ -468,7 +480,7 @@ class Bert:
 
     def _fill_results(self, batch, row, positions, scores, ids) -> list:
         tok = self.tokenizer
-        real = batch["input_ids"][row][batch["input_mask"][row] > 0]
+        real = batch[INPUT_IDS][row][batch[INPUT_MASK][row] > 0]
         single = len(positions) == 1
         out = []
         for p, position in enumerate(positions):
@@ -509,7 +521,7 @@ class Bert:
         predicted value). Raises ValueError without a sequence-level head."""
         self._require_kind(_SEQUENCE_KINDS)
         batch = self.encode(texts, pairs)
-        out = np.zeros((batch["input_ids"].shape[0], self.num_labels), np.float32)
+        out = np.zeros((batch[INPUT_IDS].shape[0], self.num_labels), np.float32)
         classifier = _jit_classifier(self.config, self.num_labels)
         for idx, chunk, m, _ in self._chunks(batch):
             out[idx] = np.asarray(classifier(self._device_params, chunk))[:m]

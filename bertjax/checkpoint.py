@@ -50,6 +50,28 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as asked; the message names file and problem."""
 
 
+class NoCheckpointError(CheckpointError, FileNotFoundError):
+    """A workdir that holds no finished checkpoint (a run stopped before its first save):
+    a CheckpointError, and the FileNotFoundError of "a path that holds no checkpoint"."""
+
+
+class _NoItemMetadataWarning(logging.Filter):
+    """Drops Orbax's "Metadata file does not exist: .../<step>/state/_CHECKPOINT_METADATA":
+    a pre-training step's `state` item is read on its own, and the step's metadata file sits
+    one level up, beside it, as CheckpointManager writes it. Nothing is missing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("Metadata file does not exist")
+            and message.endswith("_CHECKPOINT_METADATA")
+        )
+
+
+# Orbax logs through absl, whose records go to the "absl" logger itself.
+logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
+
+
 def is_model_dir(path: str) -> bool:
     return storage.isfile(storage.join(path, CONFIG_FILE)) and storage.isdir(
         storage.join(path, PARAMS_DIR)
@@ -303,6 +325,8 @@ def save_model_dir(
 def load_model_config(path: str) -> tuple[ModelConfig, dict[str, Any]]:
     """The ModelConfig and metadata of a model directory."""
     cfg_path = storage.join(path, CONFIG_FILE)
+    if not storage.exists(path):
+        raise NoCheckpointError(f"{path}: no such file or directory")
     if not storage.isfile(cfg_path):
         raise CheckpointError(
             f"{path}: not a bertjax checkpoint ({CONFIG_FILE} missing); import foreign "
@@ -665,7 +689,7 @@ def restore_workdir_params(workdir: str, step: int | None = None) -> tuple[int, 
     manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
     steps = sorted(manager.all_steps())
     if not steps:
-        raise CheckpointError(f"{directory}: no finished checkpoints")
+        raise NoCheckpointError(f"{directory}: no finished checkpoints")
     step = steps[-1] if step is None else step
     path = storage.join(directory, str(step), "state")
     meta = ocp.StandardCheckpointer().metadata(path)

@@ -36,6 +36,11 @@ REMAT_POLICIES = (
 )
 
 
+# The scanned sub-module of the encoder (model.scan_layers), and the logical name of its
+# stacked [num_layers] axis; the optimizer (LAMB's per-layer trust ratio) looks for it too.
+SCANNED = "layers"
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a BERT encoder (names follow the original bert_config.json).
@@ -47,23 +52,23 @@ class ModelConfig:
     canonical layout (model.stack_layers / unstack_layers convert at the boundaries).
     """
 
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_act: str = "gelu"  # gelu = exact erf form, as the original BERT
-    hidden_dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.1
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    dtype: str = "float32"  # compute dtype of matmuls and activations
+    vocab_size: int = 30522  # rows of the token embedding table (V)
+    hidden_size: int = 768  # model width (D)
+    num_layers: int = 12  # encoder layers (L)
+    num_heads: int = 12  # attention heads (H)
+    intermediate_size: int = 3072  # feed-forward width (F)
+    max_position_embeddings: int = 512  # learned positions; phase 2 uses all 512
+    type_vocab_size: int = 2  # segment ids (sentence A / B)
+    hidden_act: str = "gelu"  # gelu = exact erf form, as the original BERT (ACTIVATIONS)
+    hidden_dropout_rate: float = 0.1  # dropout on embeddings and sub-layer outputs
+    attention_dropout_rate: float = 0.1  # dropout on attention probabilities (0 = fused kernel)
+    layer_norm_eps: float = 1e-12  # LayerNorm epsilon (BERT's)
+    initializer_range: float = 0.02  # stddev of the truncated-normal initialiser
+    dtype: str = "float32"  # compute dtype of matmuls and activations; bfloat16 on GPU/TPU
     param_dtype: str = "float32"  # storage dtype of parameters (master weights)
     remat: bool = False  # rematerialise each layer in the backward pass to save memory
     remat_policy: str = "nothing_saveable"  # with remat: what to keep (REMAT_POLICIES)
-    scan_layers: bool = False  # nn.scan over the layers (parameter layout: see above)
+    scan_layers: bool = False  # nn.scan over the layers: one compiled body, faster compiles
 
     def __post_init__(self):
         errors = []
@@ -265,7 +270,7 @@ def read_json(path: str) -> dict[str, Any]:
     return value
 
 
-# --- Pre-training run configuration ----------------------------------------------------------
+# --- ConfigDict groups and the dataclasses they resolve to ------------------------------------
 
 
 def from_group(cls, group: Any, where: str):
@@ -278,81 +283,47 @@ def from_group(cls, group: Any, where: str):
     return cls(**values)
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where pre-training examples come from (see experiments/pretrain/common.py)."""
-
-    train_dir: str = ""
-    eval_dir: str = ""
-    corpus: str = ""
-    vocab: str = ""
-    vocab_size: int = 8192
-    do_lower_case: bool = True
-    max_seq_length: int = 128
-    max_predictions_per_seq: int = 20
-    masked_lm_prob: float = 0.15
-    dupe_factor: int = 5
-    short_seq_prob: float = 0.1
-    do_whole_word_mask: bool = False
-    dynamic_masking: bool = False
-    eval_fraction: float = 0.02
-    num_workers: int = 0
-    packing: bool = False
-    max_sequences_per_pack: int = 3
-
-    def __post_init__(self):
-        if not self.train_dir and not self.corpus:
-            raise ValueError(
-                "config.data: set train_dir (prepared shards) or corpus (text to prepare)"
-            )
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"config.data.eval_fraction={self.eval_fraction}: must be in [0, 1)")
-        if self.max_sequences_per_pack < 1:
-            raise ValueError(
-                f"config.data.max_sequences_per_pack={self.max_sequences_per_pack}: must be >= 1"
-            )
+def field_defaults(cls: type) -> dict[str, Any]:
+    """{field: default} of a dataclass, in declaration order (fields without one left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Loop lengths and periods (in optimizer steps)."""
+def config_dict_from(cls: type, /, **overrides: Any) -> Any:
+    """An experiment's ConfigDict group: every field of dataclass `cls` at its default (the
+    one place each default and its one-line comment are declared), then `overrides`.
 
-    num_steps: int = 1000
-    batch_size: int = 256
-    log_every: int = 100
-    eval_every: int = 1000
-    eval_steps: int = 10
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    async_checkpointing: bool = True
-    nan_policy: str = "skip"
-    max_nonfinite_steps: int = 100
-    prng_impl: str = "threefry2x32"
-    profile_start: int = 10
-    profile_steps: int = 0
+    A None value becomes a typed placeholder (`config_dict.placeholder`) of the field's type,
+    so `--config.group.field=VALUE` can still set it from the command line. An override that
+    is not a field is an error naming it.
+    """
+    import typing
 
-    def __post_init__(self):
-        for name in (
-            "num_steps",
-            "batch_size",
-            "log_every",
-            "eval_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"config.train.{name}={getattr(self, name)}: must be > 0")
-        if self.profile_start < 0 or self.profile_steps < 0:
-            raise ValueError(
-                f"config.train.profile_start={self.profile_start} / profile_steps="
-                f"{self.profile_steps}: must be >= 0"
-            )
-        if self.prng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
-            raise ValueError(
-                f"config.train.prng_impl={self.prng_impl!r}: use threefry2x32, rbg or unsafe_rbg"
-            )
-        if self.nan_policy not in ("skip", "stop"):
-            raise ValueError(f"config.train.nan_policy={self.nan_policy!r}: use 'skip' or 'stop'")
+    from ml_collections import config_dict
+
+    values = field_defaults(cls)
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; known: {sorted(values)}")
+    values.update(overrides)
+    hints = typing.get_type_hints(cls)
+    group = config_dict.ConfigDict()
+    for name, value in values.items():
+        if value is None:
+            kinds = [
+                t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None)
+            ]
+            value = config_dict.placeholder(kinds[0] if len(kinds) == 1 else object)
+        group[name] = value
+    return group
+
+
+# --- Pre-training: the `eval` group ------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,44 +337,3 @@ class PretrainEvalConfig:
             raise ValueError(
                 f"config.eval.fill_mask_examples={self.fill_mask_examples}: must be >= 0"
             )
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    """The resolved pre-training experiment: what library code receives."""
-
-    model: ModelConfig
-    model_size: str
-    data: DataConfig
-    optim: Any  # bertjax.optim.OptimConfig
-    train: TrainConfig
-    mesh: Any  # bertjax.sharding.MeshConfig
-    seed: int = 0
-    init_checkpoint: str = ""
-    eval: PretrainEvalConfig = PretrainEvalConfig()
-
-    @classmethod
-    def from_config_dict(cls, config: Any, *, vocab_size: int | None = None) -> PretrainConfig:
-        """Validates a ConfigDict; unknown or misspelt keys are errors naming them."""
-        from bertjax.optim import OptimConfig
-        from bertjax.sharding import MeshConfig
-
-        top = {"model", "data", "optim", "train", "mesh", "eval", "seed", "init_checkpoint"}
-        unknown = sorted(set(config.keys()) - top)
-        if unknown:
-            raise ValueError(f"config: unknown keys {unknown}; known: {sorted(top)}")
-        model = dict(config.model.to_dict())
-        size = model.get("size", "custom")
-        if vocab_size is not None and model.get("vocab_size") is None:
-            model["vocab_size"] = vocab_size
-        return cls(
-            model=model_config_from_config_dict(model),
-            model_size=size,
-            data=from_group(DataConfig, config.data, "config.data"),
-            optim=OptimConfig.from_config_dict(config.optim),
-            train=from_group(TrainConfig, config.train, "config.train"),
-            mesh=MeshConfig.from_config_dict(config.mesh),
-            seed=int(config.seed),
-            init_checkpoint=str(config.init_checkpoint or ""),
-            eval=from_group(PretrainEvalConfig, config.get("eval", {}), "config.eval"),
-        )

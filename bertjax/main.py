@@ -13,6 +13,7 @@ import contextlib
 import dis
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -117,7 +118,7 @@ def _define_features(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_features(fv: flags.FlagValues) -> None:
-    from bertjax.features import extract_features
+    from bertjax.extract_features import extract_features
 
     try:
         layers = [int(x) for x in fv.layers]
@@ -157,22 +158,23 @@ def _define_finetune(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_loop(command: str, loop: Callable[..., Any], *args: Any) -> Any:
-    """Runs a training loop: preemption (SIGTERM, a checkpoint saved) exits 143, a stop for
-    non-finite values exits 1 with one line."""
+    """Runs a training loop: preemption (SIGTERM, a checkpoint saved) exits 143, Ctrl-C
+    (SIGINT, a checkpoint saved) 130, a stop for non-finite values exits 1 with one line."""
     from bertjax import trainer
 
     try:
         return loop(*args)
     except trainer.Preempted as e:
         print(str(e))
-        sys.exit(143)
+        sys.exit(e.exit_status)
     except trainer.NonFiniteError as e:
         print(f"bertjax {command}: error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 def _run_finetune(fv: flags.FlagValues) -> None:
-    from bertjax.finetune import RESULTS_FILE, finetune, format_value
+    from bertjax.finetune import RESULTS_FILE, format_value
+    from bertjax.tasks import finetune
 
     out = _run_loop("finetune", finetune, fv.config, fv.workdir)
     if out.get("already_complete"):
@@ -280,6 +282,7 @@ def _run_glue(fv: flags.FlagValues) -> None:
     tasks = "all" if fv.tasks == "all" else [t.strip() for t in fv.tasks.split(",") if t.strip()]
     out = run_glue(
         fv.checkpoint,
+        task_configs=glue_task_config,
         tasks=tasks,
         data_dir=fv.data_dir,
         workdir=fv.workdir,
@@ -293,6 +296,10 @@ def _run_glue(fv: flags.FlagValues) -> None:
         overwrite=fv.overwrite,
     )
     print(f"GLUE average: {out.get('average')}; results in {fv.workdir}/glue_results.json")
+    if out.get("failed"):  # skipped (missing data) or failed: the summary names them
+        names = ", ".join(sorted(out["failed"]))
+        print(f"bertjax glue: error: task(s) skipped or failed: {names}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _define_smoke(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -372,15 +379,15 @@ def _define_corpus(fv: flags.FlagValues, argv: list[str]) -> None:
 def _run_corpus(fv: flags.FlagValues) -> None:
     import time
 
-    from data_pipelines import corpus
+    from data_pipelines import corpus_sources
 
     start = time.perf_counter()
     if fv.source == "embedded":
         if os.path.exists(fv.out):
-            raise FileExistsError(f"{fv.out}: already exists")
-        stats = corpus.write_embedded_corpus(fv.out)
+            raise FileExistsError(f"{fv.out}: already exists; remove it or choose another --out")
+        stats = corpus_sources.write_embedded_corpus(fv.out)
     elif fv.source.startswith("tfds:"):
-        stats = corpus.export_tfds_corpus(
+        stats = corpus_sources.export_tfds_corpus(
             fv.source[len("tfds:") :],
             fv.out,
             split=fv.split,
@@ -452,7 +459,7 @@ def _define_vocab(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_vocab(fv: flags.FlagValues) -> None:
-    from data_pipelines.tokenizers import train_vocab
+    from data_pipelines.vocab import train_vocab
 
     tok = train_vocab(
         fv.input,
@@ -566,7 +573,7 @@ def _run_prepare(fv: flags.FlagValues) -> None:
         overwrite=fv.overwrite,
         input_errors=fv.input_errors,
     )
-    print(f"wrote {info.get('num_examples', '?')} examples to {paths['output']}")
+    print(f"wrote {info.num_examples} examples to {paths['output']}")
 
 
 def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -803,6 +810,24 @@ def resolve_config(value: str) -> str:
     raise UsageError(f"--config={value}: {path!r} {why}; shipped: {', '.join(shipped)}")
 
 
+def shipped_config(name: str, arg: str | None = None) -> Any:
+    """The ConfigDict of a shipped experiment config by "group/name" (`get_config(arg)` of
+    experiments/<group>/<name>.py); library code receives configs built here."""
+    import importlib
+
+    if name not in shipped_configs():
+        raise UsageError(
+            f"{name!r} is not a shipped config; shipped: {', '.join(shipped_configs())}"
+        )
+    return importlib.import_module("experiments." + name.replace("/", ".")).get_config(arg)
+
+
+def glue_task_config(task: str) -> Any:
+    """A GLUE task's experiment config (experiments/glue/<task>.py), what `bertjax glue`
+    fine-tunes each task with."""
+    return shipped_config(f"glue/{task}")
+
+
 def resolve_config_argv(argv: list[str]) -> list[str]:
     """argv with the value of --config (`--config X` or `--config=X`) resolved by
     `resolve_config`."""
@@ -835,6 +860,38 @@ def _own_warnings_as_lines(command: str) -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = default
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which saves a checkpoint instead): raised where the
+    command stands, like Ctrl-C's KeyboardInterrupt, so the `finally:` and cleanup blocks
+    run (a half-written output's temporary directory is removed); the CLI exits 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread for the block (a training loop's
+    `trainer.Preemption` takes it over while it runs). A forked worker that inherited the
+    handler ends as the signal's default would end it."""
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        del frame
+        if os.getpid() != pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -890,8 +947,14 @@ def main(argv: list[str] | None = None) -> None:
             from bertjax import trainer
 
             trainer.use_compilation_cache(fv.compilation_cache_dir)
-        with _own_warnings_as_lines(command):
+        with _own_warnings_as_lines(command), _sigterm_raises():
             run(fv)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM outside a training loop
+        terminated = isinstance(e, Terminated)
+        print(
+            f"bertjax {command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr
+        )
+        sys.exit(143 if terminated else 130)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         if not is_user_error(e):
             raise

@@ -1,7 +1,7 @@
 """The BERT encoder and its heads, as Flax Linen modules.
 
 The module tree mirrors the original TensorFlow variable names, so that importing or
-exporting a checkpoint is a table (see convert.py):
+exporting a checkpoint is a table (see convert_names.py):
 
     bert/embeddings/{word_embeddings, position_embeddings, token_type_embeddings, LayerNorm}
     bert/encoder/layer_N/attention/self/{query, key, value}
@@ -18,7 +18,8 @@ unstack_layers convert, and model directories on disk keep the layer_N layout.
 
 Dimension letters used in shape comments:
     B batch, T length (queries), S length (keys), D model width, H heads, K head dim,
-    F feed-forward width, V vocabulary, P masked positions per sequence, L labels.
+    F feed-forward width, V vocabulary, P masked positions per sequence, L labels,
+    E pairs (examples) per packed row.
 
 Parameters carry logical axis names (vocab, embed, heads, kv, mlp) and activations carry
 (batch, length, embed, heads, kv, mlp); sharding.py maps these to the (data, fsdp, tensor)
@@ -38,7 +39,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bertjax.config import ModelConfig
+from bertjax.config import SCANNED, ModelConfig
+from data_pipelines.features import (
+    ATTENTION_SEGMENT_IDS,
+    HF_ATTENTION_MASK,
+    HF_TOKEN_TYPE_IDS,
+    INPUT_IDS,
+    INPUT_MASK,
+    MASKED_LM_POSITIONS,
+    NEXT_SENTENCE_POSITIONS,
+    POSITION_IDS,
+    SEGMENT_IDS,
+)
 
 Batch = Mapping[str, jax.Array]
 
@@ -93,7 +105,7 @@ def dense(config: ModelConfig, features: int, names: tuple[str | None, str | Non
 
 
 # Hugging Face's input names -> bertjax's (transformers' BertModel.forward arguments).
-HF_INPUT_NAMES = {"attention_mask": "input_mask", "token_type_ids": "segment_ids"}
+HF_INPUT_NAMES = {HF_ATTENTION_MASK: INPUT_MASK, HF_TOKEN_TYPE_IDS: SEGMENT_IDS}
 
 
 def bertjax_names(batch: Batch) -> Batch:
@@ -119,10 +131,10 @@ def padding_mask(batch: Batch) -> jax.Array:
     When the batch holds `attention_segment_ids` (packed sequences), a query also only
     attends to keys of its own packed sequence.
     """
-    input_mask = batch["input_mask"].astype(bool)  # [B, S]
+    input_mask = batch[INPUT_MASK].astype(bool)  # [B, S]
     mask = input_mask[:, None, None, :]  # [B, 1, 1, S]
-    if "attention_segment_ids" in batch:
-        seg = batch["attention_segment_ids"]
+    if ATTENTION_SEGMENT_IDS in batch:
+        seg = batch[ATTENTION_SEGMENT_IDS]
         mask = mask & (seg[:, None, :, None] == seg[:, None, None, :])  # [B, 1, T, S]
     return mask
 
@@ -210,20 +222,20 @@ class Embeddings(nn.Module):
         self.dropout = Dropout(c.hidden_dropout_rate)
 
     def __call__(self, batch: Batch, *, train: bool) -> jax.Array:
-        input_ids = batch["input_ids"]  # [B, T]
+        input_ids = batch[INPUT_IDS]  # [B, T]
         seq_len = input_ids.shape[1]
         if seq_len > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seq_len} exceeds max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
-        position_ids = batch.get("position_ids")
+        position_ids = batch.get(POSITION_IDS)
         if position_ids is None:  # positions 0..T-1: a slice, not a gather
             table = self.position_embeddings.embedding
             positions = table[:seq_len][None].astype(self.config.dtype)  # [1, T, D]
         else:  # packed rows: positions restart at every sequence
             positions = self.position_embeddings(position_ids)  # [B, T, D]
-        segment_ids = batch.get("segment_ids")
+        segment_ids = batch.get(SEGMENT_IDS)
         if segment_ids is None:
             segment_ids = jnp.zeros_like(input_ids)
         x = (
@@ -359,9 +371,6 @@ def _layer_class(config: ModelConfig, *, scanned: bool) -> type[Layer]:
     return nn.remat(Layer, static_argnums=(3,), policy=policy, prevent_cse=not scanned)
 
 
-SCANNED = "layers"  # the scanned sub-module of the encoder, and its stacked axis's name
-
-
 class Encoder(nn.Module):
     """num_layers Layers: unrolled as layer_0, layer_1, ... or, with `config.scan_layers`,
     one Layer body run by nn.scan, its parameters stacked under encoder/layers."""
@@ -453,13 +462,13 @@ def unstack_layers(params: Mapping[str, Any], num_layers: int) -> dict[str, Any]
 
 class Pooler(nn.Module):
     """dense + tanh on the [CLS] token: position 0, or in a packed row each pair's [CLS]
-    (`next_sentence_positions` [B, K], giving [B, K, D])."""
+    (`next_sentence_positions` [B, E], giving [B, E, D])."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-        first = x[:, 0] if positions is None else gather_positions(x, positions)  # [B, (K,) D]
+        first = x[:, 0] if positions is None else gather_positions(x, positions)  # [B, (E,) D]
         return jnp.tanh(
             dense(self.config, self.config.hidden_size, ("embed", None), "dense")(first)
         )
@@ -473,10 +482,10 @@ class BertModel(nn.Module):
     tokens, 0 on padding; `segment_ids` [B, T] 0 for the first segment, 1 for the second
     (zeros when absent). Hugging Face's names `attention_mask` and `token_type_ids` are
     accepted for the last two (`bertjax_names`). Packed rows add `position_ids`,
-    `attention_segment_ids` [B, T] and `next_sentence_positions` [B, K]
+    `attention_segment_ids` [B, T] and `next_sentence_positions` [B, E]
     (data_pipelines/packing.py).
 
-    Returns a dict with `sequence_output` [B, T, D], `pooled_output` [B, D] ([B, K, D] for
+    Returns a dict with `sequence_output` [B, T, D], `pooled_output` [B, D] ([B, E, D] for
     packed rows; dense + tanh on [CLS]) and, when `output_hidden_states`, `hidden_states`:
     the embedding output followed by every layer's output (num_layers + 1 arrays of
     [B, T, D]), in `config.dtype`. Dropout is on when `train` (needs the "dropout" RNG).
@@ -501,7 +510,7 @@ class BertModel(nn.Module):
         layers = self.encoder(x, padding_mask(batch), train=train)
         out: dict[str, Any] = {"sequence_output": layers[-1]}
         if self.add_pooler:
-            out["pooled_output"] = self.pooler(layers[-1], batch.get("next_sentence_positions"))
+            out["pooled_output"] = self.pooler(layers[-1], batch.get(NEXT_SENTENCE_POSITIONS))
         if output_hidden_states:
             out["hidden_states"] = [x, *layers]
         return out
@@ -556,7 +565,7 @@ class NextSentenceHead(nn.Module):
     """cls/seq_relationship: logits = pooled @ output_weights^T + output_bias
     (google-research/bert's `run_pretraining.get_next_sentence_output`).
 
-    pooled is [B, D], or [B, K, D] for the K pairs of a packed row; returns logits [B, (K,) 2]
+    pooled is [B, D], or [B, E, D] for the E pairs of a packed row; returns logits [B, (E,) 2]
     in fp32, class 0 = "B follows A", 1 = "B is random".
     """
 
@@ -575,7 +584,7 @@ class NextSentenceHead(nn.Module):
         logits = jnp.einsum(
             "...d,ld->...l", pooled, w.astype(c.dtype), preferred_element_type=jnp.float32
         )
-        return logits + b.astype(jnp.float32)  # [B, (K,) 2]
+        return logits + b.astype(jnp.float32)  # [B, (E,) 2]
 
 
 class PreTrainingHeads(nn.Module):
@@ -597,7 +606,7 @@ class BertForPreTraining(nn.Module):
     Returns `mlm_logits` [B, P, V] and `nsp_logits` [B, 2] (fp32), plus the encoder outputs.
     Without `masked_lm_positions` in the batch, MLM logits are computed for every position.
     A packed batch (data_pipelines.packing: `position_ids`, `attention_segment_ids`,
-    `next_sentence_positions` [B, K]) gives `nsp_logits` [B, K, 2], one per pair, and each
+    `next_sentence_positions` [B, E]) gives `nsp_logits` [B, E, 2], one per pair, and each
     pair attends only to itself.
     """
 
@@ -608,7 +617,7 @@ class BertForPreTraining(nn.Module):
         bert = BertModel(self.config, name="bert")
         out = bert(batch, train=train)
         seq = out["sequence_output"]  # [B, T, D]
-        positions = batch.get("masked_lm_positions")
+        positions = batch.get(MASKED_LM_POSITIONS)
         masked = seq if positions is None else gather_positions(seq, positions)  # [B, P, D]
         mlm, nsp = PreTrainingHeads(self.config, name="cls")(
             masked, out["pooled_output"], bert.word_embedding_table()
@@ -680,10 +689,10 @@ def dummy_batch(
 ) -> dict[str, jax.Array]:
     """A batch of the right shapes and dtypes, for `init` and `eval_shape`."""
     return {
-        "input_ids": jnp.zeros((batch_size, seq_len), jnp.int32),
-        "input_mask": jnp.ones((batch_size, seq_len), jnp.int32),
-        "segment_ids": jnp.zeros((batch_size, seq_len), jnp.int32),
-        "masked_lm_positions": jnp.zeros((batch_size, max_predictions), jnp.int32),
+        INPUT_IDS: jnp.zeros((batch_size, seq_len), jnp.int32),
+        INPUT_MASK: jnp.ones((batch_size, seq_len), jnp.int32),
+        SEGMENT_IDS: jnp.zeros((batch_size, seq_len), jnp.int32),
+        MASKED_LM_POSITIONS: jnp.zeros((batch_size, max_predictions), jnp.int32),
     }
 
 
@@ -744,7 +753,7 @@ class BertFeatureTagger(nn.Module):
             x = sum(chosen[1:], chosen[0])  # [B, T, D]
         else:
             x = jnp.concatenate(chosen, axis=-1)  # [B, T, len(feature_layers) * D]
-        mask = bertjax_names(batch)["input_mask"]  # also under its Hugging Face name
+        mask = bertjax_names(batch)[INPUT_MASK]  # also under its Hugging Face name
         lengths = jnp.sum(mask > 0, axis=1).astype(jnp.int32)  # [B]
         logits = FeatureTaggerHead(
             c, self.num_labels, self.lstm_size, self.lstm_layers, name="classifier"

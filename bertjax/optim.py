@@ -19,23 +19,24 @@ from typing import Any
 import jax
 import optax
 
-from bertjax.config import from_group
-from bertjax.model import SCANNED
+from bertjax.config import SCANNED, from_group
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
+    """The `optim` group of every experiment (defaults: BERT's pre-training optimizer)."""
+
     name: str = "adamw"  # adamw | lamb
     learning_rate: float = 1e-4  # peak learning rate
-    warmup_steps: int = 10_000  # linear warmup from 0
-    decay: str = "linear"  # linear | cosine | constant (after warmup)
-    end_learning_rate: float = 0.0  # value reached at the last step
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-6  # BERT's epsilon
-    weight_decay: float = 0.01  # decoupled; not applied to LayerNorm and biases
-    clip_grad_norm: float = 1.0  # global-norm clipping; 0 disables
-    grad_accum_steps: int = 1  # micro-batches per step (inside the jitted step)
+    warmup_steps: int = 10_000  # linear warmup from 0 (fine-tuning: optim.warmup_fraction)
+    decay: str = "linear"  # linear | cosine | constant after warmup
+    end_learning_rate: float = 0.0  # value at the last step
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+    eps: float = 1e-6  # Adam epsilon (BERT's)
+    weight_decay: float = 0.01  # decoupled, not on LayerNorm or biases
+    clip_grad_norm: float = 1.0  # global-norm clipping (0 = off)
+    grad_accum_steps: int = 1  # micro-batches per step, accumulated inside the jitted step
 
     def __post_init__(self):
         if self.name not in ("adamw", "lamb"):

@@ -31,13 +31,12 @@ from tqdm import tqdm
 
 from bertjax import checkpoint as ckpt
 from bertjax import flops, losses, sharding, storage
-from bertjax.config import PretrainConfig
 from bertjax.model import BertForPreTraining
 from bertjax.optim import learning_rate_schedule, make_optimizer
+from bertjax.pretrain_config import PretrainConfig
 from bertjax.trainer import (
     MetricWriter,
     NonFiniteError,
-    Preempted,
     Preemption,
     TrainState,
     accumulate_gradients,
@@ -50,6 +49,7 @@ from bertjax.trainer import (
     save_checkpoint,
     sync,
 )
+from data_pipelines.records import DatasetInfo, load_dataset_info
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,17 @@ class PreparedData:
     train_dir: str
     eval_dir: str
     tokenizer_path: str
-    info: dict[str, Any]
+    info: DatasetInfo
 
 
-def prepare_data(config: Any, workdir: str) -> PreparedData:
-    """Shards to train on: config.data.train_dir, or data.corpus prepared into WORKDIR/data.
+def prepare_data(cfg: PretrainConfig, workdir: str) -> PreparedData:
+    """Shards to train on: cfg.data.train_dir, or data.corpus prepared into WORKDIR/data
+    (`data_pipelines.prepare.prepare_corpus`).
 
     Preparation (vocab training + example creation) runs once, on process 0; later runs
     and the other processes reuse it.
     """
-    from data_pipelines.pretraining_data import load_dataset_info
-
-    data = config.data
+    data = cfg.data
     if data.train_dir:
         info = load_dataset_info(data.train_dir)
         vocab = data.vocab or data.train_dir
@@ -90,7 +89,25 @@ def prepare_data(config: Any, workdir: str) -> PreparedData:
     if jax.process_index() == 0 and not os.path.isfile(
         os.path.join(train_dir, "dataset_info.json")
     ):
-        _prepare_corpus(config, out, train_dir, eval_dir)
+        from data_pipelines.prepare import prepare_corpus
+
+        storage.remove_stale_temps(out)  # an earlier run's, killed mid-way (the lock is held)
+        prepare_corpus(
+            data.corpus,
+            out,
+            vocab=data.vocab,
+            vocab_size=data.vocab_size,
+            do_lower_case=data.do_lower_case,
+            eval_fraction=data.eval_fraction,
+            max_seq_length=data.max_seq_length,
+            max_predictions_per_seq=data.max_predictions_per_seq,
+            masked_lm_prob=data.masked_lm_prob,
+            dupe_factor=data.dupe_factor,
+            short_seq_prob=data.short_seq_prob,
+            do_whole_word_mask=data.do_whole_word_mask,
+            dynamic_masking=data.dynamic_masking,
+            seed=cfg.seed,
+        )
     sync("prepare_data")
     vocab = data.vocab or os.path.join(out, "vocab")
     has_eval = os.path.isfile(os.path.join(eval_dir, "dataset_info.json"))
@@ -99,7 +116,7 @@ def prepare_data(config: Any, workdir: str) -> PreparedData:
     )
 
 
-def _check_data_tokenizer(vocab: str, info: dict[str, Any], train_dir: str) -> None:
+def _check_data_tokenizer(vocab: str, info: DatasetInfo, train_dir: str) -> None:
     """The tokenizer that goes into the workdir is the one the data was made with
     (`bertjax prepare` stores it in the dataset directory)."""
     from data_pipelines.tokenizers import load_tokenizer
@@ -111,116 +128,39 @@ def _check_data_tokenizer(vocab: str, info: dict[str, Any], train_dir: str) -> N
             f"{train_dir}: the dataset holds no tokenizer ({e}); pass the vocab it was "
             "prepared with as --config.data.vocab=PATH"
         ) from None
-    if tokenizer.vocab_size != int(info["vocab_size"]):
+    if tokenizer.vocab_size != int(info.vocab_size):
         raise ValueError(
             f"{vocab}: a {tokenizer.vocab_size}-token vocab, but {train_dir} was prepared with "
-            f"a {info['vocab_size']}-token one; pass the vocab the data was prepared with"
+            f"a {info.vocab_size}-token one; pass the vocab the data was prepared with"
         )
 
 
-def _prepare_corpus(config: Any, out: str, train_dir: str, eval_dir: str) -> None:
-    from data_pipelines import corpus
-    from data_pipelines.pretraining_data import create_pretraining_data
-    from data_pipelines.tokenizers import load_tokenizer, train_vocab
+def _iterator(data_dir: str, cfg: PretrainConfig, mesh: Any, rules: Any, *, train: bool):
+    from data_pipelines.pretrain_input import make_pretrain_iterator
 
-    data = config.data
-    os.makedirs(out, exist_ok=True)
-    if data.corpus == "embedded":
-        files = [os.path.join(out, "embedded_corpus.txt")]
-        if not os.path.isfile(files[0]):
-            log.info("writing the embedded corpus (Python's documentation) to %s", files[0])
-            corpus.write_embedded_corpus(files[0])
-    else:
-        files = corpus.expand_input_files(data.corpus)
-    # Hold out every n-th document for evaluation.
-    split_train, split_eval = (
-        os.path.join(out, "split_train.txt"),
-        os.path.join(out, "split_eval.txt"),
+    index, count = process_batch_block(mesh, rules, cfg.train.batch_size)
+    return make_pretrain_iterator(
+        data_dir,
+        global_batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        shuffle=train,
+        num_epochs=None,
+        process_index=index,
+        process_count=count,
+        worker_count=cfg.data.num_workers if train else 0,
+        packing=cfg.data.packing,
+        max_sequences_per_pack=cfg.data.max_sequences_per_pack,
     )
-    every = round(1 / data.eval_fraction) if data.eval_fraction > 0 else 0
-    docs = list(enumerate(corpus.iter_documents(files)))
-    corpus.write_documents((d for i, d in docs if not every or i % every), split_train)
-    if every:
-        corpus.write_documents((d for i, d in docs if i % every == 0), split_eval)
-    if data.vocab:
-        tokenizer = load_tokenizer(data.vocab, do_lower_case=data.do_lower_case)
-    else:
-        vocab_dir = os.path.join(out, "vocab")
-        if os.path.isdir(vocab_dir):
-            tokenizer = load_tokenizer(vocab_dir)
-        else:
-            log.info("training a %d-token WordPiece vocab on %s", data.vocab_size, split_train)
-            tokenizer = train_vocab(
-                [split_train],
-                kind="wordpiece",
-                vocab_size=data.vocab_size,
-                out_dir=vocab_dir,
-                do_lower_case=data.do_lower_case,
-            )
-    common = dict(
-        max_seq_length=data.max_seq_length,
-        max_predictions_per_seq=data.max_predictions_per_seq,
-        masked_lm_prob=data.masked_lm_prob,
-        short_seq_prob=data.short_seq_prob,
-        do_whole_word_mask=data.do_whole_word_mask,
-        dynamic_masking=data.dynamic_masking,
-        overwrite=True,
-    )
-    create_pretraining_data(
-        [split_train],
-        tokenizer,
-        train_dir,
-        dupe_factor=data.dupe_factor,
-        random_seed=config.seed + 12345,
-        **common,
-    )
-    if every:
-        create_pretraining_data(
-            [split_eval],
-            tokenizer,
-            eval_dir,
-            dupe_factor=1,
-            random_seed=config.seed + 54321,
-            **common,
-        )
 
 
 def make_train_iterator(data: PreparedData, cfg: PretrainConfig, mesh: Any, rules: Any):
-    """This process's rows of the training batches (`process_batch_block`)."""
-    from data_pipelines.pretrain_input import make_pretrain_iterator
-
-    index, count = process_batch_block(mesh, rules, cfg.train.batch_size)
-    return make_pretrain_iterator(
-        data.train_dir,
-        global_batch_size=cfg.train.batch_size,
-        seed=cfg.seed,
-        shuffle=True,
-        num_epochs=None,
-        process_index=index,
-        process_count=count,
-        worker_count=cfg.data.num_workers,
-        packing=cfg.data.packing,
-        max_sequences_per_pack=cfg.data.max_sequences_per_pack,
-    )
+    """This process's rows of the training batches (`process_batch_block`), shuffled."""
+    return _iterator(data.train_dir, cfg, mesh, rules, train=True)
 
 
 def make_eval_iterator(data: PreparedData, cfg: PretrainConfig, mesh: Any, rules: Any):
-    """This process's rows of the evaluation batches (in record order)."""
-    from data_pipelines.pretrain_input import make_pretrain_iterator
-
-    index, count = process_batch_block(mesh, rules, cfg.train.batch_size)
-    return make_pretrain_iterator(
-        data.eval_dir,
-        global_batch_size=cfg.train.batch_size,
-        seed=cfg.seed,
-        shuffle=False,
-        num_epochs=None,
-        process_index=index,
-        process_count=count,
-        worker_count=0,
-        packing=cfg.data.packing,
-        max_sequences_per_pack=cfg.data.max_sequences_per_pack,
-    )
+    """This process's rows of the evaluation batches (in record order, in this process)."""
+    return _iterator(data.eval_dir, cfg, mesh, rules, train=False)
 
 
 # --- Train and eval steps -----------------------------------------------------------------------
@@ -318,19 +258,29 @@ def train(
 ) -> dict[str, float]:
     """Runs (or resumes) pre-training in `workdir`; returns the last logged metrics.
 
-    `devices` restricts the mesh to a subset of devices (default: all of them).
+    `devices` restricts the mesh to a subset of devices (default: all of them). One run at a
+    time in a workdir: another run holding it is storage.WorkdirInUseError.
     """
+    with storage.workdir_lock(workdir, primary=jax.process_index() == 0):
+        return _train(config_dict, workdir, devices=devices)
+
+
+def _train(
+    config_dict: Any, workdir: str, *, devices: list[jax.Device] | None = None
+) -> dict[str, float]:
     started = time.perf_counter()
     workdir = storage.abspath(workdir)
     storage.check_writable(workdir)  # a missing bucket or no permission: before compiling
     sharding.check_shared_workdir(workdir)
 
-    # Config and data.
-    data = prepare_data(config_dict, workdir)
-    # The embedding table: the init checkpoint's rows, else one row per token of the data.
-    rows = int(data.info["vocab_size"])
-    if config_dict.get("init_checkpoint"):
-        rows = ckpt.load_model_config(str(config_dict.init_checkpoint))[0].vocab_size
+    # Config, then data: a bad key or value stops the run before anything is prepared.
+    cfg = PretrainConfig.from_config_dict(config_dict)
+    data = prepare_data(cfg, workdir)
+    # The embedding table (config.model.vocab_size None): the init checkpoint's rows, else
+    # one row per token of the data.
+    rows = int(data.info.vocab_size)
+    if cfg.init_checkpoint:
+        rows = ckpt.load_model_config(cfg.init_checkpoint)[0].vocab_size
     cfg = PretrainConfig.from_config_dict(config_dict, vocab_size=rows)
     _validate(cfg, data)
     ckpt.check_workdir_model(workdir, cfg.model)
@@ -350,8 +300,8 @@ def train(
     model = BertForPreTraining(cfg.model)
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
-    seq_len = int(data.info["max_seq_length"])
-    num_pred = int(data.info["max_predictions_per_seq"])
+    seq_len = int(data.info.max_seq_length)
+    num_pred = int(data.info.max_predictions_per_seq)
     if cfg.data.packing:
         from data_pipelines.pretrain_input import packed_shapes
 
@@ -432,7 +382,6 @@ def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
     """The data fits the model: every token id has an embedding row (the init checkpoint's
     table too), the init checkpoint was trained with the data's tokenizer, and the examples
     fit the position embeddings."""
-    from data_pipelines.pretraining_data import load_dataset_info
     from data_pipelines.tokenizers import load_tokenizer
 
     infos = [(data.train_dir, data.info)]
@@ -448,13 +397,13 @@ def _validate(cfg: PretrainConfig, data: PreparedData) -> None:
         source = storage.join(directory, "dataset_info.json")
         for rows, model_source in tables:
             ckpt.check_vocab_fits(
-                int(info["vocab_size"]), rows, vocab_source=source, model_source=model_source
+                int(info.vocab_size), rows, vocab_source=source, model_source=model_source
             )
         ckpt.check_sequence_fits(
             cfg.model,
-            max_seq_length=int(info["max_seq_length"]),
+            max_seq_length=int(info.max_seq_length),
             num_segments=2,
-            what=f"examples of length {info['max_seq_length']} in {directory}",
+            what=f"examples of length {info.max_seq_length} in {directory}",
             model_source="config.model",
         )
     if cfg.init_checkpoint and ckpt.has_tokenizer(cfg.init_checkpoint):
@@ -603,7 +552,7 @@ def _loop(
                 checkpointer.wait()
                 bar.close()
                 writer.close()
-                raise Preempted(done)
+                raise preemption.stopped(done)
     checkpointer.wait()
     bar.close()
     writer.close()
@@ -870,11 +819,9 @@ def fill_mask_sentences(
 def held_out_text_files(data: PreparedData) -> list[str]:
     """The text files the held-out shards were prepared from (their dataset_info.json's
     input_files), or [] when there are none to read."""
-    from data_pipelines.pretraining_data import load_dataset_info
-
     if not data.eval_dir or not storage.isfile(storage.join(data.eval_dir, "dataset_info.json")):
         return []
-    files = load_dataset_info(data.eval_dir).get("input_files") or []
+    files = load_dataset_info(data.eval_dir).input_files
     return [f for f in files if storage.isfile(f)]
 
 
@@ -893,7 +840,7 @@ def show_fill_mask_examples(workdir: str, data: PreparedData, count: int) -> Non
     from bertjax import api
 
     lm = api.load(workdir)
-    max_tokens = min(int(data.info["max_seq_length"]), lm.max_seq_length) - 2
+    max_tokens = min(int(data.info.max_seq_length), lm.max_seq_length) - 2
     examples = fill_mask_sentences(
         corpus.iter_documents(files), lm.tokenizer, count, max_tokens=max_tokens
     )

@@ -29,6 +29,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
+# logical axis -> mesh axes, in order of precedence
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -43,12 +44,13 @@ DEFAULT_RULES: Rules = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Mesh axis sizes; -1 takes the devices the other axes leave."""
+    """The `mesh` group of every experiment: axis sizes (-1 takes the devices the other axes
+    leave) and the logical-axis rules."""
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    rules: Rules = DEFAULT_RULES
+    data: int = -1  # data-parallel axis (-1 = the devices the other axes leave)
+    fsdp: int = 1  # parameter/optimizer-state sharding axis (ZeRO-3)
+    tensor: int = 1  # tensor-parallel axis (heads, mlp, vocab)
+    rules: Rules = DEFAULT_RULES  # logical axis -> mesh axes, in order of precedence
 
     @classmethod
     def from_config_dict(cls, mesh: Any) -> MeshConfig:

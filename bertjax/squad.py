@@ -1,10 +1,10 @@
 """Fine-tuning BERT on SQuAD v1.1 / v2.0: the span task of the fine-tuning engine.
 
 `finetune_squad(config, workdir)` runs `finetune.finetune` (the one engine: resume, length
-bucketing, evaluate-only) with `SpanTask`; this module holds what is SQuAD's own: the config,
-reading and featurizing the splits (data_pipelines/squad.py), the span loss, and turning
-span logits into answers, scores and files (bertjax/squad_metrics.py). A run writes what every
-fine-tuning run writes (finetune.py) plus
+bucketing, evaluate-only) with `SpanTask` (`FAMILY`); this module holds what is SQuAD's own:
+the config, reading and featurizing the splits (data_pipelines/squad.py), the span loss, and
+turning span logits into answers, scores and files (bertjax/squad_metrics.py). A run writes
+what every fine-tuning run writes (finetune.py) plus
 
     WORKDIR/predictions.json          {question id: answer text} of the best evaluation
                                       (v2.0: "" = no answer, at eval.null_score_diff_threshold)
@@ -33,7 +33,6 @@ paper's dev numbers are obtained.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -46,11 +45,20 @@ import optax
 from bertjax import finetune as ft
 from bertjax import sharding, squad_metrics, storage, trainer
 from bertjax.config import ModelConfig, from_group
+from bertjax.finetune_task import (
+    DataConfig,
+    Evaluation,
+    ModelOverrides,
+    Predict,
+    Split,
+    TaskFamily,
+    TrainLoopConfig,
+    resolve_common,
+)
 from bertjax.model import BertForQuestionAnswering
 from bertjax.optim import OptimConfig
 from data_pipelines import squad as squad_data
-from data_pipelines.features import INPUT_MASK
-from data_pipelines.squad import END_POSITIONS, START_POSITIONS
+from data_pipelines.features import END_POSITIONS, INPUT_MASK, START_POSITIONS
 
 PREDICTIONS_FILE = "predictions.json"
 NBEST_FILE = "nbest_predictions.json"
@@ -60,7 +68,7 @@ TUNED_PREDICTIONS_FILE = "predictions_tuned.json"
 
 def is_squad_config(config: Any) -> bool:
     """Whether an experiment config is a SQuAD one (`config.task.name` is squad_v1/squad_v2);
-    `finetune.task_family` builds `SpanTask` for these."""
+    `tasks.task_family` picks `FAMILY` (`SpanTask`) for these."""
     try:
         return str(config.task.name) in squad_data.TASKS
     except (AttributeError, KeyError):
@@ -74,16 +82,16 @@ def is_squad_config(config: Any) -> bool:
 class SquadTaskConfig:
     """Which SQuAD version, where its files are, and the window (see experiments/squad)."""
 
-    name: str = ""
-    data_dir: str = ""
-    train_file: str = ""
-    dev_file: str = ""
-    tfds_data_dir: str = ""
-    max_train_examples: int = 0
-    max_eval_examples: int = 0
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
+    name: str = ""  # squad_v1 | squad_v2
+    data_dir: str = ""  # directory of train-v1.1.json, dev-v1.1.json (v2.0 alike) or 'tfds'
+    train_file: str = ""  # training JSON, relative to data_dir ('' = the standard name)
+    dev_file: str = ""  # dev JSON, relative to data_dir ('' = the standard name)
+    tfds_data_dir: str = ""  # with data_dir='tfds': TFDS data dir ('' = TFDS's default)
+    max_train_examples: int = 0  # train on the first N questions only (0 = all)
+    max_eval_examples: int = 0  # evaluate on the first N dev questions only (0 = all)
+    max_seq_length: int = 384  # tokens per feature: [CLS] question [SEP] window [SEP]
+    doc_stride: int = 128  # context tokens between the starts of consecutive windows
+    max_query_length: int = 64  # questions are cut to this many tokens
 
     def __post_init__(self):
         if not self.name:
@@ -113,16 +121,16 @@ class SquadTaskConfig:
         return os.path.join(self.data_dir, name)
 
 
-SquadTrainConfig = ft.TrainLoopConfig  # SQuAD's loop has nothing of its own
+SquadTrainConfig = TrainLoopConfig  # SQuAD's loop has nothing of its own
 
 
 @dataclasses.dataclass(frozen=True)
 class SquadEvalConfig:
     """Answer decoding."""
 
-    n_best_size: int = 20
-    max_answer_length: int = 30
-    null_score_diff_threshold: float = 0.0
+    n_best_size: int = 20  # start and end positions tried per feature; n-best list length
+    max_answer_length: int = 30  # longest answer, in tokens
+    null_score_diff_threshold: float = 0.0  # v2.0: answer "" when null - best score exceeds it
 
     def __post_init__(self):
         for name in ("n_best_size", "max_answer_length"):
@@ -135,22 +143,22 @@ class SquadConfig:
     """The resolved SQuAD experiment: what library code receives."""
 
     task: SquadTaskConfig
-    model: ft.ModelOverrides
+    model: ModelOverrides
     optim: OptimConfig  # warmup_steps is set from warmup_fraction by optim_for()
     warmup_fraction: float
-    train: ft.TrainLoopConfig
+    train: TrainLoopConfig
     eval: SquadEvalConfig
     mesh: sharding.MeshConfig
     seed: int
     init_checkpoint: str
-    data: ft.DataConfig = ft.DataConfig()
+    data: DataConfig = DataConfig()
 
     num_segments = 2  # question and context
 
     @classmethod
     def from_config_dict(cls, config: Any) -> SquadConfig:
         """Validates a ConfigDict (without reading any file); unknown keys are errors."""
-        common = ft.resolve_common(config, groups=("task", "eval"), train_cls=SquadTrainConfig)
+        common = resolve_common(config, groups=("task", "eval"), train_cls=SquadTrainConfig)
         return cls(
             task=from_group(SquadTaskConfig, config.task, "config.task"),
             eval=from_group(SquadEvalConfig, config.get("eval", {}), "config.eval"),
@@ -294,10 +302,10 @@ class SpanTask:
         self.train: SquadSplit | None = None
         self.dev: SquadSplit | None = None
 
-    def load_data(self, *, training: bool) -> ft.Split | None:
+    def load_data(self, *, training: bool) -> Split | None:
         self.train = load_split(self.cfg.task, self.tokenizer, "train") if training else None
         self.dev = load_split(self.cfg.task, self.tokenizer, "validation")
-        return ft.Split("train", self.train.features.arrays) if self.train else None
+        return Split("train", self.train.features.arrays) if self.train else None
 
     def describe(self) -> str:
         train = self.train
@@ -317,9 +325,9 @@ class SpanTask:
             "data": report,
         }
 
-    def evaluate(self, predict: ft.Predict) -> ft.Evaluation:
+    def evaluate(self, predict: Predict) -> Evaluation:
         dev, v2, e = self.dev, self.v2, self.cfg.eval
-        logits = predict(ft.Split("validation", dev.features.arrays))  # feature order
+        logits = predict(Split("validation", dev.features.arrays))  # feature order
         starts, ends = logits["start_logits"], logits["end_logits"]  # [N, T]
         preds = squad_metrics.decode_predictions(
             dev.examples,
@@ -348,7 +356,7 @@ class SpanTask:
             metrics.update(
                 tuned_null_threshold=threshold, tuned_exact=at["exact"], tuned_f1=at["f1"]
             )
-        return ft.Evaluation(
+        return Evaluation(
             metrics=metrics,
             score=metrics["tuned_f1"] if v2 else metrics["f1"],
             losses={"loss": span_eval_loss(starts, ends, dev.features.arrays)},
@@ -360,25 +368,29 @@ class SpanTask:
         names = self.output_files if self.v2 else (PREDICTIONS_FILE, NBEST_FILE)
         return {name: os.path.join(workdir, name) for name in names}
 
-    def write_best(self, evaluation: ft.Evaluation, workdir: str) -> None:
+    def write_best(self, evaluation: Evaluation, workdir: str) -> None:
+        if jax.process_index() != 0:
+            return
         preds, tuned = evaluation.artefacts
         values = {PREDICTIONS_FILE: preds.predictions, NBEST_FILE: preds.nbest}
         values.update({NULL_ODDS_FILE: preds.null_odds, TUNED_PREDICTIONS_FILE: tuned})
         for name, path in self._files(workdir).items():
             indent = None if name == NBEST_FILE else 2
-            ft.write_json(path, values[name], indent=indent, sort_keys=False)
+            storage.write_json(
+                path, values[name], indent=indent, sort_keys=False, ensure_ascii=False
+            )
 
-    def finish(self, predict: ft.Predict, workdir: str) -> dict[str, Any]:
+    def finish(self, predict: Predict, workdir: str) -> dict[str, Any]:
         """The prediction files of the best evaluation (written by write_best, possibly by the
         run before a restart) and its predictions read back."""
         del predict
         trainer.sync("squad_predictions")
         files = self._files(workdir)
-        predictions = json.loads(storage.read_text(files[PREDICTIONS_FILE]))
+        predictions = storage.read_json(files[PREDICTIONS_FILE])
         return {"prediction_files": files, "predictions": predictions}
 
 
-FAMILY = ft.TaskFamily(parse=SquadConfig.from_config_dict, build=SpanTask)
+FAMILY = TaskFamily(parse=SquadConfig.from_config_dict, build=SpanTask)
 
 
 def finetune_squad(
@@ -390,4 +402,4 @@ def finetune_squad(
     and `predictions` ({question id: answer} of the best evaluation)."""
     if not is_squad_config(config_dict):
         SquadConfig.from_config_dict(config_dict)  # names the unknown task
-    return ft.finetune(config_dict, workdir, devices=devices)
+    return ft.finetune(FAMILY, config_dict, workdir, devices=devices)

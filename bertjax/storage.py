@@ -21,6 +21,8 @@ data_pipelines module), so the library and the data pipelines both use it. Paths
     require_extra(module, what)  a module of an optional extra (TensorFlow for TFDS, TF1
                                  checkpoints, TFRecord), or one line naming the extra
     check_writable(dir)          probe write + delete: fail before compiling, not at step N
+    workdir_lock(dir)            one run at a time in a directory (DIR/.lock), or one line
+    remove_stale_temps(out)      the `.NAME.tmp-*` siblings an interrupted writer left
 
 How "whole or not at all" is kept:
 - a local file is written to a temporary name in the same directory and `os.replace`d; a
@@ -43,6 +45,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -57,6 +60,7 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 # (zonal / hierarchical namespace) first; the plain one serves every bucket.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import filelock  # noqa: E402
 import fsspec  # noqa: E402
 from etils import epath  # noqa: E402
 
@@ -320,9 +324,18 @@ def write_text(p: PathLike, text: str, encoding: str = "utf-8") -> None:
         f.write(text)
 
 
-def write_json(p: PathLike, value: Any, *, indent: int | None = 2) -> None:
-    """value as JSON (sorted keys, a final newline), written atomically."""
-    write_text(p, json.dumps(value, indent=indent, sort_keys=True) + "\n")
+def write_json(
+    p: PathLike,
+    value: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = True,
+    ensure_ascii: bool = True,
+) -> None:
+    """value as JSON (keys sorted unless `sort_keys=False`; non-ASCII characters escaped
+    unless `ensure_ascii=False`) with a final newline, written atomically."""
+    text = json.dumps(value, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+    write_text(p, text + "\n")
 
 
 def copy_file(src: PathLike, dst: PathLike) -> None:
@@ -476,3 +489,75 @@ def check_writable(directory: PathLike) -> None:
         raise StorageError(
             f"{d}: cannot write there ({_first_line(e)}); the workdir must be writable"
         ) from e
+
+
+class WorkdirInUseError(StorageError):
+    """Another run holds the directory's lock; the message names the lock and the flag."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(
+    directory: PathLike,
+    *,
+    lock_file: PathLike | None = None,
+    flag: str = "--workdir",
+    primary: bool = True,
+) -> Iterator[None]:
+    """Holds `directory`'s lock (`DIRECTORY/.lock`, or `lock_file`) for the block, so two runs
+    never write one directory at once; WorkdirInUseError (one line naming `flag`) at once when
+    another process holds it. The lock is an OS file lock (flock), released when the block
+    ends or the process dies, so a killed run leaves nothing to clean up.
+
+    Taken by the process that writes the directory's files only (`primary`: process 0 of a
+    multi-host run; the other processes skip it). A bucket URI is not locked: an object store
+    has no locks, so one run at a time in a `gs://` workdir is the user's to keep. A directory
+    this call created that holds nothing but the lock when the block ends is removed again (a
+    run that stopped before writing anything leaves nothing)."""
+    d = abspath(directory)
+    if not primary or is_remote(d):
+        yield
+        return
+    created = not os.path.exists(d)
+    target = abspath(lock_file) if lock_file is not None else os.path.join(d, LOCK_FILE)
+    check_writable(os.path.dirname(target))
+    lock = filelock.FileLock(target, timeout=0, mode=file_mode())
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise WorkdirInUseError(
+            f"{d} is in use by another run (lock {target} held); wait for it or use another {flag}"
+        ) from None
+    try:
+        yield
+    finally:
+        if created and lock_file is None and os.listdir(d) == [LOCK_FILE]:
+            with contextlib.suppress(OSError):
+                os.remove(target)
+                os.rmdir(d)
+        lock.release()
+
+
+# The names temp_dir_beside, publish_dir and atomic_open give their temporary siblings
+# (`.NAME.tmp-XXXXXXXX`, `NAME.tmp-XXXXXXXX`, `NAME.old-XXXXXXXX`: mkdtemp's or a uuid's
+# random suffix).
+_TEMP_NAME = re.compile(r"^.+\.(tmp|old)-[A-Za-z0-9_]{8,12}$")
+
+
+def remove_stale_temps(directory: PathLike) -> list[str]:
+    """Removes the temporary outputs an interrupted writer (SIGKILL, a power cut) left in a
+    local `directory`; returns their paths. Only for a directory whose writer holds its
+    `workdir_lock`: a running writer's temporary output would be removed too."""
+    d = abspath(directory)
+    if is_remote(d) or not os.path.isdir(d):
+        return []
+    stale = sorted(os.path.join(d, n) for n in os.listdir(d) if _TEMP_NAME.match(n))
+    for p in stale:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(p)
+    return stale

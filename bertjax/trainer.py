@@ -431,27 +431,37 @@ class MetricWriter:
 
 
 class Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step (`check`, which agrees
-    across processes)."""
+    """Turns SIGTERM (a preemption) and SIGINT (Ctrl-C) into a flag the loop checks after each
+    step (`check`, which agrees across processes); the loop then saves a checkpoint and raises
+    `Preempted`. A second Ctrl-C raises KeyboardInterrupt at once (nothing more is saved)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = signal.SIGTERM  # the first signal received
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
         def handler(signum, frame):
-            del signum, frame
+            del frame
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if not self.requested:
+                self.signum = signum
             self.requested = True
 
         try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread
-            self._previous = None
+            self._previous = {}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def check(self) -> bool:
         if jax.process_count() > 1:
@@ -461,13 +471,26 @@ class Preemption:
             self.requested = bool(np.any(flags))
         return self.requested
 
+    def stopped(self, step: int) -> Preempted:
+        """The exception to raise once the checkpoint of `step` is saved."""
+        return Preempted(step, self.signum)
+
 
 class Preempted(Exception):
-    """Raised after the preemption checkpoint is written (the CLI exits with status 143)."""
+    """Raised after the checkpoint of a SIGTERM or SIGINT is written; `exit_status` is the
+    CLI's: 143 (128 + SIGTERM) or 130 (128 + SIGINT), as a shell reports a process the signal
+    ended."""
 
-    def __init__(self, step: int):
-        super().__init__(f"preempted (SIGTERM): checkpoint saved at step {step}")
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        if signum == signal.SIGINT:
+            message = (
+                f"interrupted at step {step}: checkpoint saved; run the same command to resume"
+            )
+        else:
+            message = f"preempted (SIGTERM): checkpoint saved at step {step}"
+        super().__init__(message)
         self.step = step
+        self.exit_status = 128 + int(signum)
 
 
 # --- Processes ----------------------------------------------------------------------------------

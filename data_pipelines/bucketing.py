@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.features import ATTENTION_SEGMENT_IDS, NEXT_SENTENCE_POSITIONS, POSITION_IDS
+
 DEFAULT_MULTIPLE = 32
 
 
@@ -68,7 +70,7 @@ class Batch:
         0..n-1; rows n..batch_size-1 are padding rows. Packed: the batch's examples.
       length: the padded sequence length of every row of this batch (a bucket length).
       packing: None for one example per row; for a packed batch (`pack`) the place of
-        each example, (rows, slots, starts), int64 [n] each: its row, its slot (0..K-1)
+        each example, (rows, slots, starts), int64 [n] each: its row, its slot (0..E-1)
         among the examples of that row, and the position of its first token in the row.
       num_rows: packed: R, the rows of the batch (the used ones, then empty rows).
     """
@@ -265,7 +267,7 @@ def scatter(
     Args:
       values_per_batch: one array per batch, [batch_size, ...] (padding rows included,
         any trailing shape, the same for all); only the first ``len(batch.indices)`` rows
-        of each are kept. A packed batch's values are [num_rows, K, ...]: example j's is
+        of each are kept. A packed batch's values are [num_rows, E, ...]: example j's is
         at (row, slot) of its `packing`.
       batches: the batches the values were computed on (e.g. from `eval_batches`).
       num_examples: N, the size of the split.
@@ -354,7 +356,7 @@ def pack(lengths: np.ndarray | Sequence[int], length: int, max_slots: int):
 
     Args:
       lengths: int [n], each in [1, length].
-      length: the row length T. max_slots: K >= 1, the most examples a row holds.
+      length: the row length T. max_slots: E >= 1, the most examples a row holds.
 
     Returns:
       (rows, slots, starts, num_rows): int64 [n] each (see `Batch.packing`) and the rows
@@ -510,21 +512,16 @@ def take_packed(
     `lengths`: int [N], every example's real token count (the one `batch` was packed with).
     Per-token arrays (`token_keys`, [N, T0] with T0 >= batch.length) are copied into rows
     [R, length], each example's first `lengths` tokens at its start; every other array of
-    `keys` ([N, ...], one value per example) becomes [R, K, ...] at (row, slot), zeros in
-    empty slots. Added: ``position_ids`` and ``attention_segment_ids`` [R, length]
-    (positions from 0 and slot + 1 per example; 0 on padding), ``next_sentence_positions``
-    [R, K] (each example's [CLS] position, where the pooler reads; 0 in empty slots) and
-    `weight_key` float32 [R, K] (1 for the examples, 0 for empty slots).
+    `keys` ([N, ...], one value per example) becomes [R, E, ...] at (row, slot) (E =
+    `max_slots`), zeros in empty slots. Added: ``position_ids`` and
+    ``attention_segment_ids`` [R, length] (positions from 0 and slot + 1 per example; 0 on
+    padding), ``next_sentence_positions`` [R, E] (each example's [CLS] position, where the
+    pooler reads; 0 in empty slots) and `weight_key` float32 [R, E] (1 for the examples, 0
+    for empty slots).
     """
-    from data_pipelines.packing import (
-        ATTENTION_SEGMENT_IDS,
-        NEXT_SENTENCE_POSITIONS,
-        POSITION_IDS,
-    )
-
     assert batch.packing is not None
     rows, slots, starts = batch.packing
-    R, T, K = batch.num_rows, batch.length, max_slots
+    R, T, E = batch.num_rows, batch.length, max_slots
     lengths = np.asarray(lengths)[batch.indices]  # [n]
     out: dict[str, np.ndarray] = {}
     for k in keys:
@@ -535,7 +532,7 @@ def take_packed(
                 row[rows[j], starts[j] : starts[j] + lengths[j]] = value[j, : lengths[j]]
             out[k] = row
         else:
-            slot = np.zeros((R, K, *value.shape[1:]), value.dtype)
+            slot = np.zeros((R, E, *value.shape[1:]), value.dtype)
             slot[rows, slots] = value
             out[k] = slot
     positions = np.zeros((R, T), np.int32)
@@ -544,9 +541,9 @@ def take_packed(
         span = slice(starts[j], starts[j] + lengths[j])
         positions[rows[j], span] = np.arange(lengths[j])
         segments[rows[j], span] = slots[j] + 1
-    cls = np.zeros((R, K), np.int32)
+    cls = np.zeros((R, E), np.int32)
     cls[rows, slots] = starts
-    weight = np.zeros((R, K), np.float32)
+    weight = np.zeros((R, E), np.float32)
     weight[rows, slots] = 1.0
     out.update(
         {

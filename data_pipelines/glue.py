@@ -54,9 +54,9 @@ import numpy as np
 
 from bertjax import storage
 from data_pipelines import features
+from data_pipelines.features import EXAMPLE_INDEX  # featurize(): each row's Example.index
 from data_pipelines.tokenizers import Tokenizer, encode_pair
 
-EXAMPLE_INDEX = "example_index"  # featurize(): the Example.index of each row
 TFDS_NEEDS = "reading GLUE from TFDS (data_dir tfds)"  # what needs the `tf` extra
 _BOM = b"\xef\xbb\xbf"
 

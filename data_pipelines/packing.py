@@ -31,16 +31,16 @@ A packed row holds the usual features plus four that keep the pairs apart:
   pair computes exactly what it computes alone in a row.
 * ``masked_lm_positions, masked_lm_ids, masked_lm_weights`` [P]: the pairs' predictions
   with positions shifted to the row; P is `max_predictions_per_pack`.
-* ``next_sentence_positions`` [K]: the row position of each pair's [CLS] (the pooler
-  and NSP head read there); ``next_sentence_labels`` [K]: each pair's label, -1 for an
-  empty slot (the loss skips it). K is `max_sequences_per_pack`.
+* ``next_sentence_positions`` [E]: the row position of each pair's [CLS] (the pooler
+  and NSP head read there); ``next_sentence_labels`` [E]: each pair's label, -1 for an
+  empty slot (the loss skips it). E is `max_sequences_per_pack`.
 
 Prediction budget
 -----------------
 A pair of `n` tokens has at most ``min(max_pred, max(1, round(n * p)))`` predictions,
-which is at most ``n * p + 1``; a pack of at most K pairs and T tokens therefore needs at
-most ``min(K * max_pred, floor(T * p) + K)`` prediction slots (`max_predictions_per_pack`).
-At T = 128, K = 3 that is 22 slots where an unpacked row has 20; at T = 512 it is 79
+which is at most ``n * p + 1``; a pack of at most E pairs and T tokens therefore needs at
+most ``min(E * max_pred, floor(T * p) + E)`` prediction slots (`max_predictions_per_pack`).
+At T = 128, E = 3 that is 22 slots where an unpacked row has 20; at T = 512 it is 79
 (80 unpacked).
 """
 
@@ -52,17 +52,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipelines import features as F
-
-POSITION_IDS = "position_ids"
-ATTENTION_SEGMENT_IDS = "attention_segment_ids"
-NEXT_SENTENCE_POSITIONS = "next_sentence_positions"
-
-PACKED_FEATURES = (
-    *F.PRETRAINING_FEATURES,
-    POSITION_IDS,
-    ATTENTION_SEGMENT_IDS,
-    NEXT_SENTENCE_POSITIONS,
-)
 
 DEFAULT_MAX_SEQUENCES_PER_PACK = 3
 
@@ -173,14 +162,14 @@ def pack_batch(
     same row. Row r is `pack_examples` of the examples m with ``pack_index[m] == r``,
     in order; every row needs 1 to `max_sequences` of them.
     """
-    t, k, p = max_seq_length, max_sequences, max_predictions
+    t, e, p = max_seq_length, max_sequences, max_predictions
     pack_index = np.asarray(pack_index, np.int64)
     if pack_index.size and (pack_index.min() < 0 or pack_index.max() >= num_packs):
         raise ValueError(f"pack_index must be in [0, {num_packs})")
     per_pack = np.bincount(pack_index, minlength=num_packs)
-    bad = np.flatnonzero((per_pack < 1) | (per_pack > k))
+    bad = np.flatnonzero((per_pack < 1) | (per_pack > e))
     if bad.size:
-        raise ValueError(f"a pack holds 1 to {k} examples, got {int(per_pack[bad[0]])}")
+        raise ValueError(f"a pack holds 1 to {e} examples, got {int(per_pack[bad[0]])}")
     order = np.argsort(pack_index, kind="stable")  # by row, in order within a row
     row = pack_index[order]  # [M]
     ex = {name: np.asarray(a)[order] for name, a in examples.items()}
@@ -211,13 +200,13 @@ def pack_batch(
         F.INPUT_IDS: np.full((num_packs, t), pad_id, np.int32),
         F.INPUT_MASK: np.zeros((num_packs, t), np.int32),
         F.SEGMENT_IDS: np.zeros((num_packs, t), np.int32),
-        POSITION_IDS: np.zeros((num_packs, t), np.int32),
-        ATTENTION_SEGMENT_IDS: np.zeros((num_packs, t), np.int32),
+        F.POSITION_IDS: np.zeros((num_packs, t), np.int32),
+        F.ATTENTION_SEGMENT_IDS: np.zeros((num_packs, t), np.int32),
         F.MASKED_LM_POSITIONS: np.zeros((num_packs, p), np.int32),
         F.MASKED_LM_IDS: np.zeros((num_packs, p), np.int32),
         F.MASKED_LM_WEIGHTS: np.zeros((num_packs, p), np.float32),
-        NEXT_SENTENCE_POSITIONS: np.zeros((num_packs, k), np.int32),
-        F.NEXT_SENTENCE_LABELS: np.full((num_packs, k), -1, np.int32),
+        F.NEXT_SENTENCE_POSITIONS: np.zeros((num_packs, e), np.int32),
+        F.NEXT_SENTENCE_LABELS: np.full((num_packs, e), -1, np.int32),
     }
     # Tokens: example m's first n[m] tokens go to its row at [offset, offset + n).
     j = np.arange(ex[F.INPUT_IDS].shape[1])[None, :]
@@ -227,15 +216,15 @@ def pack_batch(
     out[F.INPUT_IDS][rows, cols] = ex[F.INPUT_IDS][tok]
     out[F.INPUT_MASK][rows, cols] = 1
     out[F.SEGMENT_IDS][rows, cols] = ex[F.SEGMENT_IDS][tok]
-    out[POSITION_IDS][rows, cols] = np.broadcast_to(j, tok.shape)[tok]
-    out[ATTENTION_SEGMENT_IDS][rows, cols] = np.broadcast_to(slot[:, None] + 1, tok.shape)[tok]
+    out[F.POSITION_IDS][rows, cols] = np.broadcast_to(j, tok.shape)[tok]
+    out[F.ATTENTION_SEGMENT_IDS][rows, cols] = np.broadcast_to(slot[:, None] + 1, tok.shape)[tok]
     # Predictions: the real ones, in order, shifted to the row.
     rows = np.broadcast_to(row[:, None], real.shape)[real]
     cols = (pred_offset[:, None] + np.cumsum(real, axis=1) - 1)[real]
     out[F.MASKED_LM_POSITIONS][rows, cols] = (ex[F.MASKED_LM_POSITIONS] + offset[:, None])[real]
     out[F.MASKED_LM_IDS][rows, cols] = ex[F.MASKED_LM_IDS][real]
     out[F.MASKED_LM_WEIGHTS][rows, cols] = 1.0
-    out[NEXT_SENTENCE_POSITIONS][row, slot] = offset
+    out[F.NEXT_SENTENCE_POSITIONS][row, slot] = offset
     out[F.NEXT_SENTENCE_LABELS][row, slot] = ex[F.NEXT_SENTENCE_LABELS].reshape(m, -1)[:, 0]
     return out
 

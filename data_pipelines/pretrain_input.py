@@ -35,14 +35,14 @@ Design
   batch, of which each process gets its block's part (possibly nothing); that is for
   reading a whole dataset in one process, since uneven blocks make no global array.
 * **Dynamic masking.** When the dataset was written with ``dynamic_masking=True``, each
-  example is masked on the fly by `pretraining_data.mask_example` with the generator
-  `pretraining_data.example_rng(seed, epoch, example_index)`: the masks differ between
+  example is masked on the fly by `masking.mask_example` with the generator
+  `masking.example_rng(seed, epoch, example_index)`: the masks differ between
   epochs, are identical for a given (seed, epoch, example), and do not depend on the
   process count, shuffling or worker count. The masking parameters (probability,
   budget, whole-word masking, vocabulary tables) come from ``dataset_info.json``.
 * **Per batch.** Each local batch is made in one go (`_ReadBatch`): its records are read
   one by one, then decoded together with numpy (`decode_batch`), masked together
-  (`pretraining_data.mask_rows`: only the few draws from each example's generator are
+  (`masking.mask_rows`: only the few draws from each example's generator are
   made per example, so the masks are bit for bit those of `mask_example`) and, with
   packing, laid out together (`packing.pack_batch`). This is 2-4x less CPU time per
   sequence than decoding, masking and packing each example alone, with the same bytes
@@ -89,8 +89,19 @@ import numpy as np
 from bertjax import storage
 from data_pipelines import features as F
 from data_pipelines import packing as packing_lib
-from data_pipelines import pretraining_data as pdata
+from data_pipelines.masking import example_rng, mask_rows
 from data_pipelines.packing import DEFAULT_MAX_SEQUENCES_PER_PACK
+from data_pipelines.records import (
+    DATASET_INFO,
+    FLAG_WIDE,
+    HEADER,
+    MAGIC,
+    RECORD_ENCODING,
+    VERSION,
+    DatasetInfo,
+    decode_records,
+    load_dataset_info,
+)
 
 Batch = dict[str, np.ndarray]
 
@@ -111,13 +122,11 @@ class PretrainRecordSource:
         self._locks = [threading.Lock() for _ in self._paths]
 
     @classmethod
-    def from_dataset(
-        cls, data_dir: str | os.PathLike, info: dict[str, Any]
-    ) -> PretrainRecordSource:
+    def from_dataset(cls, data_dir: str | os.PathLike, info: DatasetInfo) -> PretrainRecordSource:
         """The records of a dataset directory, given its `dataset_info.json` contents."""
         return cls(
-            [os.path.join(str(data_dir), s["file"]) for s in info["shards"]],
-            [s["num_examples"] for s in info["shards"]],
+            [os.path.join(str(data_dir), s.file) for s in info.shards],
+            [s.num_examples for s in info.shards],
         )
 
     def __len__(self) -> int:
@@ -246,38 +255,36 @@ class _ReadBatch:
         examples = [self.order(x) for x in range(first, first + n)]  # (epoch, key)
         rngs = None
         if self.dynamic:
-            rngs = [pdata.example_rng(self.seed, epoch, key) for epoch, key in examples]
+            rngs = [example_rng(self.seed, epoch, key) for epoch, key in examples]
         return self.make([self.source[key] for _, key in examples], rngs)
 
 
 def decode_batch(
     records: Sequence[bytes], *, max_seq_length: int, max_predictions_per_seq: int, pad_id: int = 0
 ) -> Batch:
-    """`pretraining_data.decode_records`, vectorized: the records are decoded together.
+    """`records.decode_records`, vectorized: the records are decoded together.
 
-    The same arrays as decoding each record with `pretraining_data.decode_record` and
-    stacking them (the record layout is in `pretraining_data`'s docstring); a record
+    The same arrays as decoding each record with `records.decode_record` and
+    stacking them (the record layout is in `data_pipelines.records`); a record
     whose size does not match its header is refused.
     """
     t, p = max_seq_length, max_predictions_per_seq
     if not records:
-        return pdata.decode_records([], max_seq_length=t, max_predictions_per_seq=p)
+        return decode_records([], max_seq_length=t, max_predictions_per_seq=p)
     sizes = np.fromiter(map(len, records), np.int64, len(records))
-    if (sizes % 2).any() or (sizes < pdata.HEADER.size).any():
-        i = int(np.flatnonzero((sizes % 2) | (sizes < pdata.HEADER.size))[0])
-        raise ValueError(f"record {i}: {sizes[i]} bytes is not a {pdata.RECORD_ENCODING} record")
+    if (sizes % 2).any() or (sizes < HEADER.size).any():
+        i = int(np.flatnonzero((sizes % 2) | (sizes < HEADER.size))[0])
+        raise ValueError(f"record {i}: {sizes[i]} bytes is not a {RECORD_ENCODING} record")
     words = np.frombuffer(b"".join(records), "<u2")  # every field is 2 or 4 bytes
     at = (np.cumsum(sizes) - sizes) // 2  # [N] first word of each record
-    head = words[at[:, None] + np.arange(pdata.HEADER.size // 2)].astype(np.int64)  # [N, 6]
+    head = words[at[:, None] + np.arange(HEADER.size // 2)].astype(np.int64)  # [N, 6]
     magic, version, flags = head[:, 0], head[:, 1] & 0xFF, head[:, 1] >> 8
     length, seg_a, npred, nsp = head[:, 2], head[:, 3], head[:, 4], head[:, 5] & 0xFF
-    bad = np.flatnonzero(
-        (magic != int.from_bytes(pdata.MAGIC, "little")) | (version != pdata.VERSION)
-    )
+    bad = np.flatnonzero((magic != int.from_bytes(MAGIC, "little")) | (version != VERSION))
     if bad.size:
         i = bad[0]
         raise ValueError(
-            f"not a {pdata.RECORD_ENCODING} record (magic {int(magic[i]).to_bytes(2, 'little')!r}, "
+            f"not a {RECORD_ENCODING} record (magic {int(magic[i]).to_bytes(2, 'little')!r}, "
             f"version {version[i]})"
         )
     bad = np.flatnonzero((length > t) | (npred > p))
@@ -287,8 +294,8 @@ def decode_batch(
             f"record of length {length[i]} with {npred[i]} predictions exceeds max_seq_length="
             f"{t} / max_predictions_per_seq={p}"
         )
-    w = np.where(flags & pdata.FLAG_WIDE, 2, 1)  # [N] words per token id
-    ids_at = at + pdata.HEADER.size // 2
+    w = np.where(flags & FLAG_WIDE, 2, 1)  # [N] words per token id
+    ids_at = at + HEADER.size // 2
     pos_at = ids_at + w * length
     labels_at = pos_at + npred
     bad = np.flatnonzero(sizes // 2 != labels_at + w * npred - at)
@@ -325,13 +332,11 @@ def decode_batch(
 class _Examples:
     """A batch of records (+ a generator per record for dynamic masking) -> the 7 features."""
 
-    def __init__(self, info: dict[str, Any]):
-        self.max_seq_length = int(info["max_seq_length"])
-        self.max_predictions_per_seq = int(info["max_predictions_per_seq"])
-        self.pad_id = int(info["pad_id"])
-        self.spec = (
-            pdata.MaskingSpec.from_json(info["masking"]) if info["dynamic_masking"] else None
-        )
+    def __init__(self, info: DatasetInfo):
+        self.max_seq_length = int(info.max_seq_length)
+        self.max_predictions_per_seq = int(info.max_predictions_per_seq)
+        self.pad_id = int(info.pad_id)
+        self.spec = info.masking if info.dynamic_masking else None
 
     def __call__(self, records: list[bytes], rngs: list[np.random.Generator] | None) -> Batch:
         ex = decode_batch(
@@ -343,7 +348,7 @@ class _Examples:
         if rngs is None:
             return ex
         # Row i is masked as mask_example(row i, rng=rngs[i]) would, row after row.
-        masked = pdata.mask_rows(ex[F.INPUT_IDS], ex[F.INPUT_MASK].sum(axis=1), self.spec, rngs)
+        masked = mask_rows(ex[F.INPUT_IDS], ex[F.INPUT_MASK].sum(axis=1), self.spec, rngs)
         return {
             **ex,
             F.INPUT_IDS: masked.input_ids,
@@ -385,18 +390,18 @@ def record_lengths(records: PretrainRecordSource) -> np.ndarray:
     """The token count of every record, read from the record headers."""
     out = np.empty(len(records), np.int32)
     for i in range(len(records)):
-        out[i] = pdata.HEADER.unpack_from(records[i])[3]
+        out[i] = HEADER.unpack_from(records[i])[3]
     return out
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_plan(data_dir: str, mtime: float, max_sequences: int, seed: int) -> np.ndarray:
     del mtime  # part of the cache key only: a re-created dataset is planned again
-    info = pdata.load_dataset_info(data_dir)
+    info = load_dataset_info(data_dir)
     records = PretrainRecordSource.from_dataset(data_dir, info)
     try:
         return packing_lib.plan_packs(
-            record_lengths(records), int(info["max_seq_length"]), max_sequences, seed
+            record_lengths(records), int(info.max_seq_length), max_sequences, seed
         )
     except ValueError as e:
         raise ValueError(f"{data_dir}: {e}") from e
@@ -405,17 +410,16 @@ def _cached_plan(data_dir: str, mtime: float, max_sequences: int, seed: int) -> 
 def pack_plan(data_dir: str | os.PathLike, max_sequences: int, seed: int) -> np.ndarray:
     """The packs of a dataset (`packing.plan_packs` over its record lengths), cached."""
     data_dir = os.path.abspath(str(data_dir))
-    mtime = os.path.getmtime(os.path.join(data_dir, pdata.DATASET_INFO))
+    mtime = os.path.getmtime(os.path.join(data_dir, DATASET_INFO))
     return _cached_plan(data_dir, mtime, max_sequences, seed)
 
 
-def packed_shapes(info: dict[str, Any], max_sequences: int) -> tuple[int, int]:
+def packed_shapes(info: DatasetInfo, max_sequences: int) -> tuple[int, int]:
     """(max_seq_length, prediction slots) of a packed row of this dataset."""
-    t = int(info["max_seq_length"])
-    masking = info.get("masking") or {}
-    prob = float(masking.get("masked_lm_prob", info.get("masked_lm_prob", 0.15)))
+    t = int(info.max_seq_length)
+    prob = float(info.masked_lm_prob if info.masking is None else info.masking.masked_lm_prob)
     return t, packing_lib.max_predictions_per_pack(
-        t, int(info["max_predictions_per_seq"]), prob, max_sequences
+        t, int(info.max_predictions_per_seq), prob, max_sequences
     )
 
 
@@ -435,18 +439,45 @@ def make_pretrain_dataset(
     packing: bool = False,
     max_sequences_per_pack: int = DEFAULT_MAX_SEQUENCES_PER_PACK,
 ) -> grain.IterDataset:
-    """The grain `IterDataset` behind `make_pretrain_iterator` (same arguments)."""
-    info = pdata.load_dataset_info(data_dir)
-    if info["format"] != "arrayrecord":
+    """The grain `IterDataset` behind `make_pretrain_iterator`.
+
+    Args:
+      data_dir: a directory written by `create_pretraining_data` (ArrayRecord format).
+      global_batch_size: examples per step over all processes; each process yields
+        global_batch_size // process_count.
+      seed: shuffling and dynamic-masking seed, in [0, 2**31). Restoring a saved state
+        needs an iterator built with the same arguments.
+      shuffle: shuffle (a new permutation of all examples each epoch); False reads in
+        record order.
+      num_epochs: passes over the data; None repeats forever.
+      process_index, process_count: this process reads rows [process_index * B,
+        (process_index + 1) * B) of every global batch, B = global_batch_size //
+        process_count; default from JAX. Processes that hold the same rows (replicas)
+        pass the same index.
+      worker_count: grain worker processes (0: decode in this process); the batches do
+        not depend on it.
+      worker_buffer_size: batches each worker prepares ahead.
+      drop_remainder: with `num_epochs` set, drop the last partial global batch (else
+        each process yields its part of it, possibly nothing).
+      read_threads: grain reader threads; 0 reads in the iterating thread, the fastest for
+        local files (reads take ~5 µs; threads only add GIL contention). Raise it for
+        slow (network) file systems.
+      packing: pack up to `max_sequences_per_pack` pairs per row (`data_pipelines.packing`);
+        the rows gain position_ids, attention_segment_ids and next_sentence_positions,
+        and next_sentence_labels becomes [B, max_sequences_per_pack] (-1: no pair).
+        Packs, not examples, are then what is shuffled, split into batches and counted.
+      max_sequences_per_pack: pairs per packed row at most.
+    """
+    info = load_dataset_info(data_dir)
+    if info.format != "arrayrecord":
         raise ValueError(
-            f"{data_dir}: a {info['format']!r} dataset; the input pipeline reads ArrayRecord "
+            f"{data_dir}: a {info.format!r} dataset; the input pipeline reads ArrayRecord "
             "datasets only (TFRecord output is for other code bases). Re-create it with "
             "output_format='arrayrecord'."
         )
-    if info.get("record_encoding") != pdata.RECORD_ENCODING:
+    if info.record_encoding != RECORD_ENCODING:
         raise ValueError(
-            f"{data_dir}: record encoding {info.get('record_encoding')!r}, expected "
-            f"{pdata.RECORD_ENCODING!r}"
+            f"{data_dir}: record encoding {info.record_encoding!r}, expected {RECORD_ENCODING!r}"
         )
     if process_index is None or process_count is None:
         import jax
@@ -489,7 +520,7 @@ def make_pretrain_dataset(
         num_rows=local_rows,
         make=make,
         seed=seed,
-        dynamic=bool(info["dynamic_masking"]),
+        dynamic=bool(info.dynamic_masking),
     )
     # One element per local batch (a last partial one with fewer rows): the state of
     # the iterator is the index of the next batch.
@@ -515,70 +546,13 @@ def make_pretrain_dataset(
     return ds
 
 
-def make_pretrain_iterator(
-    data_dir: str | os.PathLike,
-    *,
-    global_batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    drop_remainder: bool = True,
-    read_threads: int = 0,
-    packing: bool = False,
-    max_sequences_per_pack: int = DEFAULT_MAX_SEQUENCES_PER_PACK,
-) -> Iterator[Batch]:
+def make_pretrain_iterator(data_dir: str | os.PathLike, **kwargs: Any) -> Iterator[Batch]:
     """A checkpointable iterator of pre-training batches (see the module docstring).
 
-    Args:
-      data_dir: a directory written by `create_pretraining_data` (ArrayRecord format).
-      global_batch_size: examples per step over all processes; each process yields
-        global_batch_size // process_count.
-      seed: shuffling and dynamic-masking seed, in [0, 2**31). Restoring a saved state
-        needs an iterator built with the same arguments.
-      shuffle: shuffle (a new permutation of all examples each epoch); False reads in
-        record order.
-      num_epochs: passes over the data; None repeats forever.
-      process_index, process_count: this process reads rows [process_index * B,
-        (process_index + 1) * B) of every global batch, B = global_batch_size //
-        process_count; default from JAX. Processes that hold the same rows (replicas)
-        pass the same index.
-      worker_count: grain worker processes (0: decode in this process); the batches do
-        not depend on it.
-      worker_buffer_size: batches each worker prepares ahead.
-      drop_remainder: with `num_epochs` set, drop the last partial global batch (else
-        each process yields its part of it, possibly nothing).
-      read_threads: grain reader threads; 0 reads in the iterating thread, the fastest for
-        local files (reads take ~5 µs; threads only add GIL contention). Raise it for
-        slow (network) file systems.
-      packing: pack up to `max_sequences_per_pack` pairs per row (`data_pipelines.packing`);
-        the rows gain position_ids, attention_segment_ids and next_sentence_positions,
-        and next_sentence_labels becomes [B, max_sequences_per_pack] (-1: no pair).
-        Packs, not examples, are then what is shuffled, split into batches and counted.
-      max_sequences_per_pack: pairs per packed row at most.
-    Returns:
-      grain's `DatasetIterator`: iterate for batches; `get_state()` / `set_state()`
-      checkpoint it.
+    Takes the arguments of `make_pretrain_dataset`. Returns grain's `DatasetIterator`:
+    iterate for batches; `get_state()` / `set_state()` checkpoint it.
     """
-    dataset = make_pretrain_dataset(
-        data_dir,
-        global_batch_size=global_batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        process_index=process_index,
-        process_count=process_count,
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        drop_remainder=drop_remainder,
-        read_threads=read_threads,
-        packing=packing,
-        max_sequences_per_pack=max_sequences_per_pack,
-    )
-    return iter(dataset)
+    return iter(make_pretrain_dataset(data_dir, **kwargs))
 
 
 class DevicePrefetchIterator(grain.DatasetIterator):

@@ -67,14 +67,12 @@ import numpy as np
 
 from bertjax import storage
 from data_pipelines import features
+from data_pipelines.features import END_POSITIONS, EXAMPLE_INDEX, START_POSITIONS
 from data_pipelines.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-START_POSITIONS = "start_positions"
-END_POSITIONS = "end_positions"
 IS_IMPOSSIBLE = "is_impossible"
-EXAMPLE_INDEX = "example_index"
 UNIQUE_ID = "unique_id"
 TOKEN_START_CHAR = "token_start_char"
 TOKEN_END_CHAR = "token_end_char"

@@ -103,6 +103,27 @@ def bertjax_dir(tmp_path_factory, hf_dir):
     return out
 
 
+# --- The data-pipeline tokenizer and documents (tests/_data_helpers.py) -----------------------
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    """A WordPiece tokenizer over the _data_helpers vocabulary (stems and "##" suffixes)."""
+    from _data_helpers import write_vocab as write_stem_vocab
+
+    from data_pipelines.tokenizers import load_tokenizer
+
+    return load_tokenizer(write_stem_vocab(tmp_path_factory.mktemp("vocab")))
+
+
+@pytest.fixture(scope="module")
+def token_docs(tok):
+    """300 tokenized documents: docs[d][s] = ids of sentence s."""
+    from _data_helpers import make_documents
+
+    return [tok.encode_batch(doc) for doc in make_documents(300, seed=1)]
+
+
 # --- A real Cloud Storage protocol: a local GCS emulator ------------------------------------------
 
 GCS_BUCKET = "test-bucket"
@@ -162,3 +183,19 @@ def gcs():
                 os.environ[k] = v
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def tiny_hf_config(**overrides):
+    """A 2-layer, 32-wide, 4-head transformers BertConfig over the tiny vocab; fields may be
+    overridden."""
+    import transformers
+
+    shape = dict(
+        vocab_size=len(tiny_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    return transformers.BertConfig(**{**shape, **overrides})

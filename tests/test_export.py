@@ -1,5 +1,6 @@
 """`bertjax convert --to hf|tf` exports what the checkpoint holds: the tokenizer with its own
-options, the downstream head with its architecture and label names, complete configs.
+options, the downstream head with its architecture and label names, complete configs (the TF1
+layout's own checks are in test_convert_tf.py).
 
 The reference is transformers (AutoTokenizer, AutoModelFor*, pipeline) on the exported
 directory, compared with transformers on the source directory or with bertjax itself.
@@ -19,26 +20,23 @@ import pytest
 import tokenizers
 import torch
 import transformers
-from conftest import GOOGLE_BERT_CONFIG_KEYS, tiny_vocab, write_vocab
+from conftest import tiny_hf_config, tiny_vocab, write_vocab
 from test_finetune import tiny_config
 from test_glue import write_mnli
 
 from bertjax import checkpoint as ckpt
-from bertjax import convert
-from bertjax import finetune as ft
+from bertjax import convert, convert_hf, convert_names, glue_task, tasks
 from bertjax.config import ModelConfig
+from bertjax.finetune_task import MODEL_INPUTS
 from bertjax.model import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
 )
+from data_pipelines import features as F
 from data_pipelines import glue as glue_data
-from data_pipelines.tokenizers import (
-    WordPieceTokenizer,
-    encode_pair,
-    load_tokenizer,
-    train_vocab,
-)
+from data_pipelines.tokenizers import WordPieceTokenizer, encode_pair, load_tokenizer
+from data_pipelines.vocab import train_vocab
 
 CASE_A = "Café naïve Ångström"
 # Accents (composed and decomposed), CJK, Greek, Cyrillic, punctuation, emoji, control and
@@ -99,14 +97,7 @@ def minilm_vocab_model(tmp_path_factory) -> str:
     """A tiny random transformers BertModel over the real MiniLM vocab (30522 tokens)."""
     d = str(tmp_path_factory.mktemp("minilm_vocab_model"))
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
+    config = tiny_hf_config(vocab_size=30522)
     transformers.BertModel(config).save_pretrained(d)
     return d
 
@@ -325,7 +316,7 @@ def test_sentencepiece_export_tokenizes_as_bertjax(sentencepiece_export, tmp_pat
     assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert tok_config["model_max_length"] == 64
     specials = _read_json(os.path.join(out, "special_tokens_map.json"))
-    assert specials == convert.HF_SPECIAL_TOKENS
+    assert specials == convert_hf.HF_SPECIAL_TOKENS
     assert {k: tok_config[k] for k in specials} == specials
 
     hf = transformers.AutoTokenizer.from_pretrained(out)
@@ -378,7 +369,7 @@ def test_sentencepiece_export_matches_on_every_bmp_character(sentencepiece_expor
 
 
 def test_sentencepiece_export_differences_are_the_documented_ones(sentencepiece_export):
-    """The corners `convert._sentencepiece_backend` names: special tokens written in the
+    """The corners `convert_hf._sentencepiece_backend` names: special tokens written in the
     text, and a short grapheme cluster whose start SentencePiece's table maps."""
     tok, out = sentencepiece_export
     hf = transformers.AutoTokenizer.from_pretrained(out)
@@ -420,7 +411,7 @@ def _vocab_tokenizer(directory) -> WordPieceTokenizer:
 
 
 def _init(model, config: ModelConfig, seed: int) -> dict:
-    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in ft.MODEL_INPUTS}
+    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in MODEL_INPUTS}
     params = nn.meta.unbox(model.init(jax.random.key(seed), batch, train=False)["params"])
     return jax.device_get(params)
 
@@ -449,9 +440,9 @@ def _bertjax_sequence_logits(model_dir: str, pairs) -> np.ndarray:
     tok = ckpt.load_tokenizer_from(model_dir)
     enc = [encode_pair(tok, a, b, 32) for a, b in pairs]
     batch = {
-        "input_ids": np.stack([e.input_ids for e in enc]),
-        "input_mask": np.stack([e.input_mask for e in enc]),
-        "segment_ids": np.stack([e.segment_ids for e in enc]),
+        F.INPUT_IDS: np.stack([e.input_ids for e in enc]),
+        F.INPUT_MASK: np.stack([e.input_mask for e in enc]),
+        F.SEGMENT_IDS: np.stack([e.segment_ids for e in enc]),
     }
     num_labels = ckpt.head_outputs(params, "classifier")
     out = BertForSequenceClassification(config, num_labels).apply(
@@ -481,7 +472,7 @@ def _read_json(path: str) -> dict:
 
 
 def test_mnli_head_exports_as_sequence_classifier_with_its_labels(tmp_path):
-    task = ft.task_metadata(glue_data.get_task("mnli"))
+    task = glue_task.task_metadata(glue_data.get_task("mnli"))
     assert task == {"name": "mnli", "kind": "classification", "labels": MNLI_LABELS}
     model_dir = _model_dir(tmp_path, BertForSequenceClassification, task, num_labels=3)
     meta = _read_json(os.path.join(model_dir, ckpt.CONFIG_FILE))
@@ -511,7 +502,7 @@ def test_mnli_head_exports_as_sequence_classifier_with_its_labels(tmp_path):
 
 
 def test_stsb_head_exports_as_regression(tmp_path):
-    task = ft.task_metadata(glue_data.get_task("stsb"))
+    task = glue_task.task_metadata(glue_data.get_task("stsb"))
     assert task == {"name": "stsb", "kind": "regression", "labels": None}
     model_dir = _model_dir(tmp_path, BertForSequenceClassification, task, num_labels=1)
     out = convert.convert_from_bertjax("hf", model_dir, str(tmp_path / "hf"))
@@ -547,14 +538,14 @@ def test_qa_head_exports_as_question_answering(tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(out)
     enc = tok([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="np")
     batch = {
-        "input_ids": enc["input_ids"],
-        "input_mask": enc["attention_mask"],
-        "segment_ids": enc["token_type_ids"],
+        F.INPUT_IDS: enc[F.INPUT_IDS],
+        F.INPUT_MASK: enc[F.HF_ATTENTION_MASK],
+        F.SEGMENT_IDS: enc[F.HF_TOKEN_TYPE_IDS],
     }
     ours = BertForQuestionAnswering(config).apply({"params": params}, batch, train=False)
     with torch.no_grad():
         ref = model(**{k: torch.tensor(v) for k, v in enc.items()})
-    m = enc["attention_mask"]
+    m = enc[F.HF_ATTENTION_MASK]
     for key, theirs in (("start_logits", ref.start_logits), ("end_logits", ref.end_logits)):
         np.testing.assert_allclose(
             np.asarray(ours[key]) * m, theirs.numpy() * m, atol=1e-5, rtol=1e-5
@@ -583,14 +574,14 @@ def test_token_classification_head_exports_with_its_labels(tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(out)
     enc = tok([a for a, _ in PAIRS], padding=True, return_tensors="np")
     batch = {
-        "input_ids": enc["input_ids"],
-        "input_mask": enc["attention_mask"],
-        "segment_ids": enc["token_type_ids"],
+        F.INPUT_IDS: enc[F.INPUT_IDS],
+        F.INPUT_MASK: enc[F.HF_ATTENTION_MASK],
+        F.SEGMENT_IDS: enc[F.HF_TOKEN_TYPE_IDS],
     }
     ours = BertForTokenClassification(config, 5).apply({"params": params}, batch, train=False)
     with torch.no_grad():
         ref = model(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
-    m = enc["attention_mask"][..., None]
+    m = enc[F.HF_ATTENTION_MASK][..., None]
     np.testing.assert_allclose(np.asarray(ours["logits"]) * m, ref * m, atol=1e-5, rtol=1e-5)
     again = convert.convert_to_bertjax("hf", out, str(tmp_path / "again"))
     assert _read_json(os.path.join(again, ckpt.CONFIG_FILE))["task"] == task
@@ -603,14 +594,14 @@ def test_pretraining_exports_keep_their_architectures(bertjax_dir, tmp_path):
     assert "id2label" not in hf_config and "problem_type" not in hf_config
     config, params, _ = ckpt.load_model_dir(bertjax_dir)
     for keep, arch in (({"bert", "cls"}, "BertForPreTraining"), ({"bert"}, "BertModel")):
-        assert convert.hf_architecture({k: params[k] for k in keep}, None) == arch
+        assert convert_names.hf_architecture({k: params[k] for k in keep}, None) == arch
     mlm_only = {"bert": params["bert"], "cls": {"predictions": params["cls"]["predictions"]}}
-    assert convert.hf_architecture(mlm_only, None) == "BertForMaskedLM"
+    assert convert_names.hf_architecture(mlm_only, None) == "BertForMaskedLM"
     nsp_only = {
         "bert": params["bert"],
         "cls": {"seq_relationship": params["cls"]["seq_relationship"]},
     }
-    assert convert.hf_architecture(nsp_only, None) == "BertForNextSentencePrediction"
+    assert convert_names.hf_architecture(nsp_only, None) == "BertForNextSentencePrediction"
 
 
 @pytest.mark.slow
@@ -619,7 +610,7 @@ def test_finetuned_mnli_best_exports_for_the_pipeline(bertjax_dir, tmp_path):
     data = str(tmp_path / "glue")
     write_mnli(data, n_train=32, n_dev=8, n_test=0, n_ax=0)
     c = tiny_config(bertjax_dir, data, "mnli", num_epochs=1.0)
-    r = ft.finetune(c, str(tmp_path / "run"))
+    r = tasks.finetune(c, str(tmp_path / "run"))
     meta = _read_json(os.path.join(r["best_dir"], ckpt.CONFIG_FILE))
     assert meta["task"] == {"name": "mnli", "kind": "classification", "labels": MNLI_LABELS}
 
@@ -633,86 +624,6 @@ def test_finetuned_mnli_best_exports_for_the_pipeline(bertjax_dir, tmp_path):
     assert [r["label"] for r in got] == [MNLI_LABELS[i] for i in ours.argmax(-1)]
 
 
-# --- TF1 export ------------------------------------------------------------------------------
-
-
-GOOGLE_KEYS = set(GOOGLE_BERT_CONFIG_KEYS)
-
-
-def test_tf_export_bert_config_of_a_pretraining_checkpoint(bertjax_dir, tmp_path):
-    out = convert.convert_from_bertjax("tf", bertjax_dir, str(tmp_path / "tf"))
-    bert_config = _read_json(os.path.join(out, "bert_config.json"))
-    config, _, _ = ckpt.load_model_dir(bertjax_dir)
-    assert bert_config == {
-        "vocab_size": config.vocab_size,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 37,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": 64,
-        "type_vocab_size": 2,
-        "initializer_range": 0.02,
-        "layer_norm_eps": 1e-12,
-    }
-    assert GOOGLE_KEYS <= set(bert_config)
-
-
-def test_tf_export_of_a_classifier_uses_the_original_names(tmp_path):
-    import tensorflow as tf
-
-    task = ft.task_metadata(glue_data.get_task("mnli"))
-    model_dir = _model_dir(tmp_path, BertForSequenceClassification, task, num_labels=3)
-    out = convert.convert_from_bertjax("tf", model_dir, str(tmp_path / "tf"))
-    bert_config = _read_json(os.path.join(out, "bert_config.json"))
-    assert GOOGLE_KEYS <= set(bert_config)
-    assert bert_config["num_labels"] == 3
-    assert bert_config["architectures"] == ["BertForSequenceClassification"]
-    assert bert_config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
-    assert bert_config["problem_type"] == "single_label_classification"
-    assert bert_config["finetuning_task"] == "mnli"
-    assert bert_config["initializer_range"] == 0.02 and bert_config["type_vocab_size"] == 2
-
-    _, params, _ = ckpt.load_model_dir(model_dir)
-    reader = tf.train.load_checkpoint(os.path.join(out, "bert_model.ckpt"))
-    np.testing.assert_array_equal(
-        reader.get_tensor("output_weights"), params["classifier"]["kernel"].T
-    )
-    np.testing.assert_array_equal(reader.get_tensor("output_bias"), params["classifier"]["bias"])
-    assert "classifier/kernel" not in reader.get_variable_to_shape_map()
-
-    again = convert.convert_to_bertjax("tf", out, str(tmp_path / "again"))
-    config2, params2, meta = ckpt.load_model_dir(again)
-    assert meta["task"] == task
-    for a, b in zip(
-        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2), strict=True
-    ):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_tf_export_of_a_span_head_uses_run_squad_names(tmp_path):
-    import tensorflow as tf
-
-    task = {"name": "squad_v2.0", "kind": "span", "labels": None}
-    model_dir = _model_dir(tmp_path, BertForQuestionAnswering, task)
-    out = convert.convert_from_bertjax("tf", model_dir, str(tmp_path / "tf"))
-    shapes = tf.train.load_checkpoint(
-        os.path.join(out, "bert_model.ckpt")
-    ).get_variable_to_shape_map()
-    assert shapes["cls/squad/output_weights"] == [2, 32] and shapes["cls/squad/output_bias"] == [2]
-    bert_config = _read_json(os.path.join(out, "bert_config.json"))
-    assert bert_config["architectures"] == ["BertForQuestionAnswering"]
-    assert bert_config["num_labels"] == 2
-    # Without the architecture (google-research/bert's configs), the tensors give the task.
-    del bert_config["architectures"], bert_config["finetuning_task"]
-    with open(os.path.join(out, "bert_config.json"), "w") as f:
-        json.dump(bert_config, f)
-    _, _, imported = convert.read_tf(out)
-    assert imported == {"name": "", "kind": "span", "labels": None}
-
-
 # --- Import of Hugging Face heads ------------------------------------------------------------
 
 
@@ -723,15 +634,7 @@ def _save_hf(model, directory: str) -> str:
 
 
 def _hf_config(**kw) -> transformers.BertConfig:
-    return transformers.BertConfig(
-        vocab_size=len(tiny_vocab()),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        **kw,
-    )
+    return tiny_hf_config(**kw)
 
 
 def test_hf_sequence_classifier_import_keeps_head_and_labels(tmp_path):
@@ -753,7 +656,7 @@ def test_hf_sequence_classifier_import_keeps_head_and_labels(tmp_path):
     seg = (np.arange(12)[None] >= 6).astype(np.int64) * mask
     ours = BertForSequenceClassification(config, 3).apply(
         {"params": params},
-        {"input_ids": ids, "input_mask": mask, "segment_ids": seg},
+        {F.INPUT_IDS: ids, F.INPUT_MASK: mask, F.SEGMENT_IDS: seg},
         train=False,
     )["logits"]
     with torch.no_grad():
@@ -785,7 +688,7 @@ def test_hf_head_import_and_export_round_trip(model_cls, kw, kind, problem_type,
     torch.manual_seed(2)
     model = model_cls(_hf_config(**kw)).eval()
     src = _save_hf(model, str(tmp_path / "src"))
-    config, params, task = convert.read_hf(src)
+    config, params, task = convert_hf.read_hf(src)
     assert task["kind"] == kind
     assert task["labels"] is None  # transformers' default names LABEL_0, ... name nothing
     # and back: the same architecture and tensors, without missing or unexpected ones
@@ -823,17 +726,17 @@ def test_id2label_that_does_not_fit_the_head_is_named(tmp_path):
     with open(cfg_path, "w") as f:
         json.dump(values, f)
     with pytest.raises(convert.ConversionError, match=r"config.json: id2label=.*0..N-1"):
-        convert.read_hf(src)
+        convert_hf.read_hf(src)
     values["id2label"] = {"0": "a", "1": "b"}
     values["problem_type"] = "ranking"
     with open(cfg_path, "w") as f:
         json.dump(values, f)
     with pytest.raises(convert.ConversionError, match=r"config.json: problem_type='ranking'"):
-        convert.read_hf(src)
+        convert_hf.read_hf(src)
 
 
 def test_task_metadata_that_does_not_fit_the_parameters_is_refused(tmp_path):
-    task = ft.task_metadata(glue_data.get_task("mnli"))
+    task = glue_task.task_metadata(glue_data.get_task("mnli"))
     model_dir = _model_dir(tmp_path, BertForSequenceClassification, task, num_labels=3)
     cfg_path = os.path.join(model_dir, ckpt.CONFIG_FILE)
     meta = _read_json(cfg_path)

@@ -17,11 +17,11 @@ import sys
 import pytest
 from _data_helpers import make_documents, write_corpus, write_vocab
 
-from bertjax import convert, storage
+from bertjax import convert_tf, storage
 from bertjax import glue as glue_runner
 from bertjax.config import ModelConfig
 from bertjax.main import is_user_error, main
-from data_pipelines import corpus, pretraining_data
+from data_pipelines import corpus_sources, pretraining_data
 from data_pipelines import glue as glue_data
 from data_pipelines import ner as ner_data
 from data_pipelines import squad as squad_data
@@ -45,7 +45,7 @@ def _small_corpus(tmp_path, num_docs: int = 8) -> str:
 PATHS = {
     "tfds corpus": (
         "tfds:wikipedia/20230601.en: reading a TFDS source needs TensorFlow Datasets",
-        lambda tmp: corpus.write_tfds_corpus("wikipedia/20230601.en", tmp / "out"),
+        lambda tmp: corpus_sources.write_tfds_corpus("wikipedia/20230601.en", tmp / "out"),
     ),
     "glue tfds": (
         "reading GLUE from TFDS (data_dir tfds) needs TensorFlow Datasets",
@@ -65,11 +65,11 @@ PATHS = {
     ),
     "tf1 import": (
         "reading a Google TF1 checkpoint (convert --from tf) needs TensorFlow",
-        lambda tmp: convert.read_tf(str(tmp)),
+        lambda tmp: convert_tf.read_tf(str(tmp)),
     ),
     "tf1 export": (
         "writing a Google TF1 checkpoint (convert --to tf) needs TensorFlow",
-        lambda tmp: convert.export_tf({}, ModelConfig(), str(tmp / "out")),
+        lambda tmp: convert_tf.export_tf({}, ModelConfig(), str(tmp / "out")),
     ),
     "tfrecord output": (
         "writing TFRecord files (output_format tfrecord) needs TensorFlow",
@@ -165,8 +165,8 @@ for pkg in (bertjax, data_pipelines, experiments):
 assert not tf_modules(), ("imported at import time", tf_modules())
 
 from bertjax.main import main
-from data_pipelines import corpus
-corpus.write_embedded_corpus({str(tmp_path / "embedded.txt")!r})
+from data_pipelines import corpus_sources
+corpus_sources.write_embedded_corpus({str(tmp_path / "embedded.txt")!r})
 try:
     main(["bertjax", "train", "--config", "experiments/pretrain/tiny_demo.py",
           "--workdir", {str(tmp_path / "run")!r}, "--config.data.corpus={train_corpus}",

@@ -17,13 +17,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _data_helpers import tiny_model_config
 from conftest import WORDS, write_vocab
 
 from bertjax import checkpoint as ckpt
 from bertjax import finetune as ft
+from bertjax import glue_task, tasks
 from bertjax.config import ModelConfig
+from bertjax.finetune_batching import WEIGHT, take
+from bertjax.finetune_state import init_state
+from bertjax.finetune_task import MODEL_INPUTS, SequenceObjective, Split, TokenObjective
 from bertjax.model import BertForSequenceClassification
 from bertjax.optim import OptimConfig, make_optimizer
+from data_pipelines import features as F
 from data_pipelines.bucketing import Batch
 from data_pipelines.tokenizers import load_tokenizer
 from experiments.glue import common
@@ -136,7 +142,7 @@ def test_learns_synthetic_sst2(bertjax_dir, tmp_path):
     data = str(tmp_path / "glue")
     test_labels = write_sst2(data, n_train=384, n_dev=100, n_test=37)
     work = str(tmp_path / "run")
-    r = ft.finetune(tiny_config(bertjax_dir, data, "sst2"), work)
+    r = tasks.finetune(tiny_config(bertjax_dir, data, "sst2"), work)
 
     # Learns the rule; the best epoch's dev accuracy is reported.
     assert r["metrics"]["accuracy"] >= 90.0, r["history"]
@@ -162,12 +168,14 @@ def test_learns_synthetic_sst2(bertjax_dir, tmp_path):
     config, params, _ = ckpt.load_model_dir(r["best_dir"])
     assert sorted(params) == ["bert", "classifier"]
     tokenizer = ckpt.load_tokenizer_from(r["best_dir"])
-    _, evals_data, _ = ft.load_data(ft.TaskConfig("sst2", data, max_seq_length=16), tokenizer)
+    _, evals_data, _ = glue_task.load_data(
+        glue_task.GlueTaskConfig("sst2", data, max_seq_length=16), tokenizer
+    )
     feats = evals_data[0].arrays
     logits = BertForSequenceClassification(config, 2).apply(
-        {"params": params}, {k: feats[k] for k in ft.MODEL_INPUTS}, train=False
+        {"params": params}, {k: feats[k] for k in MODEL_INPUTS}, train=False
     )["logits"]
-    accuracy = 100.0 * float(np.mean(np.argmax(logits, -1) == feats["label"]))
+    accuracy = 100.0 * float(np.mean(np.argmax(logits, -1) == feats[F.LABEL]))
     assert accuracy == pytest.approx(r["metrics"]["accuracy"])
 
     # Test predictions: sorted by the file's ids, label strings, and they follow the rule.
@@ -188,7 +196,7 @@ def test_stsb_regression(bertjax_dir, tmp_path):
     work = str(tmp_path / "run")
     c = tiny_config(bertjax_dir, data, "stsb", num_epochs=8.0, log_every=3)
     c.optim.learning_rate = 1e-2
-    r = ft.finetune(c, work)
+    r = tasks.finetune(c, work)
     assert set(r["metrics"]) == {"pearson", "spearman"}
     assert all(np.isfinite(v) and -100 <= v <= 100 for v in r["metrics"].values())
     assert r["score"] == pytest.approx(np.mean(list(r["metrics"].values())))
@@ -211,26 +219,18 @@ def test_stsb_regression(bertjax_dir, tmp_path):
 def test_take_pads_with_zero_weight_copies_and_cuts_to_the_batch_length():
     batch = Batch(np.array([7]), 2)
     feats = {
-        "input_ids": np.arange(10)[:, None] * np.ones((1, 3), np.int32),
-        "label": np.arange(10),
+        F.INPUT_IDS: np.arange(10)[:, None] * np.ones((1, 3), np.int32),
+        F.LABEL: np.arange(10),
     }
-    b = ft.take(feats, batch, 2, keys=["input_ids", "label"])
-    assert b[ft.WEIGHT].tolist() == [1.0, 0.0] and b["input_ids"][:, 0].tolist() == [7, 7]
-    assert b["input_ids"].shape == (2, 2) and b["label"].tolist() == [7, 7]
-    full = ft.take(feats, Batch(np.array([5, 3]), 3), 2, keys=["input_ids"])
-    assert full[ft.WEIGHT].tolist() == [1.0, 1.0] and full["input_ids"].shape == (2, 3)
+    b = take(feats, batch, 2, keys=[F.INPUT_IDS, F.LABEL])
+    assert b[WEIGHT].tolist() == [1.0, 0.0] and b[F.INPUT_IDS][:, 0].tolist() == [7, 7]
+    assert b[F.INPUT_IDS].shape == (2, 2) and b[F.LABEL].tolist() == [7, 7]
+    full = take(feats, Batch(np.array([5, 3]), 3), 2, keys=[F.INPUT_IDS])
+    assert full[WEIGHT].tolist() == [1.0, 1.0] and full[F.INPUT_IDS].shape == (2, 3)
 
 
 def _small_model_config(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=152,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return ModelConfig(**{**base, **kw})
+    return tiny_model_config(**{"vocab_size": 152, **kw})
 
 
 def test_zero_weight_rows_do_not_change_the_step():
@@ -238,20 +238,20 @@ def test_zero_weight_rows_do_not_change_the_step():
     config = _small_model_config(num_layers=1, hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
     model = BertForSequenceClassification(config, 3)
     tx = make_optimizer(OptimConfig(learning_rate=1e-3, warmup_steps=0), 10)
-    init = jax.jit(lambda key: nn.meta.unbox(ft.init_state(key, model, tx, 8)))
+    init = jax.jit(lambda key: nn.meta.unbox(init_state(key, model, tx, 8)))
     state = init(jax.random.key_data(jax.random.key(0)))
     rng = np.random.default_rng(0)
     real = {
-        "input_ids": rng.integers(5, 150, (3, 8)).astype(np.int32),
-        "input_mask": np.ones((3, 8), np.int32),
-        "segment_ids": np.zeros((3, 8), np.int32),
-        "label": rng.integers(0, 3, 3).astype(np.int32),
-        ft.WEIGHT: np.ones(3, np.float32),
+        F.INPUT_IDS: rng.integers(5, 150, (3, 8)).astype(np.int32),
+        F.INPUT_MASK: np.ones((3, 8), np.int32),
+        F.SEGMENT_IDS: np.zeros((3, 8), np.int32),
+        F.LABEL: rng.integers(0, 3, 3).astype(np.int32),
+        WEIGHT: np.ones(3, np.float32),
     }
     garbage = {k: np.concatenate([v, v[:1].repeat(5, 0)]) for k, v in real.items()}
-    garbage["input_ids"][3:] = 7
-    garbage["label"][3:] = 2
-    garbage[ft.WEIGHT][3:] = 0.0
+    garbage[F.INPUT_IDS][3:] = 7
+    garbage[F.LABEL][3:] = 2
+    garbage[WEIGHT][3:] = 0.0
     step = jax.jit(
         lambda s, b: ft.train_step(
             s,
@@ -282,7 +282,7 @@ def divisible_dir(tmp_path_factory):
     config = _small_model_config()
     assert tokenizer.vocab_size <= config.vocab_size == 152 and len(tiny_vocab()) < 152
     model = BertForSequenceClassification(config, 2)
-    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in ft.MODEL_INPUTS}
+    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in MODEL_INPUTS}
     params = nn.meta.unbox(model.init(jax.random.key(1), batch, train=False)["params"])
     return ckpt.save_model_dir(
         str(root / "ckpt"), {"bert": jax.device_get(params["bert"])}, config, tokenizer=tokenizer
@@ -302,7 +302,7 @@ def test_sharded_matches_single_device(divisible_dir, tmp_path):
         c = tiny_config(divisible_dir, data, "sst2", batch_size=8, num_epochs=1.0, log_every=1)
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh["data"], mesh["fsdp"], mesh["tensor"]
         work = str(tmp_path / name)
-        results[name] = ft.finetune(c, work, devices=devices)
+        results[name] = tasks.finetune(c, work, devices=devices)
         records = _read_jsonl(os.path.join(work, "metrics.jsonl"))
         losses[name] = [x["loss"] for x in records if "split" not in x]
     assert len(losses["one"]) == 3  # 24 examples / 8
@@ -328,7 +328,7 @@ def test_bad_config_errors(bertjax_dir, hf_dir, tmp_path):
         for key, value in edits.items():
             group, field = key.split("__") if "__" in key else (None, key)
             (c[group] if group else c)[field] = value
-        return ft.finetune(c, work)
+        return tasks.finetune(c, work)
 
     with pytest.raises(ValueError, match="init_checkpoint is required"):
         run(init_checkpoint="")
@@ -352,7 +352,7 @@ def test_bad_config_errors(bertjax_dir, hf_dir, tmp_path):
     c.train.batch_size = 6
     c.mesh.data = 4
     with pytest.raises(ValueError, match="batch_size=6 is not divisible"):
-        ft.finetune(c, work, devices=jax.devices()[:4])
+        tasks.finetune(c, work, devices=jax.devices()[:4])
     assert not os.path.exists(work)  # nothing written before the inputs are checked
 
 
@@ -382,7 +382,20 @@ def _module_aliases(tree) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["finetune", "squad", "squad_metrics", "glue", "trainer", "pretrain"]
+    "module",
+    [
+        "finetune",
+        "finetune_task",
+        "finetune_batching",
+        "finetune_state",
+        "glue_task",
+        "tasks",
+        "squad",
+        "squad_metrics",
+        "glue",
+        "trainer",
+        "pretrain",
+    ],
 )
 def test_no_private_names_of_other_modules(module):
     """The loops share code through public names only: no `ft._helper`, no `from m import _x`."""
@@ -415,9 +428,9 @@ def test_glue_and_squad_are_tasks_of_the_one_engine():
 
     glue_cfg = common.task_config("sst2", None)
     squad_cfg = __import__("experiments.squad.v1", fromlist=["get_config"]).get_config()
-    assert ft.task_family(glue_cfg) is ft.GLUE
-    assert ft.task_family(squad_cfg) is squad.FAMILY
-    for task_cls in (ft.GlueTask, squad.SpanTask):
+    assert tasks.task_family(glue_cfg) is glue_task.FAMILY
+    assert tasks.task_family(squad_cfg) is squad.FAMILY
+    for task_cls in (glue_task.GlueTask, squad.SpanTask):
         for name in ("load_data", "describe", "summary", "evaluate", "write_best", "finish"):
             assert callable(getattr(task_cls, name)), (task_cls, name)
         for name in ("head", "targets", "outputs", "token_outputs", "output_files"):
@@ -426,8 +439,32 @@ def test_glue_and_squad_are_tasks_of_the_one_engine():
     with open(os.path.join(ROOT, "bertjax", "squad.py"), encoding="utf-8") as f:
         source = f.read()
     assert "ft.finetune(" in source
-    for loop_part in ("jax.jit(", "MetricWriter", "TrainCheckpointer", "tqdm"):
-        assert loop_part not in source, loop_part
+    for name in ("squad.py", "glue_task.py"):
+        with open(os.path.join(ROOT, "bertjax", name), encoding="utf-8") as f:
+            source = f.read()
+        for loop_part in ("jax.jit(", "MetricWriter", "TrainCheckpointer", "tqdm"):
+            assert loop_part not in source, (name, loop_part)
+
+
+@pytest.mark.parametrize(
+    "module", ["finetune", "finetune_task", "finetune_batching", "finetune_state"]
+)
+def test_the_engine_imports_no_task(module):
+    """Tasks plug into the engine, never the other way round: the engine's modules import no
+    task module (tasks.py, above them all, picks one for a config)."""
+    import ast
+
+    with open(os.path.join(ROOT, "bertjax", f"{module}.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+            imported.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    tasks_ = {f"bertjax.{m}" for m in ("glue_task", "squad", "ner", "tasks", "glue")}
+    assert not imported & tasks_, sorted(imported & tasks_)
 
 
 def _rows(kind: str, rng: np.random.Generator, lengths: np.ndarray, seq_len: int):
@@ -440,26 +477,26 @@ def _rows(kind: str, rng: np.random.Generator, lengths: np.ndarray, seq_len: int
     b = len(lengths)
     mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
     arrays = {
-        "input_ids": rng.integers(5, 150, (b, seq_len)).astype(np.int32),
-        "input_mask": mask,
-        "segment_ids": ((np.arange(seq_len)[None] > lengths[:, None] // 2) * mask).astype(np.int32),
+        F.INPUT_IDS: rng.integers(5, 150, (b, seq_len)).astype(np.int32),
+        F.INPUT_MASK: mask,
+        F.SEGMENT_IDS: ((np.arange(seq_len)[None] > lengths[:, None] // 2) * mask).astype(np.int32),
     }
     if kind == "classification":
-        arrays["label"] = rng.integers(0, 3, b).astype(np.int32)
-        return BertForSequenceClassification(config, 3), ft.SequenceObjective(), arrays
+        arrays[F.LABEL] = rng.integers(0, 3, b).astype(np.int32)
+        return BertForSequenceClassification(config, 3), SequenceObjective(), arrays
     if kind == "regression":
-        arrays["label"] = rng.uniform(0, 5, b).astype(np.float32)
-        return BertForSequenceClassification(config, 1), ft.SequenceObjective(True), arrays
+        arrays[F.LABEL] = rng.uniform(0, 5, b).astype(np.float32)
+        return BertForSequenceClassification(config, 1), SequenceObjective(True), arrays
     if kind == "span":
         start = rng.integers(0, lengths).astype(np.int32)
-        arrays["start_positions"] = start
-        arrays["end_positions"] = np.minimum(start + 2, lengths - 1).astype(np.int32)
+        arrays[F.START_POSITIONS] = start
+        arrays[F.END_POSITIONS] = np.minimum(start + 2, lengths - 1).astype(np.int32)
         return BertForQuestionAnswering(config), SpanObjective(), arrays
     labels = rng.integers(0, 5, (b, seq_len)).astype(np.int32)
     labels[mask == 0] = -100
     labels[:, 0] = -100  # [CLS]
-    arrays["label"] = labels
-    return BertForTokenClassification(config, 5), ft.TokenObjective(), arrays
+    arrays[F.LABEL] = labels
+    return BertForTokenClassification(config, 5), TokenObjective(), arrays
 
 
 @pytest.mark.parametrize("kind", ["classification", "regression", "span", "token"])
@@ -469,17 +506,17 @@ def test_bucket_length_changes_no_per_row_loss_nor_the_step(kind):
     rng = np.random.default_rng(0)
     lengths = np.array([5, 16, 9, 3, 12, 7])
     model, objective, arrays = _rows(kind, rng, lengths, 40)
-    split = ft.Split("dev", arrays)
+    split = Split("dev", arrays)
     assert split.lengths.tolist() == lengths.tolist()
     keys = [k for k in arrays]
     rows = Batch(np.arange(6), 16)
-    cut = ft.take(arrays, rows, 8, keys)  # 6 examples + 2 weight-0 rows, at length 16
-    full = ft.take(arrays, Batch(np.arange(6), 40), 8, keys)
-    assert cut["input_ids"].shape == (8, 16) and full["input_ids"].shape == (8, 40)
+    cut = take(arrays, rows, 8, keys)  # 6 examples + 2 weight-0 rows, at length 16
+    full = take(arrays, Batch(np.arange(6), 40), 8, keys)
+    assert cut[F.INPUT_IDS].shape == (8, 16) and full[F.INPUT_IDS].shape == (8, 40)
     if kind == "token":
-        assert cut["label"].shape == (8, 16)
+        assert cut[F.LABEL].shape == (8, 16)
     tx = optax.sgd(0.1)  # the update is the gradient (Adam would magnify float noise)
-    state = jax.jit(lambda key: nn.meta.unbox(ft.init_state(key, model, tx, 40)))(
+    state = jax.jit(lambda key: nn.meta.unbox(init_state(key, model, tx, 40)))(
         jax.random.key_data(jax.random.key(0))
     )
     per_row = {}
@@ -519,14 +556,14 @@ def finetuned_dir(tmp_path_factory):
     tokenizer = load_tokenizer(str(root / "vocab.txt"))
     config = _small_model_config()
     model = BertForSequenceClassification(config, 2)
-    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in ft.MODEL_INPUTS}
+    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in MODEL_INPUTS}
     params = nn.meta.unbox(model.init(jax.random.key(2), batch, train=False)["params"])
     return ckpt.save_model_dir(
         str(root / "best"),
         jax.device_get(params),
         config,
         tokenizer=tokenizer,
-        task=ft.task_metadata(glue_data.get_task("sst2")),
+        task=glue_task.task_metadata(glue_data.get_task("sst2")),
     )
 
 
@@ -541,7 +578,7 @@ def test_evaluate_only_predicts_in_input_order_with_bucketing(finetuned_dir, tmp
         c.data.bucket_multiple = 8 if multiple == "packed" else multiple
         c.data.packing = multiple == "packed"
         work = str(tmp_path / f"eval{multiple}")
-        runs[multiple] = ft.finetune(c, work)  # num_epochs=0: evaluate_checkpoint
+        runs[multiple] = tasks.finetune(c, work)  # num_epochs=0: evaluate_checkpoint
         assert not os.path.exists(os.path.join(work, ft.BEST_DIR))
     r = runs[8]
     assert r["num_steps"] == 0 and r["best_epoch"] == 0 and r["best_dir"] == finetuned_dir
@@ -554,25 +591,27 @@ def test_evaluate_only_predicts_in_input_order_with_bucketing(finetuned_dir, tmp
     # The checkpoint applied directly to every row at max_seq_length, in file order.
     config, params, _ = ckpt.load_model_dir(finetuned_dir)
     tokenizer = ckpt.load_tokenizer_from(finetuned_dir)
-    _, evals, tests = ft.load_data(ft.TaskConfig("sst2", data, max_seq_length=32), tokenizer)
+    _, evals, tests = glue_task.load_data(
+        glue_task.GlueTaskConfig("sst2", data, max_seq_length=32), tokenizer
+    )
     model = BertForSequenceClassification(config, 2)
 
     def logits(arrays):
-        return model.apply(
-            {"params": params}, {k: arrays[k] for k in ft.MODEL_INPUTS}, train=False
-        )["logits"]
+        return model.apply({"params": params}, {k: arrays[k] for k in MODEL_INPUTS}, train=False)[
+            "logits"
+        ]
 
     pred = r["predictions"]["sst2"]["test"]
-    np.testing.assert_array_equal(pred["index"], tests[0].arrays["example_index"])
+    np.testing.assert_array_equal(pred["index"], tests[0].arrays[F.EXAMPLE_INDEX])
     np.testing.assert_array_equal(pred["prediction"], np.argmax(logits(tests[0].arrays), -1))
     np.testing.assert_array_equal(
         pred["prediction"], runs[0]["predictions"]["sst2"]["test"]["prediction"]
     )
     dev = evals[0].arrays
-    accuracy = 100.0 * float(np.mean(np.argmax(logits(dev), -1) == dev["label"]))
+    accuracy = 100.0 * float(np.mean(np.argmax(logits(dev), -1) == dev[F.LABEL]))
     assert r["metrics"]["accuracy"] == pytest.approx(accuracy)
     assert r["history"][0]["losses"]["loss"] == pytest.approx(
-        ft.eval_loss(np.asarray(logits(dev)), dev["label"], False), rel=1e-5
+        glue_task.eval_loss(np.asarray(logits(dev)), dev[F.LABEL], False), rel=1e-5
     )
     assert runs[0]["metrics"] == pytest.approx(r["metrics"])
     # Packed rows (several sentences per row of 32, each attending only to itself) predict
@@ -618,7 +657,7 @@ def test_preempted_runs_resume_bit_identically(divisible_dir, tmp_path, monkeypa
     c = tiny_config(divisible_dir, data, "sst2", batch_size=8, num_epochs=2.0, log_every=2)
     c.train.checkpoint_every = 4
     c.mesh.data = 1
-    finetune = functools.partial(ft.finetune, devices=jax.devices()[:1])
+    finetune = functools.partial(tasks.finetune, devices=jax.devices()[:1])
     ref = finetune(c, str(tmp_path / "ref"))
     assert ref["num_steps"] == 6 and ref["bucketing"]["train"]["num_shapes"] == 2
 
@@ -770,14 +809,14 @@ def test_packed_rows_change_no_per_example_loss_nor_the_step(kind):
         keys,
         lengths=lengths,
         max_slots=4,
-        token_keys=ft.MODEL_INPUTS,
-        weight_key=ft.WEIGHT,
+        token_keys=MODEL_INPUTS,
+        weight_key=WEIGHT,
     )
-    assert packed["input_ids"].shape == (2, 40) and packed["label"].shape == (2, 4)
-    assert packed[ft.WEIGHT].sum() == 6
-    single = ft.take(arrays, Batch(np.arange(6), 16), 6, keys)
+    assert packed[F.INPUT_IDS].shape == (2, 40) and packed[F.LABEL].shape == (2, 4)
+    assert packed[WEIGHT].sum() == 6
+    single = take(arrays, Batch(np.arange(6), 16), 6, keys)
     tx = optax.sgd(0.1)
-    state = jax.jit(lambda key: nn.meta.unbox(ft.init_state(key, model, tx, 40)))(
+    state = jax.jit(lambda key: nn.meta.unbox(init_state(key, model, tx, 40)))(
         jax.random.key_data(jax.random.key(0))
     )
     out_p = jax.device_get(

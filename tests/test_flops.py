@@ -13,26 +13,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _data_helpers import tiny_model_config
 
 from bertjax import flops
 from bertjax.config import ModelConfig, model_config_for_size
 from bertjax.model import BertForSequenceClassification
+from data_pipelines import features as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ModelConfig(
-    vocab_size=99,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
+TINY = tiny_model_config(vocab_size=99, intermediate_size=37)
 
 
 def _kernels(config: ModelConfig, num_labels: int) -> dict[str, tuple[int, ...]]:
     """Shapes of every matmul kernel of BertForSequenceClassification, keyed by path."""
     model = BertForSequenceClassification(config, num_labels)
-    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in ("input_ids", "input_mask", "segment_ids")}
+    batch = {k: jnp.zeros((1, 8), jnp.int32) for k in (F.INPUT_IDS, F.INPUT_MASK, F.SEGMENT_IDS)}
     params = nn.meta.unbox(
         jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))["params"]
     )
@@ -97,7 +92,7 @@ def test_pretraining_flops_unchanged():
 def test_finetune_step_benchmark_runs():
     env = dict(os.environ)
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "finetune_step.py")]
+    cmd = [sys.executable, "-m", "benchmarks.finetune_step"]
     cmd += "--size tiny --seq_len 32 --batch_size 4 --steps 1 --warmup 1 --json".split()
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

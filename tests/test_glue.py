@@ -11,7 +11,8 @@ from test_finetune import POOL, _read_tsv, _write, write_sst2
 
 from bertjax import checkpoint as ckpt
 from bertjax import finetune as ft
-from bertjax import glue, glue_metrics
+from bertjax import glue, glue_metrics, glue_task
+from bertjax.main import glue_task_config
 
 MNLI_TRAIN_HEADER = [
     "index", "promptID", "pairID", "genre", "sentence1_binary_parse",
@@ -90,7 +91,7 @@ def _suite(bertjax_dir, glue_dir, workdir, **kw):
         max_seq_length=16,
         config_overrides={"train.log_every": 1},
     )
-    return glue.run_glue(bertjax_dir, **{**args, **kw})
+    return glue.run_glue(bertjax_dir, task_configs=glue_task_config, **{**args, **kw})
 
 
 @pytest.mark.slow
@@ -148,7 +149,7 @@ def test_run_glue_end_to_end(bertjax_dir, glue_dir, tmp_path, capsys):
         assert [int(r[0]) for r in rows[1:]] == list(range(n)), name
         assert {r[1] for r in rows[1:]} <= labels, name
     # AX comes from the MNLI run's best parameters.
-    mnli_run = os.path.join(work, "mnli", "seed0", ft.SUBMISSION_DIR, "AX.tsv")
+    mnli_run = os.path.join(work, "mnli", "seed0", glue_task.SUBMISSION_DIR, "AX.tsv")
     assert _read_tsv(mnli_run) == _read_tsv(os.path.join(sub, "AX.tsv"))
 
     # Running again reuses the finished runs; another config for the same dirs is refused.
@@ -173,11 +174,12 @@ def test_sweep_and_seeds_choose_lr_by_median(bertjax_dir, tmp_path, monkeypatch)
     }
     calls = []
 
-    def fake_finetune(config, run_dir):
+    def fake_finetune(family, config, run_dir):
+        assert family is glue_task.FAMILY
         lr, seed = config.optim.learning_rate, config.seed
         calls.append((lr, seed, run_dir, config.train.batch_size, config.train.num_epochs))
         acc = table[lr][seed]
-        sub = os.path.join(run_dir, ft.SUBMISSION_DIR)
+        sub = os.path.join(run_dir, glue_task.SUBMISSION_DIR)
         path = glue_metrics.write_submission("sst2", "test", [0, 1], [seed % 2, 1], sub)
         return {"metrics": {"accuracy": acc}, "score": acc, "best_epoch": 1,
                 "submission_files": {"SST-2.tsv": path}}  # fmt: skip
@@ -185,7 +187,8 @@ def test_sweep_and_seeds_choose_lr_by_median(bertjax_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(ft, "finetune", fake_finetune)
     work = str(tmp_path / "suite")
     out = glue.run_glue(
-        bertjax_dir, tasks="SST-2", data_dir=data, workdir=work, seeds=3, sweep=True,
+        bertjax_dir, task_configs=glue_task_config, tasks="SST-2", data_dir=data, workdir=work,
+        seeds=3, sweep=True,
         max_seq_length=16,
     )  # fmt: skip
     assert len(calls) == 12
@@ -208,7 +211,7 @@ def test_bad_input_fails_before_training(bertjax_dir, hf_dir, glue_dir, tmp_path
 
     def run(checkpoint=bertjax_dir, **kw):
         args = dict(tasks=["cola"], data_dir=glue_dir, workdir=work, max_seq_length=16)
-        return glue.run_glue(checkpoint, **{**args, **kw})
+        return glue.run_glue(checkpoint, task_configs=glue_task_config, **{**args, **kw})
 
     with pytest.raises(ValueError, match=r"unknown GLUE task\(s\) \['foo'\]"):
         run(tasks=["cola", "foo"])
@@ -256,7 +259,8 @@ def test_a_failing_task_does_not_stop_the_others(bertjax_dir, tmp_path, monkeypa
     write_mnli(data, 3, 3, 0, 0)
     os.remove(os.path.join(data, "diagnostic", "diagnostic.tsv"))
 
-    def fake_finetune(config, run_dir):
+    def fake_finetune(family, config, run_dir):
+        assert family is glue_task.FAMILY
         if config.task.name == "mnli":
             return {"metrics": {"accuracy_m": 80.0, "accuracy_mm": 82.0}, "score": 81.0,
                     "best_epoch": 1, "submission_files": {}}  # fmt: skip
@@ -267,7 +271,8 @@ def test_a_failing_task_does_not_stop_the_others(bertjax_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(ft, "finetune", fake_finetune)
     work = str(tmp_path / "suite")
-    out = glue.run_glue(bertjax_dir, tasks=["cola", "sst2", "rte", "mnli", "ax"], data_dir=data,
+    out = glue.run_glue(bertjax_dir, task_configs=glue_task_config,
+                        tasks=["cola", "sst2", "rte", "mnli", "ax"], data_dir=data,
                         workdir=work, max_seq_length=16)  # fmt: skip
     assert out["tasks"] == {"cola": {"matthews_corrcoef": 42.0},
                             "mnli": {"accuracy_m": 80.0, "accuracy_mm": 82.0}}  # fmt: skip
@@ -292,14 +297,16 @@ def test_problem_tasks_are_named_before_any_training(bertjax_dir, tmp_path, monk
     write_cola(data, 4, 4, 0)
     calls = []
 
-    def fake_finetune(config, run_dir):
+    def fake_finetune(family, config, run_dir):
+        assert family is glue_task.FAMILY
         calls.append((config.task.name, capsys.readouterr()))
         return {"metrics": {"matthews_corrcoef": 42.0}, "score": 42.0, "best_epoch": 1,
                 "submission_files": {}}  # fmt: skip
 
     monkeypatch.setattr(ft, "finetune", fake_finetune)
-    run = lambda tasks: glue.run_glue(bertjax_dir, tasks=tasks, data_dir=data,
-                                      workdir=str(tmp_path / "suite"), max_seq_length=16)  # fmt: skip
+    run = lambda tasks: glue.run_glue(bertjax_dir, task_configs=glue_task_config, tasks=tasks,
+                                      data_dir=data, workdir=str(tmp_path / "suite"),
+                                      max_seq_length=16)  # fmt: skip
     out = run(["rte", "sst2", "cola"])
     ((task, before),) = calls
     sst2_dev = os.path.join(data, "SST-2", "dev.tsv")
@@ -316,3 +323,55 @@ def test_problem_tasks_are_named_before_any_training(bertjax_dir, tmp_path, monk
     assert not calls
     assert str(e.value).startswith("no GLUE task can run: sst2: " + sst2_dev)
     assert "; rte: GLUE RTE directory not found" in str(e.value)
+
+
+def test_cli_exits_1_when_a_task_was_skipped(bertjax_dir, tmp_path, monkeypatch, capsys):
+    """`bertjax glue` writes the summary of the tasks that ran, then exits 1 naming the ones
+    skipped (missing data) or failed; with none of them, it exits 0."""
+    from bertjax.main import main
+
+    data = str(tmp_path / "glue")
+    write_cola(data, 4, 4, 0)
+
+    def fake_finetune(family, config, run_dir):
+        return {"metrics": {"matthews_corrcoef": 42.0}, "score": 42.0, "best_epoch": 1,
+                "submission_files": {}}  # fmt: skip
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    work = tmp_path / "suite"
+
+    def run(tasks):
+        with pytest.raises(SystemExit) as e:
+            main(["bertjax", "glue", "--checkpoint", bertjax_dir, "--data_dir", data,
+                  "--workdir", str(work), "--tasks", tasks, "--max_seq_length=16"])  # fmt: skip
+        return e.value.code, capsys.readouterr().err
+
+    code, err = run("cola,rte")
+    assert code == 1, err
+    assert err.splitlines()[-1] == "bertjax glue: error: task(s) skipped or failed: rte"
+    assert json.load(open(work / "glue_results.json"))["tasks"] == {
+        "cola": {"matthews_corrcoef": 42.0}
+    }
+    assert run("cola")[0] == 0
+
+
+def test_a_suite_in_use_is_refused(bertjax_dir, tmp_path, monkeypatch):
+    """A second suite in a workdir another run holds stops at once, one line; the lock is
+    released when a run ends, so the next one runs."""
+    from bertjax import storage
+
+    data = str(tmp_path / "glue")
+    write_cola(data, 4, 4, 0)
+    monkeypatch.setattr(ft, "finetune", lambda family, config, run_dir: {
+        "metrics": {"matthews_corrcoef": 1.0}, "score": 1.0, "best_epoch": 1})  # fmt: skip
+    work = str(tmp_path / "suite")
+    run = lambda: glue.run_glue(bertjax_dir, task_configs=glue_task_config, tasks=["cola"],
+                                data_dir=data, workdir=work, max_seq_length=16)  # fmt: skip
+    with storage.workdir_lock(work):
+        with pytest.raises(storage.WorkdirInUseError) as e:
+            run()
+    assert str(e.value) == (
+        f"{work} is in use by another run (lock {work}/.lock held); wait for it or use another "
+        "--workdir"
+    )
+    assert run()["tasks"] == {"cola": {"matthews_corrcoef": 1.0}}

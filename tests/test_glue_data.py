@@ -658,7 +658,13 @@ def test_featurize_pairs_and_truncation(tokenizer):
         _ex(3, "hello", None, None),
     ]
     out = glue.featurize(examples, tokenizer, 10)
-    assert set(out) == {"input_ids", "input_mask", "segment_ids", "label", "example_index"}
+    assert set(out) == {
+        features.INPUT_IDS,
+        features.INPUT_MASK,
+        features.SEGMENT_IDS,
+        features.LABEL,
+        features.EXAMPLE_INDEX,
+    }
     for key in (features.INPUT_IDS, features.INPUT_MASK, features.SEGMENT_IDS):
         assert out[key].shape == (3, 10) and out[key].dtype == np.int32
     assert out[features.LABEL].dtype == np.int32 and out[features.LABEL].tolist() == [2, 0, -1]
@@ -668,35 +674,35 @@ def test_featurize_pairs_and_truncation(tokenizer):
     ids = lambda text: tokenizer.convert_tokens_to_ids(text.split())
     cls, sep, pad = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
     # Fits exactly: [CLS] a [SEP] b [SEP].
-    assert out["input_ids"][0].tolist() == [
+    assert out[features.INPUT_IDS][0].tolist() == [
         cls,
         *ids("the cat sat on the"),
         sep,
         *ids("the dog"),
         sep,
     ]
-    assert out["segment_ids"][0].tolist() == [0] * 7 + [1] * 3
+    assert out[features.SEGMENT_IDS][0].tolist() == [0] * 7 + [1] * 3
     # 11 + 3 pieces into 10 - 3 = 7: the longer a is cut to 4, b kept whole.
-    assert out["input_ids"][1].tolist() == [
+    assert out[features.INPUT_IDS][1].tolist() == [
         cls, *ids("hello world the cat"), sep, *ids("big small good"), sep,
     ]  # fmt: skip
-    assert out["segment_ids"][1].tolist() == [0] * 6 + [1] * 4
-    assert out["input_mask"][1].tolist() == [1] * 10
+    assert out[features.SEGMENT_IDS][1].tolist() == [0] * 6 + [1] * 4
+    assert out[features.INPUT_MASK][1].tolist() == [1] * 10
     # Single sentence, padded.
-    assert out["input_ids"][2].tolist() == [cls, *ids("hello"), sep] + [pad] * 7
-    assert out["input_mask"][2].tolist() == [1] * 3 + [0] * 7
-    assert out["segment_ids"][2].tolist() == [0] * 10
+    assert out[features.INPUT_IDS][2].tolist() == [cls, *ids("hello"), sep] + [pad] * 7
+    assert out[features.INPUT_MASK][2].tolist() == [1] * 3 + [0] * 7
+    assert out[features.SEGMENT_IDS][2].tolist() == [0] * 10
 
 
 def test_featurize_regression_and_unlabelled(tokenizer):
     out = glue.featurize([_ex(0, "a", "b", 3.8), _ex(1, "c", "d", None)], tokenizer, 8)
-    assert out["label"].dtype == np.float32
-    assert out["label"][0] == pytest.approx(3.8) and math.isnan(out["label"][1])
+    assert out[features.LABEL].dtype == np.float32
+    assert out[features.LABEL][0] == pytest.approx(3.8) and math.isnan(out[features.LABEL][1])
     # An unlabelled STS-B split: regression must be said.
     out = glue.featurize([_ex(0, "a", "b")], tokenizer, 8, regression=True)
-    assert out["label"].dtype == np.float32 and np.isnan(out["label"]).all()
+    assert out[features.LABEL].dtype == np.float32 and np.isnan(out[features.LABEL]).all()
     out = glue.featurize([], tokenizer, 8)
-    assert out["input_ids"].shape == (0, 8) and out["label"].shape == (0,)
+    assert out[features.INPUT_IDS].shape == (0, 8) and out[features.LABEL].shape == (0,)
     with pytest.raises(TypeError, match="not a class id"):
         glue.featurize([_ex(0, "a", None, 1.5)], tokenizer, 8, regression=False)
 
@@ -704,6 +710,6 @@ def test_featurize_regression_and_unlabelled(tokenizer):
 def test_featurize_reads_examples_from_files(glue_dir, tokenizer):
     examples = glue.read_split("mnli", str(glue_dir), "validation_matched")
     out = glue.featurize(examples, tokenizer, 16)
-    assert out["label"].tolist() == [1, 2]
-    assert out["example_index"].tolist() == [0, 1]
-    assert (out["segment_ids"].sum(axis=1) > 0).all()  # pairs: b gets segment 1
+    assert out[features.LABEL].tolist() == [1, 2]
+    assert out[features.EXAMPLE_INDEX].tolist() == [0, 1]
+    assert (out[features.SEGMENT_IDS].sum(axis=1) > 0).all()  # pairs: b gets segment 1

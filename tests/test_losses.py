@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bertjax import losses
+from data_pipelines import features as F
 
 
 def test_masked_lm_loss_weights_and_accuracy():
@@ -65,9 +66,9 @@ def test_pretraining_loss_sums_mlm_and_nsp_and_skips_unpaired_rows():
     mlm_logits = jnp.zeros((2, 1, 4))
     nsp_logits = jnp.array([[3.0, 0.0], [0.0, 0.0]])
     batch = {
-        "masked_lm_ids": jnp.array([[1], [2]]),
-        "masked_lm_weights": jnp.array([[1.0], [1.0]]),
-        "next_sentence_labels": jnp.array([[0], [-1]]),  # second row has no pair
+        F.MASKED_LM_IDS: jnp.array([[1], [2]]),
+        F.MASKED_LM_WEIGHTS: jnp.array([[1.0], [1.0]]),
+        F.NEXT_SENTENCE_LABELS: jnp.array([[0], [-1]]),  # second row has no pair
     }
     loss, m = losses.pretraining_loss(mlm_logits, nsp_logits, batch)
     nsp = -math.log(math.exp(3) / (math.exp(3) + 1))

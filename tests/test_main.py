@@ -85,7 +85,7 @@ def test_convert_import_export_and_features(hf_dir, tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 1 and "not a bertjax checkpoint" in err
+    assert code == 1 and f"{tmp_path / 'nope'}: no such file or directory" in err
 
 
 def _bad_corpus(tmp_path) -> str:
@@ -205,7 +205,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
         np.zeros(3).reshape(2)  # numpy's ValueError, from a bug
 
     def checked(fv):
-        from bertjax.features import _layer_indexes
+        from bertjax.extract_features import _layer_indexes
 
         _layer_indexes([5], num_layers=2)  # bertjax's own check of a value
 
@@ -576,7 +576,7 @@ def test_finetuning_accuracy_in_percent_everywhere_and_counted_at_fetches(
 def test_vocab_and_features_bars_have_totals(bertjax_dir, tmp_path, capsys, monkeypatch):
     from _data_helpers import make_documents, write_corpus
 
-    bars = _recording_tqdm(monkeypatch, "tqdm.auto.tqdm", "bertjax.features.tqdm")
+    bars = _recording_tqdm(monkeypatch, "tqdm.auto.tqdm", "bertjax.extract_features.tqdm")
     text = write_corpus(tmp_path / "c.txt", make_documents(20, seed=1))
     size = os.path.getsize(text)
     for kind, passes in (("wordpiece", 3), ("sentencepiece", 1)):
@@ -631,7 +631,7 @@ def test_corpus_summary_lines():
 
 
 def test_corpus_command_tfds_bar_total_and_summary(tmp_path, capsys, monkeypatch):
-    from test_corpus import WIKI, _mock_wikipedia
+    from test_corpus_sources import WIKI, _mock_wikipedia
 
     bars = _recording_tqdm(monkeypatch, "tqdm.auto.tqdm")
     out_dir = tmp_path / "wiki"
@@ -709,3 +709,30 @@ def test_backend_probing_is_not_printed_but_warnings_are():
     assert res.stdout.strip().endswith("True")  # the probe failed, logged at INFO ...
     assert "Unable to initialize backend" not in res.stderr  # ... which is not shown
     assert "a real warning stays" in res.stderr
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_outside_training_removes_temporary_outputs(signum, tmp_path, capsys, monkeypatch):
+    """SIGTERM or Ctrl-C while a command writes a directory (here `prepare`'s, stopped
+    mid-write): one line, exit 143 / 130, no traceback, and no `.tmp-` directory left."""
+    import signal
+
+    from bertjax import storage
+
+    out = tmp_path / "examples"
+
+    def run(fv):
+        def write(tmp):
+            open(os.path.join(tmp, "shard-0"), "w").close()
+            os.kill(os.getpid(), getattr(signal, signum))
+
+        storage.publish_dir(str(out), write, overwrite=False)
+
+    define = main_module.COMMANDS["prepare"][0]
+    monkeypatch.setitem(main_module.COMMANDS, "prepare", (define, run, ""))
+    argv = ["prepare", "--input", "x.txt", "--vocab", "v", "--output", str(out)]
+    code, _, err = _run(argv, capsys)
+    word = "terminated" if signum == "SIGTERM" else "interrupted"
+    assert (code, err.strip()) == (143 if signum == "SIGTERM" else 130, f"bertjax prepare: {word}")
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _data_helpers import model_batch
+from _data_helpers import model_batch, tiny_model_config
 
 from bertjax.config import model_config_for_size
 from bertjax.model import (
@@ -17,15 +17,9 @@ from bertjax.model import (
     BertForTokenClassification,
     BertModel,
 )
+from data_pipelines import features as F
 
-CONFIG = model_config_for_size(
-    "tiny",
-    vocab_size=97,
-    hidden_size=32,
-    num_heads=4,
-    intermediate_size=48,
-    max_position_embeddings=32,
-)
+CONFIG = tiny_model_config(vocab_size=97, intermediate_size=48, max_position_embeddings=32)
 
 
 def _batch(b=2, t=12, p=3, seed=0):
@@ -51,12 +45,12 @@ def test_mlm_head_runs_on_gathered_positions_only(params):
     gathered = model.apply({"params": params}, batch, train=False)["mlm_logits"]
     full = model.apply(
         {"params": params},
-        {k: v for k, v in batch.items() if k != "masked_lm_positions"},
+        {k: v for k, v in batch.items() if k != F.MASKED_LM_POSITIONS},
         train=False,
     )
     assert full["mlm_logits"].shape == (2, 12, 97)
     expected = np.take_along_axis(
-        np.asarray(full["mlm_logits"]), batch["masked_lm_positions"][..., None], axis=1
+        np.asarray(full["mlm_logits"]), batch[F.MASKED_LM_POSITIONS][..., None], axis=1
     )
     np.testing.assert_allclose(gathered, expected, atol=1e-5)
 
@@ -67,11 +61,11 @@ def test_padding_does_not_change_real_tokens(params):
     out = model.apply({"params": params["bert"]}, batch, train=False)["sequence_output"]
     # Row 1 has 7 real tokens: changing its padding ids must not change them.
     other = {k: np.array(v) for k, v in batch.items()}
-    other["input_ids"][1, 7:] = 5
+    other[F.INPUT_IDS][1, 7:] = 5
     out2 = model.apply({"params": params["bert"]}, other, train=False)["sequence_output"]
     np.testing.assert_allclose(out[1, :7], out2[1, :7], atol=1e-6)
     # ...while a real token does change them.
-    other["input_ids"][1, 3] = (other["input_ids"][1, 3] % 90) + 2
+    other[F.INPUT_IDS][1, 3] = (other[F.INPUT_IDS][1, 3] % 90) + 2
     out3 = model.apply({"params": params["bert"]}, other, train=False)["sequence_output"]
     assert np.abs(np.asarray(out3[1, :7] - out[1, :7])).max() > 1e-3
 
@@ -85,7 +79,7 @@ def test_mlm_decoder_is_tied_to_word_embeddings(params):
     table = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
     # logits for token v are <transform(h), E[v]> + b[v]: zeroing row 96 only changes column 96
     # once the effect through the input embeddings is removed (no input uses id 96 here).
-    ids = np.asarray(batch["input_ids"])
+    ids = np.asarray(batch[F.INPUT_IDS])
     assert not (ids == 96).any()
     unboxed = nn.meta.unbox(params)
     unboxed["bert"]["embeddings"]["word_embeddings"]["embedding"] = (
@@ -117,7 +111,7 @@ def test_explicit_attention_path_equals_fused_path(params):
     explicit = BertForPreTraining(cfg_tiny_drop).apply(
         {"params": params}, batch, train=True, rngs={"dropout": jax.random.key(0)}
     )
-    m = batch["input_mask"][..., None]
+    m = batch[F.INPUT_MASK][..., None]
     diff = np.abs(np.asarray(fused["sequence_output"] - explicit["sequence_output"]) * m)
     assert diff.max() < 1e-5
 
@@ -176,7 +170,7 @@ def test_parameter_count_matches_formula(params):
     shapes = jax.eval_shape(
         lambda: BertModel(base).init(
             jax.random.key(0),
-            {"input_ids": jnp.zeros((1, 8), jnp.int32), "input_mask": jnp.ones((1, 8), jnp.int32)},
+            {F.INPUT_IDS: jnp.zeros((1, 8), jnp.int32), F.INPUT_MASK: jnp.ones((1, 8), jnp.int32)},
             train=False,
         )
     )
@@ -187,7 +181,7 @@ def test_parameter_count_matches_formula(params):
 
 def test_downstream_heads():
     batch = _batch()
-    batch.pop("masked_lm_positions")
+    batch.pop(F.MASKED_LM_POSITIONS)
     key = jax.random.key(0)
     cls = BertForSequenceClassification(CONFIG, num_labels=3)
     out = cls.apply(cls.init(key, batch, train=False), batch, train=False)
@@ -212,7 +206,7 @@ def test_downstream_heads():
 
 def test_sequence_longer_than_positions_is_rejected(params):
     batch = _batch(t=40)
-    batch["masked_lm_positions"] = batch["masked_lm_positions"] % 5
+    batch[F.MASKED_LM_POSITIONS] = batch[F.MASKED_LM_POSITIONS] % 5
     with pytest.raises(ValueError, match="exceeds max_position_embeddings=32"):
         BertForPreTraining(CONFIG).apply({"params": params}, batch, train=False)
 
@@ -224,16 +218,16 @@ def test_packed_attention_segments_isolate_sequences(params):
     a = rng.integers(1, 97, 5).astype(np.int32)
     b = rng.integers(1, 97, 6).astype(np.int32)
     packed = {
-        "input_ids": np.concatenate([a, b])[None],
-        "input_mask": np.ones((1, 11), np.int32),
-        "segment_ids": np.zeros((1, 11), np.int32),
-        "position_ids": np.concatenate([np.arange(5), np.arange(6)])[None],
-        "attention_segment_ids": np.array([[1] * 5 + [2] * 6], np.int32),
+        F.INPUT_IDS: np.concatenate([a, b])[None],
+        F.INPUT_MASK: np.ones((1, 11), np.int32),
+        F.SEGMENT_IDS: np.zeros((1, 11), np.int32),
+        F.POSITION_IDS: np.concatenate([np.arange(5), np.arange(6)])[None],
+        F.ATTENTION_SEGMENT_IDS: np.array([[1] * 5 + [2] * 6], np.int32),
     }
     out = model.apply({"params": params["bert"]}, packed, train=False)["sequence_output"]
     alone = model.apply(
         {"params": params["bert"]},
-        {"input_ids": b[None], "input_mask": np.ones((1, 6), np.int32)},
+        {F.INPUT_IDS: b[None], F.INPUT_MASK: np.ones((1, 6), np.int32)},
         train=False,
     )
     np.testing.assert_allclose(out[0, 5:], alone["sequence_output"][0], atol=1e-5)

@@ -14,11 +14,12 @@ import pytest
 from conftest import tiny_vocab, write_vocab
 
 from bertjax import checkpoint as ckpt
-from bertjax import finetune as ft
+from bertjax import glue_task, ner, tasks
 from bertjax import main as cli
-from bertjax import ner
 from bertjax.config import ModelConfig
+from bertjax.finetune_state import save_random_encoder
 from bertjax.model import BertFeatureTagger, BertForTokenClassification
+from data_pipelines import features as F
 from data_pipelines import ner as nd
 from data_pipelines.tokenizers import load_tokenizer
 
@@ -168,16 +169,16 @@ def test_label_goes_on_the_first_piece_only(tokenizer):
     # "cats" -> cat ##s; "\u200b" has no piece at all (BERT drops format characters) -> [UNK]
     sentence = nd.Sentence(("the", "cats", "\u200b", "sat"), ("O", "B-PER", "I-PER", "O"))
     f = nd.featurize([sentence], tokenizer, labels, max_seq_length=12, window_overlap=2)
-    tokens = tokenizer.convert_ids_to_tokens(f.arrays["input_ids"][0][:7].tolist())
+    tokens = tokenizer.convert_ids_to_tokens(f.arrays[F.INPUT_IDS][0][:7].tolist())
     assert tokens == ["[CLS]", "the", "cat", "##s", "[UNK]", "sat", "[SEP]"]
-    assert f.arrays["label"][0].tolist() == [-100, 0, 1, -100, 2, 0, -100] + [-100] * 5
-    assert f.arrays["word_index"][0][:7].tolist() == [-1, 0, 1, -1, 2, 3, -1]
-    assert f.arrays["input_mask"][0].sum() == 7
+    assert f.arrays[F.LABEL][0].tolist() == [-100, 0, 1, -100, 2, 0, -100] + [-100] * 5
+    assert f.arrays[nd.WORD_INDEX][0][:7].tolist() == [-1, 0, 1, -1, 2, 3, -1]
+    assert f.arrays[F.INPUT_MASK][0].sum() == 7
     # label_continuations: the later pieces get the I- of the word's type (read at first pieces).
     g = nd.featurize([sentence], tokenizer, labels, max_seq_length=12, window_overlap=2,
                      label_continuations=True)  # fmt: skip
-    assert g.arrays["label"][0].tolist()[:7] == [-100, 0, 1, 2, 2, 0, -100]
-    assert g.arrays["word_index"][0].tolist() == f.arrays["word_index"][0].tolist()
+    assert g.arrays[F.LABEL][0].tolist()[:7] == [-100, 0, 1, 2, 2, 0, -100]
+    assert g.arrays[nd.WORD_INDEX][0].tolist() == f.arrays[nd.WORD_INDEX][0].tolist()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -206,14 +207,14 @@ def test_long_sentence_windows_round_trip_with_context(tokenizer):
     )
     assert f.size > 6 and f.num_windowed == 1
     # Each word is labelled in exactly one row; reading the labels back gives the tags.
-    assert int((f.arrays["label"] != nd.IGNORE).sum()) == len(words)
-    back = nd.word_predictions(f, np.where(f.arrays["label"] >= 0, f.arrays["label"], 0))
+    assert int((f.arrays[F.LABEL] != nd.IGNORE).sum()) == len(words)
+    back = nd.word_predictions(f, np.where(f.arrays[F.LABEL] >= 0, f.arrays[F.LABEL], 0))
     assert back == [[labels[t] for t in tags]]
     # Rows after the first start with context that an earlier row owns.
-    assert (f.arrays["word_index"][1, 1:4] == -1).any()
+    assert (f.arrays[nd.WORD_INDEX][1, 1:4] == -1).any()
     # Every piece of each word is found in the row that owns the word (cats: cat ##s).
     pieces = nd.word_pieces(tokenizer, [words])
-    values = nd.word_piece_values(f, f.arrays["input_ids"], pieces)
+    values = nd.word_piece_values(f, f.arrays[F.INPUT_IDS], pieces)
     assert [[v.tolist() for v in s] for s in values] == pieces
 
 
@@ -245,7 +246,7 @@ def test_configs_build_and_dispatch_to_ner():
     for module, name in ((conll2003, "conll2003"), (msra_zh, "msra_zh")):
         c = module.get_config()
         c.task.data_dir = "/data"
-        assert ft.task_family(c) is ner.FAMILY
+        assert tasks.task_family(c) is ner.FAMILY
         cfg = ner.NerConfig.from_config_dict(c)
         assert cfg.task.name == name and cfg.task.max_seq_length == 128
         assert cfg.train.batch_size == 32 and cfg.optim.learning_rate == 5e-5
@@ -255,9 +256,9 @@ def test_configs_build_and_dispatch_to_ner():
     c.model.feature_layers = (-1, -2)
     c.task.data_dir = "d"
     assert ner.NerConfig.from_config_dict(c).model.feature_layers == (-1, -2)
-    assert ft.task_family(glue_common.task_config("sst2", None)) is ft.GLUE
+    assert tasks.task_family(glue_common.task_config("sst2", None)) is glue_task.FAMILY
     v1 = __import__("experiments.squad.v1", fromlist=["get_config"]).get_config()
-    assert ft.task_family(v1) is squad.FAMILY
+    assert tasks.task_family(v1) is squad.FAMILY
     c.task.window_overlap = 126
     assert ner.NerConfig.from_config_dict(c).task.overlap == 63  # at most half a window
     c.task.window_overlap = -1
@@ -278,7 +279,7 @@ def test_feature_tagger_is_frozen_and_ignores_padding():
     model = BertFeatureTagger(config, 5, feature_layers=(-1, -2), lstm_size=8, lstm_layers=1)
     ids = jnp.array([[4, 40, 41, 42, 5, 0, 0], [4, 40, 41, 42, 5, 43, 44]], jnp.int32)
     mask = jnp.array([[1, 1, 1, 1, 1, 0, 0], [1] * 7], jnp.int32)
-    batch = {"input_ids": ids, "input_mask": mask, "segment_ids": jnp.zeros_like(ids)}
+    batch = {F.INPUT_IDS: ids, F.INPUT_MASK: mask, F.SEGMENT_IDS: jnp.zeros_like(ids)}
     params = jax.jit(lambda: model.init(jax.random.key(0), batch, train=False))()["params"]
     params = jax.tree_util.tree_map(
         lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value")
@@ -298,7 +299,7 @@ def test_feature_tagger_is_frozen_and_ignores_padding():
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads["bert"]))
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads["classifier"]))
     # The backward LSTM starts at each row's last real token: a row's padding changes nothing.
-    other = {**batch, "input_ids": batch["input_ids"].at[0, 5:].set(jnp.array([50, 51]))}
+    other = {**batch, F.INPUT_IDS: batch[F.INPUT_IDS].at[0, 5:].set(jnp.array([50, 51]))}
     apply = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False)["logits"])
     logits, logits_other = apply(params, batch), apply(params, other)
     np.testing.assert_allclose(logits[0, :5], logits_other[0, :5], atol=1e-5)
@@ -308,7 +309,7 @@ def test_feature_tagger_is_frozen_and_ignores_padding():
 def _tiny_checkpoint(directory) -> str:
     config = _model_config()
     tok = load_tokenizer(write_vocab(str(directory)))
-    return ft.save_random_encoder(str(directory / "ckpt"), config, tokenizer=tok, source="test")
+    return save_random_encoder(str(directory / "ckpt"), config, tokenizer=tok, source="test")
 
 
 NAMES = {"PER": ["bert", "flax"], "LOC": ["mesh", "host"], "ORG": ["tensor shard", "jax"]}
@@ -354,7 +355,7 @@ def ner_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("ner_run")
     checkpoint = _tiny_checkpoint(d)
     _write_corpus(str(d / "data"), 96, seed=0)
-    out = ft.finetune(_config(checkpoint, str(d / "data")), str(d / "work"))
+    out = tasks.finetune(_config(checkpoint, str(d / "data")), str(d / "work"))
     return d, out
 
 
@@ -475,7 +476,7 @@ def test_feature_based_run_keeps_the_encoder_and_refuses_hf_export(tmp_path):
     c = _config(checkpoint, str(tmp_path / "data"), freeze_encoder=True, num_epochs=1.0)
     c.model.feature_layers = (-1, -2)
     c.model.tagger = "dense"  # the BiLSTM is checked alone above
-    out = ft.finetune(c, str(tmp_path / "work"))
+    out = tasks.finetune(c, str(tmp_path / "work"))
     assert 0.0 <= out["metrics"]["f1"] <= 100.0
     _, before, _ = ckpt.load_model_dir(checkpoint)
     _, after, meta = ckpt.load_model_dir(str(tmp_path / "work" / "best"))
@@ -548,7 +549,7 @@ def test_real_minilm_learns_entities_with_held_out_names(tmp_path):
     c.train.num_epochs = 3.0
     c.train.eval_every_epoch = False
     c.train.predict_test = False
-    out = ft.finetune(c, str(tmp_path / "work"))
+    out = tasks.finetune(c, str(tmp_path / "work"))
     assert out["num_steps"] == 39
     assert out["metrics"]["f1"] >= 85.0, out["metrics"]
 
@@ -563,7 +564,7 @@ def test_ner_uses_only_public_names_of_other_modules():
 def test_evaluate_only_reads_the_labels_from_the_checkpoint(ner_run, tmp_path):
     d, out = ner_run
     c = _config(str(d / "work" / "best"), str(d / "data"), num_epochs=0.0)
-    again = ft.finetune(c, str(tmp_path / "eval"))
+    again = tasks.finetune(c, str(tmp_path / "eval"))
     assert again["metrics"] == pytest.approx(out["metrics"])
     assert again["labels"] == out["labels"] and again["num_steps"] == 0
     assert (tmp_path / "eval" / "predictions_dev.txt").read_text() == (

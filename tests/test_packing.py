@@ -10,46 +10,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _data_helpers import make_documents, write_corpus, write_vocab
+from _data_helpers import make_documents, tiny_model_config, write_corpus
 
 from bertjax import losses
-from bertjax.config import ModelConfig
 from bertjax.model import BertForPreTraining
 from data_pipelines import features as F
 from data_pipelines import packing
 from data_pipelines import pretrain_input as pinput
 from data_pipelines import pretraining_data as pdata
-from data_pipelines.tokenizers import load_tokenizer
+from data_pipelines.records import decode_records, load_dataset_info, read_examples
 
-T, P, K = 128, 20, 3
+T, P, E = 128, 20, 3
 
 
-def _check_plan(plan, lengths, t, k):
+def _check_plan(plan, lengths, t, e):
     members = plan[plan >= 0]
     assert sorted(members.tolist()) == list(range(len(lengths)))  # each record exactly once
     for row in plan:
         real = row[row >= 0]
-        assert 1 <= len(real) <= k
+        assert 1 <= len(real) <= e
         assert lengths[real].sum() <= t
         assert np.all(row[len(real) :] == -1)  # members first, then padding
 
 
-@pytest.mark.parametrize("t,k", [(128, 3), (512, 3), (128, 1), (64, 8)])
-def test_plan_covers_every_record_once_and_fits(t, k):
+@pytest.mark.parametrize("t,e", [(128, 3), (512, 3), (128, 1), (64, 8)])
+def test_plan_covers_every_record_once_and_fits(t, e):
     rng = np.random.default_rng(0)
     lengths = np.concatenate([rng.integers(5, t + 1, 500), np.full(40, t), np.full(60, 7)])
-    plan = packing.plan_packs(lengths, t, k, seed=1)
-    _check_plan(plan, lengths, t, k)
-    if k == 1:
+    plan = packing.plan_packs(lengths, t, e, seed=1)
+    _check_plan(plan, lengths, t, e)
+    if e == 1:
         assert len(plan) == len(lengths)
-    np.testing.assert_array_equal(plan, packing.plan_packs(lengths, t, k, seed=1))
+    np.testing.assert_array_equal(plan, packing.plan_packs(lengths, t, e, seed=1))
 
 
-def _best_fit_decreasing(lengths, t, k):
+def _best_fit_decreasing(lengths, t, e):
     """The textbook item-by-item algorithm: each item into the fullest pack it fits."""
     packs = []  # [free tokens, pairs]
     for n in sorted(lengths, reverse=True):
-        fits = [p for p in packs if p[1] < k and p[0] >= n]
+        fits = [p for p in packs if p[1] < e and p[0] >= n]
         if fits:
             best = min(fits, key=lambda p: p[0])
             best[0] -= n
@@ -62,11 +61,11 @@ def _best_fit_decreasing(lengths, t, k):
 def test_plan_matches_best_fit_decreasing_and_the_lower_bound():
     # Mostly short pairs (ends of documents, short documents) and some full ones.
     rng = np.random.default_rng(2)
-    t, k = 128, 3
+    t, e = 128, 3
     lengths = np.concatenate([rng.integers(10, 70, 1200), rng.integers(100, 129, 400)])
-    plan = packing.plan_packs(lengths, t, k, seed=0)
-    assert len(plan) == _best_fit_decreasing(lengths.tolist(), t, k)
-    lower = max(np.ceil(lengths.sum() / t), np.ceil(len(lengths) / k), np.sum(lengths > t // 2))
+    plan = packing.plan_packs(lengths, t, e, seed=0)
+    assert len(plan) == _best_fit_decreasing(lengths.tolist(), t, e)
+    lower = max(np.ceil(lengths.sum() / t), np.ceil(len(lengths) / e), np.sum(lengths > t // 2))
     assert len(plan) <= 1.05 * lower
     before = packing.padding_fraction(lengths, len(lengths), t)
     after = packing.padding_fraction(lengths, len(plan), t)
@@ -123,12 +122,12 @@ def test_pack_examples_layout():
     np.testing.assert_array_equal(row[F.INPUT_IDS][:12], [2, 10, 11, 3, 12, 3, 2, 20, 3, 21, 22, 3])
     np.testing.assert_array_equal(row[F.INPUT_MASK], [1] * 12 + [0] * 4)
     np.testing.assert_array_equal(row[F.SEGMENT_IDS][:12], [0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1])
-    np.testing.assert_array_equal(row[packing.POSITION_IDS][:12], [0, 1, 2, 3, 4, 5] * 2)
-    np.testing.assert_array_equal(row[packing.ATTENTION_SEGMENT_IDS], [1] * 6 + [2] * 6 + [0] * 4)
+    np.testing.assert_array_equal(row[F.POSITION_IDS][:12], [0, 1, 2, 3, 4, 5] * 2)
+    np.testing.assert_array_equal(row[F.ATTENTION_SEGMENT_IDS], [1] * 6 + [2] * 6 + [0] * 4)
     np.testing.assert_array_equal(row[F.MASKED_LM_POSITIONS], [1, 4, 9, 0, 0])
     np.testing.assert_array_equal(row[F.MASKED_LM_IDS], [101, 104, 103, 0, 0])
     np.testing.assert_array_equal(row[F.MASKED_LM_WEIGHTS], [1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(row[packing.NEXT_SENTENCE_POSITIONS], [0, 6, 0])
+    np.testing.assert_array_equal(row[F.NEXT_SENTENCE_POSITIONS], [0, 6, 0])
     np.testing.assert_array_equal(row[F.NEXT_SENTENCE_LABELS], [0, 1, -1])
     with pytest.raises(ValueError, match="do not fit"):
         packing.pack_examples([a, b, a], max_seq_length=16, max_sequences=3, max_predictions=9)
@@ -168,14 +167,7 @@ def _pair(rng, n, seg_a, vocab):
 
 
 def test_packed_row_computes_what_each_pair_computes_alone():
-    config = ModelConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
+    config = tiny_model_config(max_position_embeddings=32)
     model = BertForPreTraining(config)
     rng = np.random.default_rng(0)
     pairs = [_pair(rng, 6, 3, 64), _pair(rng, 5, 2, 64), _pair(rng, 4, 2, 64)]
@@ -212,11 +204,6 @@ def test_packed_row_computes_what_each_pair_computes_alone():
 
 
 # --- the packed input pipeline ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return load_tokenizer(write_vocab(tmp_path_factory.mktemp("vocab")))
 
 
 def _dataset(tmp_path_factory, tok, name, **kwargs):
@@ -261,7 +248,7 @@ def _unpack(batch):
     """The pairs of packed rows, each as (input_ids, segment_ids, masked (pos, id), nsp)."""
     pairs = []
     for r in range(len(batch[F.INPUT_IDS])):
-        seg = batch[packing.ATTENTION_SEGMENT_IDS][r]
+        seg = batch[F.ATTENTION_SEGMENT_IDS][r]
         positions = batch[F.MASKED_LM_POSITIONS][r][batch[F.MASKED_LM_WEIGHTS][r] > 0]
         labels = batch[F.MASKED_LM_IDS][r][batch[F.MASKED_LM_WEIGHTS][r] > 0]
         for j, nsp in enumerate(batch[F.NEXT_SENTENCE_LABELS][r]):
@@ -270,10 +257,8 @@ def _unpack(batch):
                 continue
             where = np.flatnonzero(seg == j + 1)
             start = where[0]
-            assert batch[packing.NEXT_SENTENCE_POSITIONS][r][j] == start
-            np.testing.assert_array_equal(
-                batch[packing.POSITION_IDS][r][where], np.arange(len(where))
-            )
+            assert batch[F.NEXT_SENTENCE_POSITIONS][r][j] == start
+            np.testing.assert_array_equal(batch[F.POSITION_IDS][r][where], np.arange(len(where)))
             mine = (positions >= start) & (positions <= where[-1])
             pairs.append(
                 (
@@ -287,8 +272,8 @@ def _unpack(batch):
 
 
 def test_one_packed_epoch_holds_every_example_once(static_dir):
-    records = pdata.decode_records(
-        list(pdata.read_examples(static_dir)), max_seq_length=T, max_predictions_per_seq=P
+    records = decode_records(
+        list(read_examples(static_dir)), max_seq_length=T, max_predictions_per_seq=P
     )
     expected = collections.Counter()
     for i in range(len(records[F.INPUT_IDS])):
@@ -308,14 +293,14 @@ def test_one_packed_epoch_holds_every_example_once(static_dir):
                 int(records[F.NEXT_SENTENCE_LABELS][i]),
             )
         ] += 1
-    plan = pinput.pack_plan(static_dir, K, seed=3)
+    plan = pinput.pack_plan(static_dir, E, seed=3)
     assert len(plan) < 0.6 * len(records[F.INPUT_IDS])  # packing removes rows
     it = _iterator(static_dir, num_epochs=1, drop_remainder=False)
     got = collections.Counter()
     rows = 0
     for batch in it:
         assert batch[F.INPUT_IDS].shape[1] == T
-        assert batch[F.NEXT_SENTENCE_LABELS].shape[1] == K
+        assert batch[F.NEXT_SENTENCE_LABELS].shape[1] == E
         got.update(_unpack(batch))
         rows += len(batch[F.INPUT_IDS])
     assert rows == len(plan)
@@ -338,11 +323,11 @@ def test_packed_dynamic_masking_is_reproducible_and_resumes_exactly(dynamic_dir,
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
     # Every pair is masked; the row budget holds.
-    _, budget = pinput.packed_shapes(pdata.load_dataset_info(dynamic_dir), K)
+    _, budget = pinput.packed_shapes(load_dataset_info(dynamic_dir), E)
     assert first[0][F.MASKED_LM_POSITIONS].shape[1] == budget
     for batch in first:
         for r, labels in enumerate(batch[F.NEXT_SENTENCE_LABELS]):
-            seg = batch[packing.ATTENTION_SEGMENT_IDS][r]
+            seg = batch[F.ATTENTION_SEGMENT_IDS][r]
             masked_seg = seg[batch[F.MASKED_LM_POSITIONS][r][batch[F.MASKED_LM_WEIGHTS][r] > 0]]
             assert set(masked_seg.tolist()) == {j + 1 for j, y in enumerate(labels) if y >= 0}
 

@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _data_helpers import tiny_model_config
 
 from bertjax import checkpoint as ckpt
 from bertjax import pretrain
-from bertjax.config import model_config_for_size
 from bertjax.model import BertForPreTraining
 from bertjax.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from data_pipelines import features as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOUNS = "cat dog bird fish horse cow sheep goat mouse frog".split()
@@ -51,7 +52,7 @@ def _write_corpus(path: str, n_docs: int = 120, seed: int = 0) -> None:
 def data_dirs(tmp_path_factory):
     """Prepared train/eval shards and a vocab, shared by the tests of this module."""
     from data_pipelines.pretraining_data import create_pretraining_data
-    from data_pipelines.tokenizers import train_vocab
+    from data_pipelines.vocab import train_vocab
 
     root = tmp_path_factory.mktemp("pretrain_data")
     _write_corpus(str(root / "train.txt"), seed=0)
@@ -169,9 +170,7 @@ def test_packed_training_is_sharded_and_resumes_exactly(data_dirs, tmp_path):
 
 
 def _tiny_state(accum: int):
-    cfg = model_config_for_size(
-        "tiny",
-        vocab_size=64,
+    cfg = tiny_model_config(
         hidden_size=16,
         num_heads=2,
         intermediate_size=32,
@@ -206,13 +205,13 @@ def _batch(b=8, t=16, p=3, seed=0):
     pos = np.stack([rng.choice(np.arange(1, 6), p, replace=False) for _ in range(b)])
     w = (rng.random((b, p)) < 0.8).astype(np.float32)
     return {
-        "input_ids": (rng.integers(5, 64, (b, t)) * mask).astype(np.int32),
-        "input_mask": mask,
-        "segment_ids": (np.arange(t)[None] > 4).astype(np.int32) * mask,
-        "masked_lm_positions": pos.astype(np.int32),
-        "masked_lm_ids": rng.integers(5, 64, (b, p)).astype(np.int32),
-        "masked_lm_weights": w,
-        "next_sentence_labels": rng.integers(0, 2, (b, 1)).astype(np.int32),
+        F.INPUT_IDS: (rng.integers(5, 64, (b, t)) * mask).astype(np.int32),
+        F.INPUT_MASK: mask,
+        F.SEGMENT_IDS: (np.arange(t)[None] > 4).astype(np.int32) * mask,
+        F.MASKED_LM_POSITIONS: pos.astype(np.int32),
+        F.MASKED_LM_IDS: rng.integers(5, 64, (b, p)).astype(np.int32),
+        F.MASKED_LM_WEIGHTS: w,
+        F.NEXT_SENTENCE_LABELS: rng.integers(0, 2, (b, 1)).astype(np.int32),
     }
 
 
@@ -233,7 +232,7 @@ def test_gradient_accumulation_equals_big_batch():
 def test_nonfinite_update_is_skipped_and_counted():
     state, step = _tiny_state(1)
     batch = _batch()
-    batch["masked_lm_weights"][0, 0] = np.nan
+    batch[F.MASKED_LM_WEIGHTS][0, 0] = np.nan
     before = jax.tree_util.tree_map(np.asarray, state.params)
     new, metrics = step(state, batch)
     assert float(metrics["finite"]) == 0.0 and int(new.nonfinite_steps) == 1
@@ -263,19 +262,18 @@ def test_nonfinite_update_is_skipped_and_counted():
 def test_eval_step_counts_masked_tokens_and_nsp_labels():
     state, _ = _tiny_state(1)
     model = BertForPreTraining(
-        model_config_for_size(
-            "tiny", vocab_size=64, hidden_size=16, num_heads=2, intermediate_size=32,
-            max_position_embeddings=16,
+        tiny_model_config(
+            hidden_size=16, num_heads=2, intermediate_size=32, max_position_embeddings=16
         )
-    )  # fmt: skip
+    )
     batch = _batch(seed=3)
-    batch["next_sentence_labels"][:3] = [[1], [1], [-1]]  # -1: no pair, not counted
+    batch[F.NEXT_SENTENCE_LABELS][:3] = [[1], [1], [-1]]  # -1: no pair, not counted
     out = pretrain.eval_step(state.params, batch, model=model)
     expected = np.bincount(
-        batch["masked_lm_ids"].ravel(), batch["masked_lm_weights"].ravel(), minlength=64
+        batch[F.MASKED_LM_IDS].ravel(), batch[F.MASKED_LM_WEIGHTS].ravel(), minlength=64
     )
     np.testing.assert_allclose(out["masked_token_counts"], expected)
-    labels = batch["next_sentence_labels"].ravel()
+    labels = batch[F.NEXT_SENTENCE_LABELS].ravel()
     assert out["nsp_label_counts"].tolist() == [np.sum(labels == 0), np.sum(labels == 1)]
     assert float(out["mlm_weight_sum"]) == pytest.approx(expected.sum())
 
@@ -365,8 +363,8 @@ def test_run_prints_the_summary_and_fill_mask_examples_of_held_out_sentences(
             process_index=0, process_count=1,
         )
     )  # fmt: skip
-    counts = np.bincount(first["masked_lm_ids"].ravel(), first["masked_lm_weights"].ravel())
-    labels = np.bincount(first["next_sentence_labels"].ravel(), minlength=2)
+    counts = np.bincount(first[F.MASKED_LM_IDS].ravel(), first[F.MASKED_LM_WEIGHTS].ravel())
+    labels = np.bincount(first[F.NEXT_SENTENCE_LABELS].ravel(), minlength=2)
     assert metrics["eval_mlm_majority_baseline"] == pytest.approx(counts.max() / counts.sum())
     assert metrics["eval_nsp_majority_baseline"] == pytest.approx(labels.max() / labels.sum())
     summary = out[out.index("summary:") :].splitlines()
@@ -429,6 +427,13 @@ def _env():
     return env
 
 
+def _start(cmd: list[str]) -> subprocess.Popen:
+    """A CLI run in the background, its output captured."""
+    return subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     t0 = time.time()
     while not os.path.exists(path):
@@ -447,25 +452,13 @@ def test_sigkill_sigterm_and_damaged_checkpoint_resume_exactly(data_dirs, tmp_pa
     assert res.returncode == 0, res.stderr[-3000:]
 
     # SIGKILL right after the first checkpoint, mid-way to the next.
-    proc = subprocess.Popen(
-        _cli(run, data_dirs, steps),
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(_cli(run, data_dirs, steps))
     _wait_for(os.path.join(run, "checkpoints", "3"), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
     # SIGTERM: the run saves a checkpoint where it stands and exits 143.
-    proc = subprocess.Popen(
-        _cli(run, data_dirs, steps),
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(_cli(run, data_dirs, steps))
     _wait_for(os.path.join(run, "checkpoints", "6"), proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
@@ -515,7 +508,7 @@ def test_sigkill_sigterm_and_damaged_checkpoint_resume_exactly(data_dirs, tmp_pa
 def test_every_pretrain_config_builds_and_initialises(name, arg):
     import importlib
 
-    from bertjax.config import PretrainConfig
+    from bertjax.pretrain_config import PretrainConfig
 
     module = importlib.import_module(f"experiments.pretrain.{name}")
     c = module.get_config(arg)
@@ -708,3 +701,70 @@ def test_two_processes_match_one_process(data_dirs, tmp_path):
     assert sa == sb == steps
     for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb), strict=True):
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)  # measured: 3e-8
+
+
+# --- One run per workdir, Ctrl-C ------------------------------------------------------------
+
+
+def test_workdir_in_use_is_refused_and_released_after_a_run(data_dirs, tmp_path, capsys):
+    """While another run holds the workdir, `bertjax train` stops at once with one line
+    (exit 1) and writes nothing; a run releases the lock when it ends, so a second run in the
+    same workdir (sequential) runs. Reading the finished workdir (`convert --to hf`) prints no
+    Orbax "Metadata file does not exist" warning."""
+    from bertjax import storage
+    from bertjax.main import main
+
+    work = str(tmp_path / "w")
+    argv = ["bertjax", *_cli(work, data_dirs, 2)[3:]]
+    with storage.workdir_lock(work):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        with pytest.raises(storage.WorkdirInUseError):
+            pretrain.train(_config(data_dirs, **{"train.num_steps": 2}), work)
+    assert e.value.code == 1
+    assert err == (
+        f"bertjax train: error: {work} is in use by another run (lock {work}/.lock held); "
+        "wait for it or use another --workdir"
+    )
+    assert not os.path.exists(work)  # nothing written; the lock's directory removed again
+    for _ in range(2):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0, capsys.readouterr().err[-3000:]
+    assert sorted(_train_losses(work)) == [1, 2]
+    res = subprocess.run(
+        [sys.executable, "-m", "bertjax.main", "convert", "--to", "hf", "--src", work,
+         "--out", str(tmp_path / "hf")],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Metadata file does not exist" not in res.stderr, res.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues_from(data_dirs, tmp_path):
+    """SIGINT mid-run: one line naming the step, a checkpoint of it, exit status 130 and no
+    traceback; the same command then finishes the run with every step logged once."""
+    steps, run = 40, str(tmp_path / "run")
+    proc = subprocess.Popen(
+        _cli(run, data_dirs, steps), env=_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for(os.path.join(run, "checkpoints", "3"), proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    (line,) = [x for x in out.splitlines() if x.startswith("interrupted")]
+    saved = int(line.split()[3].rstrip(":"))
+    assert line == (
+        f"interrupted at step {saved}: checkpoint saved; run the same command to resume"
+    )
+    assert os.path.isdir(os.path.join(run, "checkpoints", str(saved)))
+    res = subprocess.run(
+        _cli(run, data_dirs, steps), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from step {saved}" in res.stderr
+    assert sorted(_train_losses(run)) == list(range(1, steps + 1))  # no step twice

@@ -6,23 +6,28 @@ import collections
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from _data_helpers import make_documents, write_corpus, write_vocab
+from _data_helpers import make_documents, wide_masked_rows, write_corpus
 
 from data_pipelines import features as F
 from data_pipelines import packing
 from data_pipelines import pretrain_input as pinput
 from data_pipelines import pretraining_data as pdata
-from data_pipelines.tokenizers import load_tokenizer
+from data_pipelines.masking import example_rng, mask_example
+from data_pipelines.records import (
+    decode_record,
+    decode_records,
+    encode_records,
+    load_dataset_info,
+    read_examples,
+    split_records,
+)
 
 T, P = 32, 5
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return load_tokenizer(write_vocab(tmp_path_factory.mktemp("vocab")))
 
 
 def _make(tmp_path_factory, tok, name, **kwargs):
@@ -56,8 +61,8 @@ def dynamic_dir(tmp_path_factory, tok):
 
 def _records(data_dir):
     """All examples, decoded, in record-key order."""
-    return pdata.decode_records(
-        list(pdata.read_examples(data_dir)), max_seq_length=T, max_predictions_per_seq=P
+    return decode_records(
+        list(read_examples(data_dir)), max_seq_length=T, max_predictions_per_seq=P
     )
 
 
@@ -285,8 +290,7 @@ def test_dynamic_masking_differs_per_epoch_and_is_reproducible(dynamic_dir):
     records = _records(dynamic_dir)
     assert (records[F.MASKED_LM_WEIGHTS] == 0).all()  # stored unmasked
     n = len(records[F.INPUT_IDS])
-    info = pdata.load_dataset_info(dynamic_dir)
-    spec = pdata.MaskingSpec.from_json(info["masking"])
+    spec = load_dataset_info(dynamic_dir).masking
 
     def epochs(seed):
         it = _iterator(dynamic_dir, shuffle=False, num_epochs=2, global_batch_size=n, seed=seed)
@@ -308,9 +312,7 @@ def test_dynamic_masking_differs_per_epoch_and_is_reproducible(dynamic_dir):
     for epoch, batch in enumerate((e0, e1)):
         for i in (0, 7, n - 1):
             length = int(records[F.INPUT_MASK][i].sum())
-            m = pdata.mask_example(
-                records[F.INPUT_IDS][i], length, spec, rng=pdata.example_rng(5, epoch, i)
-            )
+            m = mask_example(records[F.INPUT_IDS][i], length, spec, rng=example_rng(5, epoch, i))
             np.testing.assert_array_equal(batch[F.INPUT_IDS][i], m.input_ids)
             np.testing.assert_array_equal(batch[F.MASKED_LM_POSITIONS][i], m.masked_lm_positions)
             np.testing.assert_array_equal(batch[F.MASKED_LM_IDS][i], m.masked_lm_ids)
@@ -334,9 +336,9 @@ def test_dynamic_whole_word_masking_in_the_pipeline(tmp_path_factory, tok):
     data_dir = _make(
         tmp_path_factory, tok, "dyn_wwm", dynamic_masking=True, do_whole_word_mask=True
     )
-    info = pdata.load_dataset_info(data_dir)
+    info = load_dataset_info(data_dir)
     cont = tok.continuation_mask()
-    assert info["masking"]["continuation_ids"] == np.flatnonzero(cont).tolist()
+    assert info.masking.to_json()["continuation_ids"] == np.flatnonzero(cont).tolist()
     batch = next(_iterator(data_dir, global_batch_size=64))
     specials = {tok.cls_id, tok.sep_id, tok.pad_id}
     whole = 0
@@ -360,25 +362,17 @@ def test_dynamic_whole_word_masking_in_the_pipeline(tmp_path_factory, tok):
 
 
 def test_decode_batch_is_decode_record_stacked(static_dir, dynamic_dir):
-    records = [*pdata.read_examples(static_dir)][:40] + [*pdata.read_examples(dynamic_dir)][:40]
+    records = [*read_examples(static_dir)][:40] + [*read_examples(dynamic_dir)][:40]
     # Wide (int32) ids, static masking, one record without predictions.
-    ids = np.zeros((3, T), np.int32)
-    ids[:, :6] = [[2, 70_000, 3, 65_536, 99_999, 3], [2, 5, 3, 6, 7, 3], [2, 8, 3, 9, 10, 3]]
-    masked = pdata.MaskedExamples(
-        ids,
-        np.array([[1, 4, 0, 0, 0], [3, 0, 0, 0, 0], [0] * 5], np.int32),
-        np.array([[70_000, 99_999, 0, 0, 0], [6, 0, 0, 0, 0], [0] * 5], np.int32),
-        np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0] * 5], np.float32),
-    )
-    blob, sizes = pdata._serialize(
+    ids, masked = wide_masked_rows(T)
+    blob, sizes = encode_records(
         ids, np.full(3, 6), np.full(3, 3), np.array([1, 0, 1]), masked, wide=True
     )
-    records += pdata.split_records(blob, sizes)
+    records += split_records(blob, sizes)
     pad = 7
     got = pinput.decode_batch(records, max_seq_length=T, max_predictions_per_seq=P, pad_id=pad)
     want = [
-        pdata.decode_record(r, max_seq_length=T, max_predictions_per_seq=P, pad_id=pad)
-        for r in records
+        decode_record(r, max_seq_length=T, max_predictions_per_seq=P, pad_id=pad) for r in records
     ]
     for k in F.PRETRAINING_FEATURES:
         expected = np.stack([w[k] for w in want])
@@ -422,23 +416,22 @@ def short_pairs_dir(tmp_path_factory, tok):
 def test_dynamic_packed_rows_are_their_pairs_masked_in_turn(short_pairs_dir):
     """Pack r of epoch e: its pairs masked one after the other with the one generator
     example_rng(seed, e, r), then laid out by pack_examples."""
-    info = pdata.load_dataset_info(short_pairs_dir)
-    t, p = info["max_seq_length"], info["max_predictions_per_seq"]
-    spec = pdata.MaskingSpec.from_json(info["masking"])
+    info = load_dataset_info(short_pairs_dir)
+    t, p, spec = info.max_seq_length, info.max_predictions_per_seq, info.masking
     plan = pinput.pack_plan(short_pairs_dir, 3, seed=5)
     assert ((plan >= 0).sum(1) > 1).mean() > 0.5
     _, budget = pinput.packed_shapes(info, 3)
-    records = list(pdata.read_examples(short_pairs_dir))
+    records = list(read_examples(short_pairs_dir))
     n, g = len(plan), len(plan) // 4
     it = _iterator(short_pairs_dir, packing=True, shuffle=False, seed=5, global_batch_size=g)
     for r in range(4 * g):
         if r % g == 0:
             batch = next(it)
-        rng = pdata.example_rng(5, 0, r)
+        rng = example_rng(5, 0, r)
         pairs = []
         for i in plan[r][plan[r] >= 0]:
-            ex = pdata.decode_record(records[i], max_seq_length=t, max_predictions_per_seq=p)
-            m = pdata.mask_example(ex[F.INPUT_IDS], int(ex[F.INPUT_MASK].sum()), spec, rng=rng)
+            ex = decode_record(records[i], max_seq_length=t, max_predictions_per_seq=p)
+            m = mask_example(ex[F.INPUT_IDS], int(ex[F.INPUT_MASK].sum()), spec, rng=rng)
             pairs.append({**ex, **dict(zip(_MASKED, m, strict=True))})
         want = packing.pack_examples(
             pairs, max_seq_length=t, max_sequences=3, max_predictions=budget
@@ -483,3 +476,20 @@ def test_device_prefetch_runs_ahead_and_checkpoints_the_batches_taken(static_dir
         _iterator(static_dir, num_epochs=1, global_batch_size=n // 3), lambda b: b
     )
     assert len(list(finite)) == 3
+
+
+def test_the_reader_imports_the_record_format_and_masking_only():
+    """Training reads shards with `records` and `masking`: neither the example-creation
+    engine nor its worker pool and shard writers are imported."""
+    code = (
+        "import sys, data_pipelines.pretrain_input, data_pipelines.packing; "
+        "print(sorted(m for m in sys.modules if m.startswith('data_pipelines.')))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, check=True, capture_output=True, text=True,
+        timeout=120,
+    ).stdout  # fmt: skip
+    loaded = set(json.loads(out.strip().splitlines()[-1].replace("'", '"')))
+    assert {"data_pipelines.records", "data_pipelines.masking"} <= loaded
+    assert not loaded & {"data_pipelines.pretraining_data", "data_pipelines.example_writer"}

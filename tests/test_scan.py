@@ -15,13 +15,13 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from _data_helpers import model_batch
+from _data_helpers import model_batch, tiny_model_config
 from jax.sharding import PartitionSpec as P
 
 from bertjax import checkpoint as ckpt
-from bertjax import finetune as ft
 from bertjax import pretrain, sharding
-from bertjax.config import REMAT_POLICIES, ModelConfig, model_config_for_size
+from bertjax.config import REMAT_POLICIES, ModelConfig
+from bertjax.finetune_state import init_from_checkpoint
 from bertjax.model import (
     BertForPreTraining,
     BertForSequenceClassification,
@@ -32,14 +32,7 @@ from bertjax.model import (
 from bertjax.optim import OptimConfig, decay_mask, make_optimizer
 from bertjax.sharding import DEFAULT_RULES, MeshConfig
 
-CONFIG = model_config_for_size(
-    "tiny",
-    vocab_size=97,
-    hidden_size=32,
-    num_heads=4,
-    intermediate_size=48,
-    max_position_embeddings=32,
-)
+CONFIG = tiny_model_config(vocab_size=97, intermediate_size=48, max_position_embeddings=32)
 SCANNED = CONFIG.replace(scan_layers=True)
 LAYERS = CONFIG.num_layers
 NO_DROPOUT = dict(hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
@@ -254,7 +247,7 @@ def test_finetune_init_stacks_a_canonical_checkpoint(model_dir, params):
     model = BertForSequenceClassification(scanned, 2)
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     with mesh, nn.logical_axis_rules(DEFAULT_RULES):
-        state, _, gather = ft.init_from_checkpoint(
+        state, _, gather = init_from_checkpoint(
             model, optax.adamw(1e-3), 12, 0, {"bert": loaded["bert"]}, mesh, DEFAULT_RULES,
             source=model_dir, head="classifier/",
         )  # fmt: skip

@@ -12,6 +12,7 @@ from bertjax import sharding
 from bertjax.config import model_config_for_size
 from bertjax.model import BertForPreTraining, dummy_batch
 from bertjax.sharding import DEFAULT_RULES, MeshConfig
+from data_pipelines import features as F
 
 
 def test_eight_fake_devices():
@@ -45,11 +46,11 @@ def test_bad_meshes_are_named(cfg, message):
         sharding.mesh_shape(cfg, 8)
 
 
-def test_parameter_and_activation_specs():
-    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+def _param_shardings(mesh, vocab_size: int):
+    """The default-rule shardings of the parameters of a tiny pre-training model."""
     cfg = model_config_for_size(
         "tiny",
-        vocab_size=64,
+        vocab_size=vocab_size,
         hidden_size=32,
         num_heads=4,
         intermediate_size=64,
@@ -58,7 +59,12 @@ def test_parameter_and_activation_specs():
     abstract = jax.eval_shape(
         lambda: BertForPreTraining(cfg).init(jax.random.key(0), dummy_batch(cfg), train=False)
     )
-    shard = sharding.logical_shardings(mesh, DEFAULT_RULES, abstract)["params"]
+    return sharding.logical_shardings(mesh, DEFAULT_RULES, abstract)["params"]
+
+
+def test_parameter_and_activation_specs():
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    shard = _param_shardings(mesh, vocab_size=64)
     layer = shard["bert"]["encoder"]["layer_0"]
     assert layer["attention"]["self"]["query"]["kernel"].spec == P("fsdp", "tensor", None)
     assert layer["attention"]["output"]["dense"]["kernel"].spec == P("tensor", None, "fsdp")
@@ -74,11 +80,11 @@ def test_parameter_and_activation_specs():
 
 def test_global_batch_assembly_and_divisibility():
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    local = {"input_ids": np.arange(8 * 3).reshape(8, 3).astype(np.int32)}
+    local = {F.INPUT_IDS: np.arange(8 * 3).reshape(8, 3).astype(np.int32)}
     batch = sharding.global_batch(mesh, DEFAULT_RULES, local)
-    assert batch["input_ids"].shape == (8, 3)
-    np.testing.assert_array_equal(np.asarray(batch["input_ids"]), local["input_ids"])
-    assert batch["input_ids"].sharding.spec == P(("data", "fsdp"), None)
+    assert batch[F.INPUT_IDS].shape == (8, 3)
+    np.testing.assert_array_equal(np.asarray(batch[F.INPUT_IDS]), local[F.INPUT_IDS])
+    assert batch[F.INPUT_IDS].sharding.spec == P(("data", "fsdp"), None)
     with pytest.raises(
         ValueError, match="batch_size=6 is not divisible by the data-parallel size 4"
     ):
@@ -87,18 +93,7 @@ def test_global_batch_assembly_and_divisibility():
 
 def test_indivisible_dimension_is_replicated_not_an_error():
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=1, tensor=4))
-    cfg = model_config_for_size(
-        "tiny",
-        vocab_size=30522,
-        hidden_size=32,
-        num_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=16,
-    )
-    abstract = jax.eval_shape(
-        lambda: BertForPreTraining(cfg).init(jax.random.key(0), dummy_batch(cfg), train=False)
-    )
-    shard = sharding.logical_shardings(mesh, DEFAULT_RULES, abstract)["params"]
+    shard = _param_shardings(mesh, vocab_size=30522)
     # 30522 is not divisible by tensor=4: the vocab dimension is replicated...
     assert shard["bert"]["embeddings"]["word_embeddings"]["embedding"].spec == P(None, "fsdp")
     assert shard["cls"]["predictions"]["output_bias"].spec == P(None)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_vocab
 
+from data_pipelines import features as F
 from data_pipelines import squad as sq
 from data_pipelines.squad import Answer, SquadExample
 from data_pipelines.tokenizers import load_tokenizer
@@ -285,14 +286,14 @@ def test_windows_layout_and_max_context(tokenizer):
     assert a[sq.UNIQUE_ID].tolist() == [1_000_000_000 + i for i in range(len(spans))]
     for i, (start, length) in enumerate(spans):
         n = 2 + len(q_ids) + length + 1
-        ids = a["input_ids"][i]
+        ids = a[F.INPUT_IDS][i]
         assert ids[:n].tolist() == [
             tokenizer.cls_id, *q_ids, tokenizer.sep_id, *doc_ids[start : start + length],
             tokenizer.sep_id,
         ]  # fmt: skip
         assert (ids[n:] == tokenizer.pad_id).all()
-        assert a["input_mask"][i].tolist() == [1] * n + [0] * (20 - n)
-        assert a["segment_ids"][i].tolist() == [0] * (len(q_ids) + 2) + [1] * (length + 1) + [0] * (
+        assert a[F.INPUT_MASK][i].tolist() == [1] * n + [0] * (20 - n)
+        assert a[F.SEGMENT_IDS][i].tolist() == [0] * (len(q_ids) + 2) + [1] * (length + 1) + [0] * (
             20 - n
         )
         # Character maps cover exactly the window's positions.
@@ -412,7 +413,7 @@ def test_questions_are_truncated_to_max_query_length(tokenizer):
     feats = _featurize([ex], tokenizer, max_query_length=4, max_seq_length=16)
     assert feats.num_truncated_questions == 1
     a = feats.arrays
-    assert a["input_ids"][0, :6].tolist() == [
+    assert a[F.INPUT_IDS][0, :6].tolist() == [
         tokenizer.cls_id, *tokenizer.encode("a b c d"), tokenizer.sep_id,
     ]  # fmt: skip
     assert _answer_texts(feats, [ex]) == ["mat"]

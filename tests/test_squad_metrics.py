@@ -8,6 +8,7 @@ import pytest
 
 from bertjax import checkpoint as ckpt
 from bertjax import squad_metrics
+from data_pipelines import features as F
 from data_pipelines import squad as sq
 from data_pipelines.squad import Answer, SquadExample
 
@@ -133,7 +134,7 @@ def _decode_setup(tokenizer):
         [ex], tokenizer, max_seq_length=16, doc_stride=4, max_query_length=8,
         is_training=False, version_2_with_negative=True,
     ).arrays  # fmt: skip
-    assert len(feats["input_ids"]) == 4
+    assert len(feats[F.INPUT_IDS]) == 4
     start = np.full((4, 16), -10.0, np.float32)
     end = np.full((4, 16), -10.0, np.float32)
 

@@ -118,7 +118,7 @@ def test_missing_bucket_or_object_is_one_line_naming_it(gcs, capsys):
 
 
 def test_a_bucket_dataset_points_to_the_fuse_recipe(gcs):
-    from data_pipelines.pretraining_data import load_dataset_info
+    from data_pipelines.records import load_dataset_info
 
     with pytest.raises(storage.StorageError, match="Cloud Storage FUSE") as e:
         load_dataset_info(f"gs://{GCS_BUCKET}/data/train")
@@ -166,7 +166,7 @@ def test_metrics_jsonl_and_tensorboard_in_a_bucket_resume_without_duplicates(gcs
 def data_dirs(tmp_path_factory):
     """Prepared shards and a vocab on local disk (ArrayRecord is read from local paths)."""
     from data_pipelines.pretraining_data import create_pretraining_data
-    from data_pipelines.tokenizers import train_vocab
+    from data_pipelines.vocab import train_vocab
 
     sys.path.insert(0, os.path.dirname(__file__))
     from test_pretrain import _config, _write_corpus
@@ -235,6 +235,7 @@ def test_pretraining_in_a_bucket_resumes_exactly_and_feeds_convert_and_features(
 def test_glue_finetuning_reads_its_data_from_the_bucket(gcs, bertjax_dir, tmp_path):
     from bertjax import checkpoint as ckpt
     from bertjax import finetune as ft
+    from bertjax import tasks
 
     sys.path.insert(0, os.path.dirname(__file__))
     from test_finetune import tiny_config, write_sst2
@@ -245,7 +246,7 @@ def test_glue_finetuning_reads_its_data_from_the_bucket(gcs, bertjax_dir, tmp_pa
     for name in os.listdir(os.path.join(local, "SST-2")):
         storage.copy_file(os.path.join(local, "SST-2", name), f"{data}/SST-2/{name}")
     work = f"gs://{GCS_BUCKET}/finetune/sst2"  # Orbax checkpoints, best model, results
-    r = ft.finetune(tiny_config(bertjax_dir, data, "sst2", num_epochs=1.0), work)
+    r = tasks.finetune(tiny_config(bertjax_dir, data, "sst2", num_epochs=1.0), work)
     assert set(r["metrics"]) == {"accuracy"}
     assert storage.read_json(f"{work}/{ft.RESULTS_FILE}")["complete"] is True
     assert ckpt.is_model_dir(f"{work}/best")
@@ -280,10 +281,10 @@ def test_import_reads_a_hugging_face_checkpoint_from_the_bucket(gcs, hf_dir):
 def test_corpus_text_files_in_the_bucket(gcs):
     """The one text reader and writer: BERT-format files written to, globbed in and read from
     the bucket, and a TFDS export whose shards are uploaded there."""
-    from data_pipelines import corpus
+    from data_pipelines import corpus, corpus_sources
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_corpus import WIKI, _mock_wikipedia
+    from test_corpus_sources import WIKI, _mock_wikipedia
 
     root = f"gs://{GCS_BUCKET}/corpus"
     docs = [["One sentence here.", "And a second."], ["Another document."]]
@@ -294,7 +295,9 @@ def test_corpus_text_files_in_the_bucket(gcs):
     assert files == [f"{root}/a.txt", f"{root}/b.txt"]
     assert list(corpus.iter_documents(files)) == docs + docs[:1]
     with _mock_wikipedia(WIKI):
-        shards = corpus.write_tfds_corpus("wikipedia/20230601.en", f"{root}/wiki", num_shards=2)
+        shards = corpus_sources.write_tfds_corpus(
+            "wikipedia/20230601.en", f"{root}/wiki", num_shards=2
+        )
     assert shards == [f"{root}/wiki/corpus-0000{i}-of-00002.txt" for i in range(2)]
     assert list(corpus.iter_documents(shards[1])) == [["Beta stands alone."]]
 
@@ -336,11 +339,12 @@ def test_outputs_follow_the_umask(mask, hf_dir, tmp_path, monkeypatch):
     """Directories made under a temporary name and renamed into place (mkdtemp: 0700) and
     files written through a temporary file (mkstemp: 0600) get the modes os.makedirs and
     open() give: with umask 022 drwxr-xr-x and -rw-r--r--, with 077 they stay private.
-    Outputs of three commands: `convert` (a model directory: publish_dir, Orbax's files),
-    `vocab` and `prepare` (their own directory writers), and one atomic file."""
+    Outputs of four commands: `convert` (a model directory: publish_dir, Orbax's files),
+    `convert --to hf` (model.safetensors, tokenizer.json), `vocab` and `prepare` (publish_dir
+    and atomic files too), and one atomic file."""
     from bertjax import convert
     from data_pipelines import pretraining_data as pdata
-    from data_pipelines.tokenizers import train_vocab
+    from data_pipelines.vocab import train_vocab
 
     monkeypatch.setattr(storage, "_UMASK", mask)  # read once per process; set for this test
     text = tmp_path / "corpus.txt"
@@ -349,6 +353,7 @@ def test_outputs_follow_the_umask(mask, hf_dir, tmp_path, monkeypatch):
     old = os.umask(mask)
     try:
         convert.convert_to_bertjax("hf", hf_dir[0], str(out / "model"))
+        convert.convert_from_bertjax("hf", str(out / "model"), str(out / "hf"))
         tok = train_vocab([str(text)], kind="wordpiece", vocab_size=300, out_dir=out / "vocab")
         pdata.create_pretraining_data(
             [str(text)], tok, out / "examples", dupe_factor=1, num_output_shards=1, progress=False
@@ -356,7 +361,8 @@ def test_outputs_follow_the_umask(mask, hf_dir, tmp_path, monkeypatch):
         storage.write_json(str(out / "notes.json"), {"a": 1})
     finally:
         os.umask(old)
-    assert sorted(os.listdir(out)) == ["examples", "model", "notes.json", "vocab"]
+    assert sorted(os.listdir(out)) == ["examples", "hf", "model", "notes.json", "vocab"]
+    assert {"model.safetensors", "tokenizer.json"} <= set(os.listdir(out / "hf"))
     dirs, files = _modes(out)
     assert dirs == {0o777 & ~mask}, sorted(map(oct, dirs))
     assert files == {0o666 & ~mask}, sorted(map(oct, files))
@@ -385,3 +391,58 @@ def test_the_umask_is_read_without_changing_it(monkeypatch):
         assert storage._read_umask() == 0o026 and os.umask(old) == 0o026
     finally:
         os.umask(old)
+
+
+def test_workdir_lock_refuses_a_second_run_in_one_line(tmp_path):
+    """Held by another process, the lock stops a second holder at once with one line naming
+    the lock and the flag; released when the holder ends, the next one takes it. A directory
+    the lock created and nothing else wrote is removed again; a bucket URI is not locked."""
+    import subprocess
+
+    work = str(tmp_path / "work")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from bertjax import storage\n"
+         f"with storage.workdir_lock({work!r}):\n"
+         "    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(storage.WorkdirInUseError) as e:
+            with storage.workdir_lock(work):
+                pass
+        assert str(e.value) == (
+            f"{work} is in use by another run (lock {work}/.lock held); wait for it or use "
+            "another --workdir"
+        )
+        with storage.workdir_lock(work, primary=False):  # another process of a multi-host run
+            pass
+    finally:
+        holder.communicate("", timeout=60)
+    with storage.workdir_lock(work):  # released with the holder
+        with open(os.path.join(work, "metrics.jsonl"), "w") as f:
+            f.write("{}\n")
+    with storage.workdir_lock(work):  # released at the end of the block
+        pass
+    assert sorted(os.listdir(work)) == [".lock", "metrics.jsonl"]
+    with storage.workdir_lock(str(tmp_path / "empty")):
+        pass
+    assert not (tmp_path / "empty").exists()
+    with storage.workdir_lock(f"gs://{GCS_BUCKET}/never-made"):
+        pass
+
+
+def test_stale_temporary_outputs_are_removed(tmp_path):
+    """What publish_dir, temp_dir_beside and atomic_open leave when killed is removed; the
+    outputs themselves and other names are kept."""
+    d = tmp_path / "data"
+    (d / "train").mkdir(parents=True)
+    stale = [storage.temp_dir_beside(d / "train"), str(d / "eval.tmp-ab12cd_9"),
+             str(d / "vocab.old-0123abcd"), str(d / ".info.json.tmp-a1b2c3d4")]  # fmt: skip
+    for p in stale[1:3]:
+        os.makedirs(p)
+    open(stale[3], "w").close()
+    (d / "notes.tmp-x").write_text("kept: not a temporary name")
+    assert storage.remove_stale_temps(d) == sorted(stale)
+    assert sorted(os.listdir(d)) == ["notes.tmp-x", "train"]

@@ -21,8 +21,7 @@ import pytest
 from test_finetune import divisible_dir, tiny_config, write_sst2  # noqa: F401 - a fixture
 from test_pretrain import _config, data_dirs  # noqa: F401 - a fixture
 
-from bertjax import finetune as ft
-from bertjax import pretrain, storage, trainer
+from bertjax import pretrain, storage, tasks, trainer
 
 # TensorBoard's loader as an install without TensorFlow runs it (its stub instead of
 # TensorFlow's file reader: the same events, without importing TensorFlow for seconds).
@@ -251,7 +250,7 @@ def test_finetuning_killed_and_resumed(divisible_dir, tmp_path, monkeypatch):  #
     c = tiny_config(divisible_dir, data, "sst2", batch_size=8, num_epochs=2.0, log_every=1)
     c.train.checkpoint_every = 2
     c.mesh.data = 1
-    finetune = functools.partial(ft.finetune, devices=jax.devices()[:1])
+    finetune = functools.partial(tasks.finetune, devices=jax.devices()[:1])
     work = str(tmp_path / "run")
     # Three steps an epoch; checkpoint at step 2; killed after evaluating epoch 1 (step 3).
     _kill_after_write(monkeypatch, 3, "eval")

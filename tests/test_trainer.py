@@ -14,6 +14,7 @@ import optax
 
 from bertjax import checkpoint as ckpt
 from bertjax import pretrain, sharding, trainer
+from data_pipelines import features as F
 
 
 def _records(path: str) -> list[dict]:
@@ -131,7 +132,7 @@ def test_guarded_update_skips_nonfinite_gradients():
 
 def test_pretrain_uses_the_shared_pieces():
     """pretrain.py builds on trainer.py: the names it exposes are trainer's own."""
-    for name in ("TrainState", "MetricWriter", "Preempted", "NonFiniteError", "new_train_state"):
+    for name in ("TrainState", "MetricWriter", "Preemption", "NonFiniteError", "new_train_state"):
         assert getattr(pretrain, name) is getattr(trainer, name)
     assert pretrain.process_batch_block is trainer.process_batch_block
 
@@ -139,7 +140,7 @@ def test_pretrain_uses_the_shared_pieces():
 def test_global_batch_of_one_process_is_the_whole_batch():
     mesh = sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=2, tensor=1), jax.devices())
     rules = sharding.DEFAULT_RULES
-    host = {"input_ids": np.arange(16 * 3, dtype=np.int32).reshape(16, 3)}
+    host = {F.INPUT_IDS: np.arange(16 * 3, dtype=np.int32).reshape(16, 3)}
     batch = trainer.global_batch(mesh, rules, host)
-    np.testing.assert_array_equal(np.asarray(batch["input_ids"]), host["input_ids"])
-    assert batch["input_ids"].sharding == sharding.batch_sharding(mesh, rules, 2)
+    np.testing.assert_array_equal(np.asarray(batch[F.INPUT_IDS]), host[F.INPUT_IDS])
+    assert batch[F.INPUT_IDS].sharding == sharding.batch_sharding(mesh, rules, 2)

@@ -17,7 +17,7 @@ import pytest
 from test_finetune import tiny_config, write_sst2
 
 from bertjax import checkpoint as ckpt
-from bertjax import finetune as ft
+from bertjax import tasks
 from bertjax.main import main
 
 EXTRA_WORDS = ("zzyzx", "qwxvb")
@@ -132,7 +132,7 @@ def test_every_command_refuses_a_vocab_larger_than_the_table(bertjax_dir, tmp_pa
     _assert_mismatch_line(err, n, rows, vocab)
 
     with pytest.raises(ckpt.VocabMismatchError, match=f"has {n} tokens"):
-        ft.finetune(tiny_config(grown, glue_data, "sst2"), str(tmp_path / "ft"))
+        tasks.finetune(tiny_config(grown, glue_data, "sst2"), str(tmp_path / "ft"))
 
     from bertjax.squad import finetune_squad
     from experiments.squad import v1
@@ -234,7 +234,7 @@ def test_padded_embedding_table_works_in_every_command(tmp_path, capsys):
 
     glue_data = str(tmp_path / "glue")
     write_sst2(glue_data, n_train=16, n_dev=8, n_test=4)
-    r = ft.finetune(tiny_config(ck, glue_data, "sst2", num_epochs=1.0), str(tmp_path / "ft"))
+    r = tasks.finetune(tiny_config(ck, glue_data, "sst2", num_epochs=1.0), str(tmp_path / "ft"))
     assert np.isfinite(r["metrics"]["accuracy"])
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from bertjax import checkpoint as ckpt
-from bertjax.features import extract_features, read_examples, split_pair
+from bertjax.extract_features import extract_features, read_examples, split_pair
 from bertjax.model import BertModel
+from data_pipelines import features as F
 from data_pipelines.corpus import CorpusError, CorpusWarning
 from data_pipelines.tokenizers import encode_pair, load_tokenizer
 
@@ -32,9 +33,9 @@ def test_features_match_the_model(bertjax_dir, tmp_path):
     config, params, _ = ckpt.load_model_dir(bertjax_dir)
     enc = encode_pair(tok, "hello world", "the dog sat", 16)
     batch = {
-        "input_ids": enc.input_ids[None],
-        "input_mask": enc.input_mask[None],
-        "segment_ids": enc.segment_ids[None],
+        F.INPUT_IDS: enc.input_ids[None],
+        F.INPUT_MASK: enc.input_mask[None],
+        F.SEGMENT_IDS: enc.segment_ids[None],
     }
     hidden = BertModel(config).apply(
         {"params": params["bert"]}, batch, train=False, output_hidden_states=True
@@ -161,7 +162,7 @@ def test_google_format_is_extract_features_layout(four_layer_dir, tmp_path, caps
         assert all(list(f) == ["token", "layers"] for f in feats)
         assert all([list(x) for x in f["layers"]] == [["index", "values"]] * 4 for f in feats)
         assert all([x["index"] for x in f["layers"]] == [-1, -2, -3, -4] for f in feats)
-        batch = {k: getattr(enc, k)[None] for k in ("input_ids", "input_mask", "segment_ids")}
+        batch = {k: getattr(enc, k)[None] for k in (F.INPUT_IDS, F.INPUT_MASK, F.SEGMENT_IDS)}
         hidden = model.apply(
             {"params": params["bert"]}, batch, train=False, output_hidden_states=True
         )["hidden_states"]  # the embedding output, then the 4 layers

@@ -29,6 +29,7 @@ from bertjax import checkpoint as ckpt
 from bertjax import storage
 from bertjax.model import BertModel
 from data_pipelines import corpus
+from data_pipelines.features import INPUT_IDS, INPUT_MASK, SEGMENT_IDS
 
 # google-research/bert's extract_features.py: the pattern is matched against the stripped
 # line, and the greedy first group makes the *last* " ||| " the boundary.
@@ -166,11 +167,9 @@ def extract_features(
                 pad = batch_size - len(rows)
                 ids = np.stack([r.input_ids for r in rows] + [rows[0].input_ids] * pad)
                 batch = {
-                    "input_ids": ids,
-                    "input_mask": np.stack(
-                        [r.input_mask for r in rows] + [rows[0].input_mask] * pad
-                    ),
-                    "segment_ids": np.stack(
+                    INPUT_IDS: ids,
+                    INPUT_MASK: np.stack([r.input_mask for r in rows] + [rows[0].input_mask] * pad),
+                    SEGMENT_IDS: np.stack(
                         [r.segment_ids for r in rows] + [rows[0].segment_ids] * pad
                     ),
                 }

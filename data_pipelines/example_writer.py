@@ -1,0 +1,221 @@
+"""The machinery under `create_pretraining_data`: the worker pool and the shard writers.
+
+`TaskPool` runs the example-creation tasks of `data_pipelines.pretraining_data` on
+spawned worker processes (or lazily in the calling process); `ShardWriter` deals the
+finished records round-robin over the shard files of a dataset directory, in the
+ArrayRecord format of `data_pipelines.records` or as google-research/bert's TFRecord
+features. Nothing here decides what an example is, so the output does not depend on the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from bertjax import storage
+from data_pipelines import features as F
+from data_pipelines.records import (
+    ARRAYRECORD_WRITER_OPTIONS,
+    OutputFormat,
+    decode_record,
+    shard_file_name,
+)
+
+TFRECORD_NEEDS = "writing TFRecord files (output_format tfrecord)"
+
+
+# ---------------------------------------------------------------------------------------
+# The worker pool.
+
+
+class _SpawnWithoutMainProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that does not re-run the parent's `__main__` script.
+
+    Spawned children normally re-execute the main script (as `__mp_main__`); a script
+    that calls `create_pretraining_data` without an `if __name__ == "__main__":` guard
+    then recurses and the pool breaks or hangs. The workers need nothing from
+    `__main__` (tasks live in library modules, tokenizers pickle by value), so the main
+    module is hidden while a child's preparation data is collected.
+    """
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:  # noqa: N802 (multiprocessing's name)
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+        finally:
+            sys.modules["__main__"] = main
+
+
+class _SpawnWithoutMain(multiprocessing.context.SpawnContext):
+    Process = _SpawnWithoutMainProcess
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(make_context: Callable[..., Any], context_args: tuple) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core instead
+    _WORKER["context"] = make_context(*context_args)
+
+
+def _worker_task(fn: Callable[..., Any], args: tuple) -> Any:
+    return fn(_WORKER["context"], *args)
+
+
+class _Lazy:
+    """A serial stand-in for a Future: runs the task when its result is needed."""
+
+    def __init__(self, fn: Any, *args: Any):
+        self._fn, self._args = fn, args
+
+    def result(self) -> Any:
+        return self._fn(*self._args)
+
+
+class TaskPool:
+    """Runs tasks ``fn(context, *args)`` on `num_workers` spawned processes.
+
+    Each process builds its ``context = make_context(*context_args)`` once (e.g. the
+    tokenizer and its word cache). `fn` and `make_context` are module-level functions
+    (sent by name); `context_args` and the task arguments are pickled. `submit` returns an
+    object with ``result()``; the caller takes results in submission order. Workers are
+    spawned (safe from a process that already imported JAX or TensorFlow) without
+    re-running the caller's ``__main__``. With ``num_workers <= 1`` everything runs in the
+    calling process, each task when its result is asked for. A worker that dies raises
+    `concurrent.futures.process.BrokenProcessPool` from ``result()``.
+    """
+
+    def __init__(
+        self, num_workers: int, make_context: Callable[..., Any], context_args: tuple = ()
+    ):
+        self._pool = None
+        self._context = None
+        if num_workers > 1:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                num_workers,
+                mp_context=_SpawnWithoutMain(),
+                initializer=_worker_init,
+                initargs=(make_context, context_args),
+            )
+        else:
+            self._context = make_context(*context_args)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._pool is None:
+            return _Lazy(fn, self._context, *args)
+        return self._pool.submit(_worker_task, fn, args)
+
+    def close(self) -> None:
+        """Stops the workers now: tasks not started are cancelled."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Shard files.
+
+
+class _ArrayRecordShard:
+    def __init__(self, path: str):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self._writer = ArrayRecordWriter(path, ARRAYRECORD_WRITER_OPTIONS)
+
+    def write(self, record: bytes) -> None:
+        self._writer.write(record)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _TFRecordShard:
+    """Records re-encoded as `tf.train.Example`s of google-research/bert's features."""
+
+    def __init__(
+        self, path: str, *, max_seq_length: int, max_predictions_per_seq: int, pad_id: int
+    ):
+        tf = storage.require_extra("tensorflow", TFRECORD_NEEDS)
+        self._tf = tf
+        self._writer = tf.io.TFRecordWriter(path)
+        self._shape = dict(
+            max_seq_length=max_seq_length,
+            max_predictions_per_seq=max_predictions_per_seq,
+            pad_id=pad_id,
+        )
+
+    def write(self, record: bytes) -> None:
+        tf = self._tf
+        ex = decode_record(record, **self._shape)
+
+        def ints(v: np.ndarray) -> Any:
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=np.ravel(v).tolist()))
+
+        feats = {k: ints(ex[k]) for k in F.PRETRAINING_FEATURES if k != F.MASKED_LM_WEIGHTS}
+        feats[F.MASKED_LM_WEIGHTS] = tf.train.Feature(
+            float_list=tf.train.FloatList(value=ex[F.MASKED_LM_WEIGHTS].tolist())
+        )
+        example = tf.train.Example(features=tf.train.Features(feature=feats))
+        # Sorted feature keys: the default order of a protobuf map follows a per-process
+        # hash seed, so the bytes would differ from run to run.
+        self._writer.write(example.SerializeToString(deterministic=True))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class ShardWriter:
+    """`num_shards` shard files in `directory`, the records dealt round-robin over them.
+
+    `names` are the files (`data_pipelines.records.shard_file_name`), `counts` the records
+    written to each. TFRecord shards re-encode each record as a `tf.train.Example` (so they
+    need the example shape: `max_seq_length`, `max_predictions_per_seq`, `pad_id`).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        num_shards: int,
+        output_format: OutputFormat,
+        *,
+        max_seq_length: int,
+        max_predictions_per_seq: int,
+        pad_id: int,
+    ):
+        self.names = [shard_file_name(i, num_shards, output_format) for i in range(num_shards)]
+        paths = [os.path.join(os.fspath(directory), n) for n in self.names]
+        if output_format == "arrayrecord":
+            self._shards: list[Any] = [_ArrayRecordShard(p) for p in paths]
+        else:
+            shape = dict(
+                max_seq_length=max_seq_length,
+                max_predictions_per_seq=max_predictions_per_seq,
+                pad_id=pad_id,
+            )
+            self._shards = [_TFRecordShard(p, **shape) for p in paths]
+        self.counts = [0] * num_shards
+        self._next = 0
+
+    def write(self, records: Iterable[bytes]) -> None:
+        n = len(self._shards)
+        for record in records:
+            self._shards[self._next].write(record)
+            self.counts[self._next] += 1
+            self._next = (self._next + 1) % n
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.counts)
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
