@@ -61,7 +61,7 @@ class ModelConfig:
     type_vocab_size: int = 2  # segment ids (sentence A / B)
     hidden_act: str = "gelu"  # gelu = exact erf form, as the original BERT (ACTIVATIONS)
     hidden_dropout_rate: float = 0.1  # dropout on embeddings and sub-layer outputs
-    attention_dropout_rate: float = 0.1  # dropout on attention probabilities (0 = fused kernel)
+    attention_dropout_rate: float = 0.1  # dropout on attention probabilities (as BERT)
     layer_norm_eps: float = 1e-12  # LayerNorm epsilon (BERT's)
     initializer_range: float = 0.02  # stddev of the truncated-normal initialiser
     dtype: str = "float32"  # compute dtype of matmuls and activations; bfloat16 on GPU/TPU

@@ -43,7 +43,7 @@ class ModelOverrides:
     """Fields of the checkpoint's ModelConfig replaced for fine-tuning; None keeps its value."""
 
     hidden_dropout_rate: float | None = 0.1  # dropout on embeddings, sub-layers and the head
-    attention_dropout_rate: float | None = 0.1  # on attention probabilities (0 = fused kernel)
+    attention_dropout_rate: float | None = 0.1  # dropout on attention probabilities
     dtype: str | None = None  # compute dtype (None = checkpoint's; bfloat16)
     param_dtype: str | None = None  # master weights (None = checkpoint's)
     remat: bool | None = None  # recompute layers (None = checkpoint's)

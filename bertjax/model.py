@@ -285,8 +285,8 @@ class SelfAttention(nn.Module):
             probs = Dropout(c.attention_dropout_rate)(probs, deterministic=False)
             out = jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)  # [B, T, H, K]
         else:
-            # Routed through jax.nn.dot_product_attention so backends with a fused
-            # (cuDNN / TPU) kernel use it; its XLA fallback computes softmax in fp32.
+            # jax.nn.dot_product_attention with JAX's default implementation (XLA's in
+            # JAX 0.10, softmax in fp32); benchmarks/accelerator_check.py times cuDNN's.
             out = jax.nn.dot_product_attention(q, key, v, mask=mask)  # [B, T, H, K]
         return _constrain(out, names)
 
