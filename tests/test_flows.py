@@ -40,6 +40,7 @@ TINY_MODEL = [
     "--config.model.hidden_size=32",
     "--config.model.num_heads=2",
     "--config.model.intermediate_size=64",
+    "--config.model.hidden_dropout_rate=0.1",  # the demo config has none; keep it exercised
 ]
 
 

@@ -91,6 +91,7 @@ def _config(data_dirs, **over):
         num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=32
     ).items():
         setattr(c.model, k, v)
+    c.model.hidden_dropout_rate = c.model.attention_dropout_rate = 0.1  # the demo has none
     c.train.num_steps = 6
     c.train.batch_size = 8
     c.train.log_every = 1
@@ -410,6 +411,8 @@ def _cli(workdir: str, data_dirs, steps: int) -> list[str]:
         "--config.model.num_heads=2",
         "--config.model.intermediate_size=64",
         "--config.model.max_position_embeddings=32",
+        "--config.model.hidden_dropout_rate=0.1",
+        "--config.model.attention_dropout_rate=0.1",
         f"--config.train.num_steps={steps}",
         "--config.train.batch_size=8",
         "--config.train.log_every=1",
