@@ -10,12 +10,15 @@ number of workers.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
 import os
+import pickle
 import sys
+import tempfile
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,8 +66,11 @@ class _SpawnWithoutMain(multiprocessing.context.SpawnContext):
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(make_context: Callable[..., Any], context_args: tuple) -> None:
+def _worker_init(make_context: Callable[..., Any], context_file: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core instead
+    # The parent's own pickle of `context_args` (see TaskPool), not user data.
+    with open(context_file, "rb") as f:
+        context_args = pickle.load(f)
     _WORKER["context"] = make_context(*context_args)
 
 
@@ -93,6 +99,11 @@ class TaskPool:
     re-running the caller's ``__main__``. With ``num_workers <= 1`` everything runs in the
     calling process, each task when its result is asked for. A worker that dies raises
     `concurrent.futures.process.BrokenProcessPool` from ``result()``.
+
+    `context_args` reach the workers through a temporary file (removed by `close`), not
+    with the spawn data: a spawn payload larger than a pipe's buffer (64 KiB; a tokenizer
+    and its masking tables are ~300 KB) blocks the parent until the child has started
+    Python and imported its modules, one worker after the other (~0.25 s each).
     """
 
     def __init__(
@@ -100,12 +111,16 @@ class TaskPool:
     ):
         self._pool = None
         self._context = None
+        self._context_file = None
         if num_workers > 1:
+            fd, self._context_file = tempfile.mkstemp(prefix="bertjax-workers-", suffix=".pkl")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(context_args, f, protocol=pickle.HIGHEST_PROTOCOL)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 num_workers,
                 mp_context=_SpawnWithoutMain(),
                 initializer=_worker_init,
-                initargs=(make_context, context_args),
+                initargs=(make_context, self._context_file),
             )
         else:
             self._context = make_context(*context_args)
@@ -119,6 +134,9 @@ class TaskPool:
         """Stops the workers now: tasks not started are cancelled."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._context_file is not None:
+            os.unlink(self._context_file)
+            self._context_file = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,9 +148,7 @@ class _ArrayRecordShard:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         self._writer = ArrayRecordWriter(path, ARRAYRECORD_WRITER_OPTIONS)
-
-    def write(self, record: bytes) -> None:
-        self._writer.write(record)
+        self.write = self._writer.write  # write(record: bytes), called once per record
 
     def close(self) -> None:
         self._writer.close()
@@ -205,12 +221,16 @@ class ShardWriter:
         self.counts = [0] * num_shards
         self._next = 0
 
-    def write(self, records: Iterable[bytes]) -> None:
+    def write(self, records: Sequence[bytes]) -> None:
+        """Deals `records` on from where the last call stopped: record i of this call goes
+        to shard ``(next + i) % num_shards``."""
         n = len(self._shards)
-        for record in records:
-            self._shards[self._next].write(record)
-            self.counts[self._next] += 1
-            self._next = (self._next + 1) % n
+        for k, shard in enumerate(self._shards):
+            mine = records[(k - self._next) % n :: n]
+            # A C-level loop over this shard's records (a deque of length 0 keeps nothing).
+            collections.deque(map(shard.write, mine), maxlen=0)
+            self.counts[k] += len(mine)
+        self._next = (self._next + len(records)) % n
 
     @property
     def num_examples(self) -> int:

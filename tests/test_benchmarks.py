@@ -328,3 +328,23 @@ def test_accelerator_check_hard_time_limit_leaves_its_files(tmp_path):
     assert not data["complete"]
     assert data["skipped"][-1]["reason"] == "hard time limit of 1 s reached"
     assert "hard time limit of 1 s reached" in (out / "accelerator_check.md").read_text()
+
+
+def test_prepare_data_benchmark_runs_and_reports_json(tmp_path):
+    # A small corpus, a small vocab, one pass, one run: the script's own plumbing.
+    text = "\n\n".join(
+        "\n".join(f"Document {d} sentence {s} says word{d * 7 + s} here." for s in range(6))
+        for d in range(40)
+    )
+    (tmp_path / "corpus.txt").write_text(text + "\n")
+    cmd = [
+        sys.executable,
+        *("-m", "benchmarks.prepare_data", "--corpus", str(tmp_path / "corpus.txt")),
+        *("--vocab_size", "300", "--dupe_factor", "1", "--runs", "1", "--num_workers", "1"),
+        *("--workdir", str(tmp_path / "work"), "--json"),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["num_examples"] > 0 and result["create_seconds_1w"] > 0
+    assert "speedup" not in result  # no --reference given

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import os
 
 import pytest
 
@@ -19,6 +20,19 @@ def test_pool_results_come_in_submission_order_with_the_context(num_workers):
         assert pool.submit(operator.add, 1).result() == 8
     finally:
         pool.close()
+
+
+def test_pool_context_larger_than_a_pipe_reaches_every_worker_and_its_file_goes():
+    # A 1 MB context (a pipe holds 64 KiB) goes to the workers through a temporary file.
+    pool = example_writer.TaskPool(2, len, ("x" * 1_000_000,))
+    context_file = pool._context_file
+    try:
+        assert os.path.exists(context_file)
+        futures = [pool.submit(operator.add, x) for x in range(8)]
+        assert [f.result() for f in futures] == [1_000_000 + x for x in range(8)]
+    finally:
+        pool.close()
+    assert not os.path.exists(context_file)
 
 
 def test_shards_are_dealt_round_robin(tmp_path):
