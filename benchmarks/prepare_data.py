@@ -19,12 +19,13 @@ Measures, on one corpus and one vocabulary:
   is ours (without the interpreter start-up, with the worker start-up).
 
 The default corpus is the embedded one (CPython's documentation, written on the fly);
-`--repeat N` concatenates it N times for a longer, steadier run. The default vocabulary
+`--repeat N` concatenates it N times for a longer, steadier run; `--size_mb X` repeats it
+and cuts it at a document end at X MB (the README's figure: `--size_mb 4`). The default vocabulary
 is a WordPiece vocabulary trained on the corpus. Figures are printed; with `--json`, a
 final line holds them as JSON.
 
   python -m benchmarks.prepare_data --json
-  python -m benchmarks.prepare_data --reference ~/bert/create_pretraining_data.py
+  python -m benchmarks.prepare_data --size_mb 4 --reference ~/bert/create_pretraining_data.py
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", help="text file(s) in BERT's format (default: embedded corpus)")
     p.add_argument("--repeat", type=int, default=1, help="concatenate the corpus N times")
+    p.add_argument(
+        "--size_mb",
+        type=float,
+        help="instead of --repeat: the corpus repeated and cut at a document end to this size",
+    )
     p.add_argument("--vocab", help="vocab.txt / tokenizer directory (default: train one)")
     p.add_argument("--vocab_size", type=int, default=30522, help="size of the trained vocab")
     p.add_argument("--max_seq_length", type=int, default=128)
@@ -145,13 +151,19 @@ def main(argv: list[str] | None = None) -> dict:
             corpus_sources.write_embedded_corpus(sources[0])
             name = "embedded (CPython documentation)"
         path = os.path.join(work, "bench_corpus.txt")
+        texts = []
+        for src in sources:
+            with open(src, "rb") as f:
+                data = f.read()
+            texts.append((data if data.endswith(b"\n") else data + b"\n") + b"\n")
+        text = b"".join(texts) * args.repeat
+        if args.size_mb:
+            # The sources over and over, cut at the last document end before the size.
+            target = int(args.size_mb * 1e6)
+            text = b"".join(texts) * (target // max(1, len(text)) + 1)
+            text = text[: text.rfind(b"\n\n", 0, target) + 2]
         with open(path, "wb") as out:
-            for _ in range(args.repeat):
-                for src in sources:
-                    with open(src, "rb") as f:
-                        data = f.read()
-                    out.write(data if data.endswith(b"\n") else data + b"\n")
-                    out.write(b"\n")
+            out.write(text)
         size = os.path.getsize(path)
         mb = size / 1e6
 
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
                 overwrite=True,
             )
         vocab_file = getattr(tok, "vocab_file", None)
-        print(f"corpus: {name} x{args.repeat}: {mb:.2f} MB")
+        print(f"corpus: {name}: {mb:.2f} MB")
         print(f"vocab: {tok.kind}, {tok.vocab_size} tokens")
 
         # Tokenization alone.
