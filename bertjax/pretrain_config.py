@@ -123,6 +123,11 @@ class PretrainConfig:
         """
         top = {"model", "data", "optim", "train", "mesh", "eval", "seed", "init_checkpoint"}
         unknown = sorted(set(config.keys()) - top)
+        if "task" in unknown:
+            raise ValueError(
+                "config: a fine-tuning config (it has a task group), not a pre-training one; "
+                "run it with `bertjax finetune --config ...`"
+            )
         if unknown:
             raise ValueError(f"config: unknown keys {unknown}; known: {sorted(top)}")
         model = dict(config.model.to_dict())

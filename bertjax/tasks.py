@@ -21,7 +21,14 @@ from bertjax.finetune_task import TaskFamily
 
 def task_family(config: Any) -> TaskFamily:
     """The family of `config.task.name`: SQuAD (squad_v1, squad_v2), NER (ner.py's task
-    names) or GLUE (the rest; an unknown name is then an error of `glue_task.GlueConfig`)."""
+    names) or GLUE (the rest; an unknown name is then an error of `glue_task.GlueConfig`).
+
+    Raises ValueError for a config without a task group (a pre-training config)."""
+    if "task" not in config:
+        raise ValueError(
+            "config: a pre-training config (it has no task group), not a fine-tuning one; "
+            "run it with `bertjax train --config ...`"
+        )
     if squad.is_squad_config(config):
         return squad.FAMILY
     if ner.is_ner_config(config):

@@ -465,6 +465,23 @@ def test_config_errors_are_one_line_for_every_config_command(argv, line, tmp_pat
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.parametrize(
+    "argv,line",
+    [
+        (["train", "--config", "glue/mrpc"],
+         "config: a fine-tuning config (it has a task group), not a pre-training one; run it "
+         "with `bertjax finetune --config ...`"),
+        (["finetune", "--config", "tiny_demo"],
+         "config: a pre-training config (it has no task group), not a fine-tuning one; run it "
+         "with `bertjax train --config ...`"),
+    ],
+)  # fmt: skip
+def test_a_config_given_to_the_other_command_says_which_command(argv, line, tmp_path, capsys):
+    code, _, err = _run([*argv, "--workdir", str(tmp_path / "w")], capsys)
+    assert code == 1 and err == f"bertjax {argv[0]}: error: {line}\n", err
+    assert not os.path.exists(tmp_path / "w")
+
+
 # --- Progress bars: units, totals, and steps counted when the device has run them --------------
 
 
