@@ -94,6 +94,29 @@ def layer_norm(config: ModelConfig, name: str = "LayerNorm") -> nn.LayerNorm:
     )
 
 
+def _flat_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+    """`lax.dot_general` of `nn.DenseGeneral` (trailing dims of `lhs` against the leading
+    dims of `rhs`, no batch dims) as one 2-D matmul [..., K] x [K, F].
+
+    The attention projections keep their [D, H, K] / [H, K, D] kernels (checkpoints and
+    sharding rules name those axes), but computed on the kernel's free 2-D view, XLA's CPU
+    backend no longer copies every such kernel into a transposed layout each step (0.18 s
+    per bert-base step of batch 8; the step measured ~2.5% faster). Same values.
+    """
+    (lhs_contract, rhs_contract), _ = dimension_numbers
+    n = len(lhs_contract)
+    lead = lhs.shape[: lhs.ndim - n]
+    k = int(np.prod(rhs.shape[:n]))
+    out = jax.lax.dot_general(
+        lhs.reshape(*lead, k),
+        rhs.reshape(k, -1),
+        (((len(lead),), (0,)), ((), ())),
+        precision=precision,
+        **kwargs,
+    )
+    return out.reshape(*lead, *rhs.shape[n:])
+
+
 def dense(config: ModelConfig, features: int, names: tuple[str | None, str | None], name: str):
     return nn.Dense(
         features,
@@ -267,6 +290,7 @@ class SelfAttention(nn.Module):
                 kernel_init=_kernel_init(c, ("embed", "heads", "kv")),
                 bias_init=_zeros(("heads", "kv")),
                 name=name,
+                dot_general=_flat_dot_general,
                 **_dtypes(c),
             )(x)
 
@@ -305,6 +329,7 @@ class AttentionOutput(nn.Module):
             kernel_init=_kernel_init(c, ("heads", "kv", "embed")),
             bias_init=_zeros(("embed",)),
             name="dense",
+            dot_general=_flat_dot_general,
             **_dtypes(c),
         )(heads)  # [B, T, D]
         y = Dropout(c.hidden_dropout_rate)(y, deterministic=not train)
