@@ -6,6 +6,13 @@ systems. `interleaved` runs the systems in turns (round 1: A then B, round 2: A 
 ...), each turn timing `steps` steps, and reports each system's median turn. On a CPU
 the matmul peak is measured in every round as well and the highest is kept, so the MFU
 it gives is a lower bound.
+
+Each turn starts with one untimed step. The first step after the other system's turn
+pays for that turn's memory churn: on this development machine (a virtual machine that
+hands freed memory back to its host), bertjax's first fine-tuning step at batch 32 after
+a transformers turn took 18.8–20.5 s against 11.2–11.6 s for the next one, its threads
+spending 34 s of CPU time instead of 21 s on the same work, with no page faults to show
+for it. Whichever system runs second in a round would be charged for the other.
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ def interleaved(
         if on_cpu:
             peaks.append(flops.measured_cpu_peak_flops())
         for name, run in runners.items():
+            run(1)  # untimed: the first step after the other system's turn (module doc)
             per_round[name].append(run(steps) / steps)
     if on_cpu:
         peak, source = max(peaks), f"measured fp32 matmul on this CPU (best of {rounds} rounds)"

@@ -11,8 +11,8 @@ positions) / step time / peak, with the device's datasheet bf16 peak on GPU/TPU 
 CPU, a peak measured in this run by a large jitted matmul.
 
 Timing (benchmarks/harness.py): bertjax and the peer run in turns, `--rounds` turns of
-`--steps` steps each, and each reports its median turn; on a CPU the matmul peak is
-measured every round and the highest kept.
+`--steps` timed steps each (after one untimed step), and each reports its median turn; on
+a CPU the matmul peak is measured every round and the highest kept.
 
 With --peer the same step runs in Hugging Face transformers' BertForPreTraining on
 PyTorch (same shapes, batch, masked positions, AdamW, clipping; it computes MLM logits at
