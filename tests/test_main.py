@@ -748,7 +748,14 @@ def test_a_signal_outside_training_removes_temporary_outputs(signum, tmp_path, c
     define = main_module.COMMANDS["prepare"][0]
     monkeypatch.setitem(main_module.COMMANDS, "prepare", (define, run, ""))
     argv = ["prepare", "--input", "x.txt", "--vocab", "v", "--output", str(out)]
-    code, _, err = _run(argv, capsys)
+    # A process started in the background by a non-interactive shell (`make test &`, nohup)
+    # inherits SIGINT ignored, and Python then keeps it ignored: give this test Python's
+    # usual Ctrl-C, as a terminal user has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err = _run(argv, capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     word = "terminated" if signum == "SIGTERM" else "interrupted"
     assert (code, err.strip()) == (143 if signum == "SIGTERM" else 130, f"bertjax prepare: {word}")
     assert os.listdir(tmp_path) == []
