@@ -38,9 +38,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bertjax import storage
-from bertjax.config import ModelConfig, read_json
+from bertjax.config import CONFIG_FILE, ModelConfig, read_json
 
-CONFIG_FILE = "bertjax_config.json"
 PARAMS_DIR = "params"
 FORMAT_VERSION = 1
 HEAD_GROUPS = ("pooler", "mlm", "nsp")

@@ -14,6 +14,8 @@ from typing import Any
 
 from bertjax import storage
 
+CONFIG_FILE = "bertjax_config.json"  # a model directory's ModelConfig (bertjax.checkpoint)
+
 # name: (num_layers, hidden_size, num_heads, intermediate_size)
 # The small sizes are the "well-read students" BERT miniatures (Turc et al., 2019).
 MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {

@@ -549,12 +549,19 @@ def _prepare_paths(fv: flags.FlagValues) -> dict[str, str]:
 
 
 def _run_prepare(fv: flags.FlagValues) -> None:
-    from bertjax import checkpoint as ckpt
+    from bertjax import storage
+    from bertjax.config import CONFIG_FILE
     from data_pipelines.pretraining_data import create_pretraining_data
+    from data_pipelines.tokenizers import load_tokenizer
 
     paths = _prepare_paths(fv)
-    # A checkpoint as --vocab: its ids must have rows in its embedding table.
-    tokenizer = ckpt.load_checked_tokenizer(paths["vocab"], do_lower_case=fv.do_lower_case)
+    if storage.isfile(storage.join(paths["vocab"], CONFIG_FILE)):
+        # A checkpoint as --vocab: its ids must have rows in its embedding table.
+        from bertjax import checkpoint as ckpt
+
+        tokenizer = ckpt.load_checked_tokenizer(paths["vocab"], do_lower_case=fv.do_lower_case)
+    else:  # without importing JAX (a Ctrl-C in its gc callback would be lost)
+        tokenizer = load_tokenizer(paths["vocab"], do_lower_case=fv.do_lower_case)
     info = create_pretraining_data(
         paths["input"].split(","),
         tokenizer,

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import tempfile
+import threading
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,10 +67,20 @@ class _SpawnWithoutMain(multiprocessing.context.SpawnContext):
 
 
 _WORKER: dict[str, Any] = {}
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _worker_init(make_context: Callable[..., Any], context_file: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core instead
+    # Ctrl-C and SIGTERM reach the whole process group. The parent stops the pool (tasks
+    # not started are cancelled, running ones finish); a worker killed by the signal
+    # halfway through sending a result would leave the parent waiting for the rest of
+    # it forever.
+    # They were blocked from the start (TaskPool.submit spawns with them blocked); set to
+    # ignored, what arrived during start-up is discarded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     # The parent's own pickle of `context_args` (see TaskPool), not user data.
     with open(context_file, "rb") as f:
         context_args = pickle.load(f)
@@ -114,28 +127,56 @@ class TaskPool:
         self._context_file = None
         if num_workers > 1:
             fd, self._context_file = tempfile.mkstemp(prefix="bertjax-workers-", suffix=".pkl")
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(context_args, f, protocol=pickle.HIGHEST_PROTOCOL)
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                num_workers,
-                mp_context=_SpawnWithoutMain(),
-                initializer=_worker_init,
-                initargs=(make_context, self._context_file),
-            )
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    pickle.dump(context_args, f, protocol=pickle.HIGHEST_PROTOCOL)
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    num_workers,
+                    mp_context=_SpawnWithoutMain(),
+                    initializer=_worker_init,
+                    initargs=(make_context, self._context_file),
+                )
+            except BaseException:
+                self._remove_context_file()
+                raise
         else:
             self._context = make_context(*context_args)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._pool is None:
             return _Lazy(fn, self._context, *args)
-        return self._pool.submit(_worker_task, fn, args)
+        # `submit` may spawn a worker: it inherits SIGINT and SIGTERM blocked, so a Ctrl-C
+        # while it starts Python cannot kill it (see _worker_init). Here they are only
+        # delayed until the submission returns.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            return self._pool.submit(_worker_task, fn, args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def close(self) -> None:
-        """Stops the workers now: tasks not started are cancelled."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stops the workers: tasks not started are cancelled, running ones finish (the
+        workers ignore SIGINT and SIGTERM, which the caller handles). Until they have,
+        this process ignores SIGINT and SIGTERM too (a task takes seconds at most): a
+        second Ctrl-C would interrupt the shutdown halfway and leave the pool's threads
+        waiting forever at exit. The context file is removed in any case."""
+        shield = self._pool is not None and threading.current_thread() is threading.main_thread()
+        previous = {}
+        try:
+            if shield:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    previous[signum] = signal.signal(signum, signal.SIG_IGN)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._remove_context_file()
+
+    def _remove_context_file(self) -> None:
         if self._context_file is not None:
-            os.unlink(self._context_file)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._context_file)
             self._context_file = None
 
 

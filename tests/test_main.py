@@ -760,3 +760,68 @@ def test_a_signal_outside_training_removes_temporary_outputs(signum, tmp_path, c
     assert (code, err.strip()) == (143 if signum == "SIGTERM" else 130, f"bertjax prepare: {word}")
     assert os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
+
+
+def test_ctrl_c_twice_stops_prepare_with_workers_cleanly(tmp_path):
+    """Two Ctrl-C to the whole process group while `prepare` runs 2 worker processes: exit
+    130 with one line, no traceback (the workers ignore the signal), no hang, nothing left
+    (output, temporary directory, the workers' context file)."""
+    import signal
+    import time
+
+    from tests import _data_helpers as h
+
+    corpus = h.write_corpus(tmp_path / "corpus.txt", h.make_documents(15_000, seed=3))
+    vocab = h.write_vocab(tmp_path)
+    out = tmp_path / "examples"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "bertjax"),
+        *("prepare", "--input", corpus, "--vocab", vocab, "--output", str(out)),
+        *("--num_workers", "2", "--dupe_factor", "10"),
+    ]
+    env = dict(os.environ, TMPDIR=str(tmp))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
+    seen = b""
+    while b"pretraining data" not in seen:  # the progress bar: reading has begun
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = (seen + err).decode(errors="replace")
+    # 130, or killed by the second SIGINT once the first one's cleanup is done: the shell
+    # shows 130 for both.
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert err.strip().splitlines()[-1].endswith("bertjax prepare: interrupted"), err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["corpus.txt", "tmp", "vocab.txt"]
+    assert os.listdir(tmp) == []
+
+
+def test_prepare_from_a_vocab_file_does_not_import_jax(tmp_path):
+    # JAX's gc callback swallows a KeyboardInterrupt that lands in it: a command that does
+    # not need JAX does not load it.
+    from tests import _data_helpers as h
+
+    corpus = h.write_corpus(tmp_path / "corpus.txt", h.make_documents(30, seed=1))
+    vocab = h.write_vocab(tmp_path)
+    code = (
+        "import sys\nfrom bertjax import main\n"
+        "try:\n"
+        f"    main.main(['bertjax', 'prepare', '--input', {corpus!r}, '--vocab', {vocab!r},"
+        f" '--output', {str(tmp_path / 'out')!r}, '--dupe_factor', '1'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('jax' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False", res.stdout
+    assert os.path.isdir(tmp_path / "out")

@@ -11,8 +11,8 @@ examples are prepared into WORKDIR/data on the first run. Every 50th document is
     TPU slice: not useful at this size; see bert_base.py.
 
 Expected (measured, 2 CPU cores): about 3 minutes, data preparation included; held-out
-masked-LM accuracy ~21%, against 3.5% for always guessing the most frequent masked token
-(`mlm_majority_baseline`); NSP accuracy ~71%, against 59% for always answering the more
+masked-LM accuracy 20–21%, against 3.5% for always guessing the most frequent masked token
+(`mlm_majority_baseline`); NSP accuracy 71–73%, against 59–61% for always answering the more
 frequent label (`nsp_majority_baseline`: short documents get more random next segments).
 The run ends with the summary every pre-training run prints and the model's top 5 for
 a masked word in 3 held-out sentences.
