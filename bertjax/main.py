@@ -511,7 +511,11 @@ def _define_prepare(fv: flags.FlagValues, argv: list[str]) -> None:
     )
     flags.DEFINE_integer("num_shards", 8, "Output shards.", flag_values=fv)
     flags.DEFINE_integer(
-        "num_workers", None, "Worker processes (default: all cores).", flag_values=fv
+        "num_workers",
+        None,
+        "Worker processes (default: one per 8 MB of input, up to the cores; 1 runs everything "
+        "in this process).",
+        flag_values=fv,
     )
     flags.DEFINE_enum(
         "output_format",
