@@ -75,9 +75,8 @@ def _worker_init(make_context: Callable[..., Any], context_file: str) -> None:
     # Ctrl-C and SIGTERM reach the whole process group. The parent stops the pool (tasks
     # not started are cancelled, running ones finish); a worker killed by the signal
     # halfway through sending a result would leave the parent waiting for the rest of
-    # it forever.
-    # They were blocked from the start (TaskPool.submit spawns with them blocked); set to
-    # ignored, what arrived during start-up is discarded.
+    # it forever. So workers ignore both; they were blocked since the worker was spawned
+    # (TaskPool.submit), and what arrived during start-up is discarded once ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
@@ -170,7 +169,8 @@ class TaskPool:
                 self._pool.shutdown(wait=True, cancel_futures=True)
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                if handler is not None:  # None: a handler installed outside Python, kept
+                    signal.signal(signum, handler)
             self._remove_context_file()
 
     def _remove_context_file(self) -> None:
