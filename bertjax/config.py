@@ -16,6 +16,23 @@ from bertjax import storage
 
 CONFIG_FILE = "bertjax_config.json"  # a model directory's ModelConfig (bertjax.checkpoint)
 
+
+def check_config_kind(config: Any, *, fine_tuning: bool) -> None:
+    """ValueError when a pre-training config goes where a fine-tuning one belongs, or the
+    reverse: fine-tuning configs (GLUE, SQuAD, NER) have a `task` group, pre-training
+    ones do not. The message names the command that runs the config."""
+    if fine_tuning and "task" not in config:
+        raise ValueError(
+            "config: a pre-training config (it has no task group), not a fine-tuning one; "
+            "run it with `bertjax train --config ...`"
+        )
+    if not fine_tuning and "task" in config:
+        raise ValueError(
+            "config: a fine-tuning config (it has a task group), not a pre-training one; "
+            "run it with `bertjax finetune --config ...`"
+        )
+
+
 # name: (num_layers, hidden_size, num_heads, intermediate_size)
 # The small sizes are the "well-read students" BERT miniatures (Turc et al., 2019).
 MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {

@@ -673,11 +673,29 @@ def _flag_error(e: Exception, args: list[str]) -> str:
     return message
 
 
-def _config_key_error(args: list[str]) -> str | None:
-    """One line for the first `--config.a.b` override that names no field of the config
-    given by `--config`: "unknown config key a.b (did you mean a.c?)", or the keys of its
-    group when none is close. None when every override names a field, or when the config
-    does not load here (the flag error then speaks for itself)."""
+# Commands whose --config is a pre-training (False) or a fine-tuning (True) config.
+_CONFIG_KIND = {"train": False, "finetune": True}
+
+
+def _config_kind_error(command: str, config: Any) -> str | None:
+    """The line of `config.check_config_kind` when `config` belongs to the other command."""
+    from bertjax.config import check_config_kind
+
+    if command not in _CONFIG_KIND:
+        return None
+    try:
+        check_config_kind(config, fine_tuning=_CONFIG_KIND[command])
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _config_key_error(args: list[str], command: str = "") -> str | None:
+    """One line for a config given to the other command (`_config_kind_error`), else for
+    the first `--config.a.b` override that names no field of the config given by
+    `--config`: "unknown config key a.b (did you mean a.c?)", or the keys of its group when
+    none is close. None when every override names a field, or when the config does not
+    load here (the flag error then speaks for itself)."""
     import difflib
 
     from ml_collections import config_flags
@@ -698,6 +716,9 @@ def _config_key_error(args: list[str]) -> str | None:
         config = fv.config
     except Exception:
         return None
+    wrong_kind = _config_kind_error(command, config)
+    if wrong_kind:
+        return wrong_kind
     for arg in args:
         if not arg.startswith(("--config.", "-config.", "--noconfig.", "-noconfig.")):
             continue
@@ -932,12 +953,18 @@ def main(argv: list[str] | None = None) -> None:
         extra = fv([f"bertjax {command}", *argv[2:]])[1:]
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections reports an unknown --config.x.y key as AttributeError/KeyError.
-        message = _config_key_error(argv[2:]) or _flag_error(e, argv[2:])
+        message = _config_key_error(argv[2:], command) or _flag_error(e, argv[2:])
         # --help lists the flags, not the config's keys or what its file needs: no pointer
         # to it after an error in those.
-        about_config = message.startswith(("unknown config key", "config key", "flag --config"))
+        about_config = message.startswith(
+            ("unknown config key", "config key", "flag --config", "config: ")
+        )
         hint = "" if about_config else f"\n(see `bertjax {command} --help`)"
         print(f"bertjax {command}: {message}{hint}", file=sys.stderr)
+        sys.exit(2)
+    wrong_kind = _config_kind_error(command, fv["config"].value) if "config" in fv else None
+    if wrong_kind:
+        print(f"bertjax {command}: {wrong_kind}", file=sys.stderr)
         sys.exit(2)
     if extra:
         print(

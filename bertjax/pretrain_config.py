@@ -15,6 +15,7 @@ from typing import Any
 from bertjax.config import (
     ModelConfig,
     PretrainEvalConfig,
+    check_config_kind,
     from_group,
     model_config_from_config_dict,
 )
@@ -121,13 +122,9 @@ class PretrainConfig:
         `vocab_size` fills config.model.vocab_size when that is None (the rows of the data's
         vocab or of the init checkpoint); without either, ModelConfig's default stands in.
         """
+        check_config_kind(config, fine_tuning=False)
         top = {"model", "data", "optim", "train", "mesh", "eval", "seed", "init_checkpoint"}
         unknown = sorted(set(config.keys()) - top)
-        if "task" in unknown:
-            raise ValueError(
-                "config: a fine-tuning config (it has a task group), not a pre-training one; "
-                "run it with `bertjax finetune --config ...`"
-            )
         if unknown:
             raise ValueError(f"config: unknown keys {unknown}; known: {sorted(top)}")
         model = dict(config.model.to_dict())

@@ -16,6 +16,7 @@ import jax
 
 from bertjax import finetune as engine
 from bertjax import glue_task, ner, squad
+from bertjax.config import check_config_kind
 from bertjax.finetune_task import TaskFamily
 
 
@@ -24,11 +25,7 @@ def task_family(config: Any) -> TaskFamily:
     names) or GLUE (the rest; an unknown name is then an error of `glue_task.GlueConfig`).
 
     Raises ValueError for a config without a task group (a pre-training config)."""
-    if "task" not in config:
-        raise ValueError(
-            "config: a pre-training config (it has no task group), not a fine-tuning one; "
-            "run it with `bertjax train --config ...`"
-        )
+    check_config_kind(config, fine_tuning=True)
     if squad.is_squad_config(config):
         return squad.FAMILY
     if ner.is_ner_config(config):

@@ -263,3 +263,16 @@ def test_dataclass_fields_of_experiment_groups_have_one_line_comments():
         for f in dataclasses.fields(cls):
             line = next(x for x in source.splitlines() if x.strip().startswith(f"{f.name}:"))
             assert "  # " in line, f"{cls.__name__}.{f.name} has no comment"
+
+
+def test_a_config_of_the_other_kind_is_refused_by_the_library_naming_the_command():
+    import ml_collections
+
+    from bertjax import tasks
+    from bertjax.pretrain_config import PretrainConfig
+
+    fine_tuning = ml_collections.ConfigDict({"task": {"name": "mrpc"}, "model": {}})
+    with pytest.raises(ValueError, match=r"a fine-tuning config .* `bertjax finetune"):
+        PretrainConfig.from_config_dict(fine_tuning)
+    with pytest.raises(ValueError, match=r"a pre-training config .* `bertjax train"):
+        tasks.task_family(ml_collections.ConfigDict({"model": {}, "train": {}}))

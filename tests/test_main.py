@@ -471,14 +471,21 @@ def test_config_errors_are_one_line_for_every_config_command(argv, line, tmp_pat
         (["train", "--config", "glue/mrpc"],
          "config: a fine-tuning config (it has a task group), not a pre-training one; run it "
          "with `bertjax finetune --config ...`"),
+        (["train", "--config", "glue/mrpc", "--config.train.num_steps=3"],
+         "config: a fine-tuning config (it has a task group), not a pre-training one; run it "
+         "with `bertjax finetune --config ...`"),
         (["finetune", "--config", "tiny_demo"],
+         "config: a pre-training config (it has no task group), not a fine-tuning one; run it "
+         "with `bertjax train --config ...`"),
+        (["finetune", "--config", "tiny_demo", "--config.train.num_epochs=1"],
          "config: a pre-training config (it has no task group), not a fine-tuning one; run it "
          "with `bertjax train --config ...`"),
     ],
 )  # fmt: skip
 def test_a_config_given_to_the_other_command_says_which_command(argv, line, tmp_path, capsys):
+    # Before any override is read: a mistyped key would otherwise be reported first.
     code, _, err = _run([*argv, "--workdir", str(tmp_path / "w")], capsys)
-    assert code == 1 and err == f"bertjax {argv[0]}: error: {line}\n", err
+    assert code == 2 and err == f"bertjax {argv[0]}: {line}\n", err
     assert not os.path.exists(tmp_path / "w")
 
 
