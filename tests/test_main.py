@@ -789,8 +789,15 @@ def test_ctrl_c_twice_stops_prepare_with_workers_cleanly(tmp_path):
         *("--num_workers", "2", "--dupe_factor", "10"),
     ]
     env = dict(os.environ, TMPDIR=str(tmp))
+    # A suite started in the background (nohup, `make test &`) has SIGINT ignored, which a
+    # child inherits; the command gets a terminal's default disposition instead.
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = b""
     while b"pretraining data" not in seen:  # the progress bar: reading has begun
