@@ -783,21 +783,20 @@ def test_ctrl_c_twice_stops_prepare_with_workers_cleanly(tmp_path):
     out = tmp_path / "examples"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
+    # A suite started in the background (nohup, `make test &`) has SIGINT ignored, which a
+    # child inherits; the command gets Python's usual Ctrl-C handler, as at a terminal.
+    start = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from bertjax.main import main; main(['bertjax', *sys.argv[1:]])"
+    )
     cmd = [
-        os.path.join(os.path.dirname(sys.executable), "bertjax"),
+        *(sys.executable, "-c", start),
         *("prepare", "--input", corpus, "--vocab", vocab, "--output", str(out)),
         *("--num_workers", "2", "--dupe_factor", "10"),
     ]
     env = dict(os.environ, TMPDIR=str(tmp))
-    # A suite started in the background (nohup, `make test &`) has SIGINT ignored, which a
-    # child inherits; the command gets a terminal's default disposition instead.
     proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
     )
     seen = b""
     while b"pretraining data" not in seen:  # the progress bar: reading has begun
