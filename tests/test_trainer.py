@@ -23,6 +23,17 @@ def _records(path: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def _state(step: int, params, tx) -> trainer.TrainState:
+    """A train state at `step` with `tx`'s fresh optimizer state and no non-finite steps."""
+    return trainer.TrainState(
+        step=jnp.array(step, jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jnp.zeros(2, jnp.uint32),
+        nonfinite_steps=jnp.array(0, jnp.int32),
+    )
+
+
 def test_metric_writer_drops_what_a_restart_computes_again(tmp_path):
     work = str(tmp_path)
     w = trainer.MetricWriter(work, resume_step=-1)
@@ -49,13 +60,7 @@ def test_metric_writer_drops_what_a_restart_computes_again(tmp_path):
 def test_loop_state_is_saved_and_restored_beside_the_train_state(tmp_path):
     tx = optax.sgd(0.1)
     params = {"w": jnp.arange(4, dtype=jnp.float32)}
-    state = trainer.TrainState(
-        step=jnp.array(7, jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jnp.zeros(2, jnp.uint32),
-        nonfinite_steps=jnp.array(0, jnp.int32),
-    )
+    state = _state(7, params, tx)
     position = {"epoch": 2, "batch": 5, "best": {"score": 81.25, "metrics": {"f1": float("nan")}}}
     checkpointer = ckpt.TrainCheckpointer(str(tmp_path / "c"), keep=2, async_save=False)
     trainer.save_checkpoint(checkpointer, 7, state, trainer.JsonState(position))
@@ -152,13 +157,7 @@ def test_guarded_update_applies_finite_steps_and_skips_the_others(monkeypatch, b
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     tx = optax.adamw(0.1, weight_decay=0.01)
     params = {"w": jnp.arange(4, dtype=jnp.float32), "b": jnp.ones((2, 3), jnp.float32)}
-    state = trainer.TrainState(
-        step=jnp.array(3, jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jnp.zeros(2, jnp.uint32),
-        nonfinite_steps=jnp.array(0, jnp.int32),
-    )
+    state = _state(3, params, tx)
     grads = {"w": jnp.full(4, 0.5), "b": jnp.full((2, 3), -2.0)}
     update = jax.jit(trainer.apply_guarded_update, static_argnums=3)
 
