@@ -159,12 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
             with open(src, "rb") as f:
                 data = f.read()
             texts.append((data if data.endswith(b"\n") else data + b"\n") + b"\n")
-        text = b"".join(texts) * args.repeat
+        base = b"".join(texts)
         if args.size_mb:
             # The sources over and over, cut at the last document end before the size.
             target = int(args.size_mb * 1e6)
-            text = b"".join(texts) * (target // max(1, len(text)) + 1)
+            text = base * (target // max(1, len(base)) + 1)
             text = text[: text.rfind(b"\n\n", 0, target) + 2]
+        else:
+            text = base * args.repeat
         with open(path, "wb") as out:
             out.write(text)
         size = os.path.getsize(path)
